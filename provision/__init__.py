@@ -1,0 +1,3 @@
+"""xinfer-setup: probe a machine, plan its Xinference stack, install it, prove it works."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,77 @@
+"""The xinfer-setup command line.
+
+Each subcommand lives in provision/commands/<name>.py and is imported only when it
+runs, so `xinfer-setup probe` does not pay for the planner, the installer or click's
+help of every command. Errors a user can act on are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from provision import __version__
+from provision.errors import OperationFailed, UserError
+
+# name -> (module, attribute, one-line help shown by `xinfer-setup --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "probe": ("provision.commands.probe", "probe", "Profile this machine's hardware and software."),
+    "plan": ("provision.commands.plan", "plan", "Decide what to install, and why."),
+    "install": ("provision.commands.install", "install", "Carry a plan out, with a receipt."),
+    "verify": ("provision.commands.install", "verify", "Check what is installed against its receipt."),
+    "smoke": ("provision.commands.smoke", "smoke", "Run a tiny local model on every installed engine."),
+    "serve": ("provision.commands.serve", "serve", "Serve a model with the best engine here."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help text comes from the table so `--help` imports no command module.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_, _, help_) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(__version__, prog_name="xinfer-setup")
+def cli() -> None:
+    """Probe, plan, install, smoke-test and serve an Xinference LLM stack."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="xinfer-setup", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("xinfer-setup: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        # Usage errors: one line, exit 2 (click's own code for them).
+        click.echo(f"xinfer-setup: {e.format_message()}", err=True)
+        sys.exit(2)
+    except UserError as e:
+        click.echo(f"xinfer-setup: {e}", err=True)
+        sys.exit(e.exit_code)
+    except OperationFailed as e:
+        click.echo(f"xinfer-setup: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("xinfer-setup: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
