@@ -1,0 +1,221 @@
+"""`xinfer-setup install` and `xinfer-setup verify`.
+
+Progress for people goes to stderr; --json prints the receipt (or the dry-run report) on
+stdout. Exit 0 only when every planned backend is installed and verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from provision.errors import OperationFailed, UserError
+from provision.plan import BACKENDS, PlanRequest
+
+
+def _make_plan(
+    auto: bool,
+    backends: tuple[str, ...],
+    profile_path: str | None,
+    torch_index_url: str | None,
+    portable: bool,
+):
+    from provision.planner import load_recipes, make_plan
+
+    if profile_path:
+        from provision.profile import load_profile
+
+        profile = load_profile(profile_path)
+    else:
+        from provision.probe import probe_host
+
+        profile = probe_host()
+    request = PlanRequest(
+        backends=None if auto else tuple(backends),
+        torch_index_base=torch_index_url or os.environ.get("XINFER_SETUP_TORCH_INDEX_URL") or None,
+        user_cmake_args=os.environ.get("CMAKE_ARGS") or None,
+        portable_cpu=portable,
+    )
+    return make_plan(profile, request, load_recipes())
+
+
+def _check_flags(
+    auto: bool, backends: tuple[str, ...], profile: str | None, dry_run: bool, from_receipt: str | None
+) -> None:
+    if from_receipt and (auto or backends or profile):
+        raise UserError("--from-receipt replays a receipt's plan: it takes no --auto, --backend or --profile")
+    if not from_receipt and not auto and not backends:
+        raise UserError("say what to install: --auto, --backend NAME or --from-receipt FILE")
+    if auto and backends:
+        raise UserError("--auto and --backend contradict each other: use one")
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise UserError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKENDS)})")
+    if profile and not dry_run:
+        raise UserError("--profile describes another machine: use it only with --dry-run")
+
+
+def _dry_run_report(plan, venv_root: Path | None) -> dict:
+    from provision.install.api import build_request
+    from provision.install.envs import locate
+    from provision.install.wheelhouse import built_wheel
+
+    locations = locate(plan, venv_root)
+    backends = []
+    for b in plan.backends:
+        entry = {
+            "name": b.name,
+            "action": b.action,
+            "environment": b.environment,
+            "packages": list(b.packages),
+            "reason": b.reason,
+        }
+        if b.action == "install" and b.build is not None:
+            req = build_request(plan, b)
+            wheel = built_wheel(req.key)
+            entry.update(
+                cmake_args=list(req.effective_args),
+                wheelhouse_key=req.key,
+                cached_wheel=str(wheel) if wheel else None,
+            )
+        backends.append(entry)
+    return {
+        "dry_run": True,
+        "environments": [
+            {
+                "name": e.name,
+                "prefix": str(locations[e.name].prefix),
+                "python": str(locations[e.name].python),
+                "exists": locations[e.name].python.exists(),
+                "torch": e.torch.variant if e.torch else None,
+                "requirements": list(e.requirements),
+            }
+            for e in plan.environments
+        ],
+        "backends": backends,
+        "plan": plan.to_dict(),
+    }
+
+
+@click.command()
+@click.option("--auto", is_flag=True, help="Consider every backend for this machine.")
+@click.option(
+    "--backend", "backends", multiple=True, metavar="NAME", help="Install this backend (repeatable)."
+)
+@click.option(
+    "--profile", "profile_path", metavar="FILE", help="Plan for this profile (only with --dry-run)."
+)
+@click.option(
+    "--venv", "venv_root", metavar="ROOT", help="Create the environments under ROOT (ROOT/main, ...)."
+)
+@click.option(
+    "--installer", type=click.Choice(["uv", "pip"]), default=None, help="Default: uv, pip without uv."
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the receipt (or dry-run report) as JSON.")
+@click.option("--from-receipt", metavar="FILE", help="Replay a receipt exactly (its plan and versions).")
+@click.option("--torch-index-url", metavar="BASE", help="Mirror of https://download.pytorch.org/whl.")
+@click.option("--index-url", metavar="URL", help="Package index (replaces pip's configured one).")
+@click.option("--find-links", multiple=True, metavar="DIR|URL", help="Extra wheel location (repeatable).")
+@click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of this arch, not -march=native.")
+def install(
+    auto,
+    backends,
+    profile_path,
+    venv_root,
+    installer,
+    dry_run,
+    as_json,
+    from_receipt,
+    torch_index_url,
+    index_url,
+    find_links,
+    portable,
+):
+    """Carry a plan out: environments, torch, engines, verify, receipt."""
+    _check_flags(auto, backends, profile_path, dry_run, from_receipt)
+    from provision.install.api import InstallOptions, install_plan
+    from provision.install.executor import choose_installer
+    from provision.install.pipconfig import read_index_config
+    from provision.install.progress import Reporter
+
+    root = Path(venv_root).expanduser() if venv_root else None
+    replay_pins: dict[str, list[str]] = {}
+    if from_receipt:
+        from provision.install.receipt import read_receipt
+        from provision.plan import plan_from_dict
+
+        receipt = read_receipt(Path(from_receipt))
+        plan = plan_from_dict(receipt.plan)
+        built = {b.name for b in plan.backends if b.build is not None}
+        replay_pins = {
+            e.name: [p for p in e.packages if p.split("==")[0] not in built] for e in receipt.environments
+        }
+    else:
+        plan = _make_plan(auto, backends, profile_path, torch_index_url, portable)
+    if dry_run:
+        report = _dry_run_report(plan, root)
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            for b in report["backends"]:
+                where = f" -> {b['environment']}" if b["environment"] else ""
+                click.echo(f"{b['action']:7} {b['name']}{where}: {' '.join(b['packages']) or b['reason']}")
+            for e in report["environments"]:
+                click.echo(f"env {e['name']}: {e['prefix']} ({'exists' if e['exists'] else 'to create'})")
+        return
+    index = read_index_config().with_cli(index_url, tuple(find_links))
+    options = InstallOptions(installer=choose_installer(installer), index=index, replay_pins=replay_pins)
+    receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
+    if as_json:
+        click.echo(json.dumps(receipt.to_dict(), indent=2))
+    _raise_unless_ok(receipt)
+
+
+def _raise_unless_ok(receipt) -> None:
+    bad = []
+    for b in receipt.backends:
+        if b.status == "failed":
+            bad.append(f"{b.name} failed ({(b.reason or '').splitlines()[0][:200]})")
+        elif b.status == "installed":
+            bad += [f"{b.name}: {c['name']} ({c['detail'][:200]})" for c in b.verify if not c["ok"]]
+    if bad:
+        raise OperationFailed("not everything planned is installed and verified: " + "; ".join(bad))
+    click.echo("xinfer-setup: every planned backend is installed and verified", err=True)
+
+
+@click.command()
+@click.option("--venv", "venv_root", metavar="ROOT", help="The root given to install --venv.")
+@click.option("--receipt", "receipt_file", metavar="FILE", help="A receipt elsewhere than the default place.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def verify(venv_root, receipt_file, as_json):
+    """Check what is installed against its receipt and plan."""
+    from provision.install.receipt import read_receipt, receipt_path
+    from provision.install.verify_receipt import verify_receipt
+
+    path = (
+        Path(receipt_file)
+        if receipt_file
+        else receipt_path(Path(venv_root).expanduser() if venv_root else None)
+    )
+    if not path.exists():
+        raise UserError(f"no receipt at {path}: run `xinfer-setup install` first (or pass --venv ROOT)")
+    findings = verify_receipt(read_receipt(path))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"receipt": str(path), "ok": all(f["ok"] for f in findings), "checks": findings}, indent=2
+            )
+        )
+    else:
+        for f in findings:
+            click.echo(f"{'ok  ' if f['ok'] else 'FAIL'} {f['backend']}: {f['name']}: {f['detail']}")
+    failed = [f for f in findings if not f["ok"]]
+    if failed:
+        raise OperationFailed(
+            f"verify: {len(failed)} check(s) failed, first: "
+            f"{failed[0]['backend']}: {failed[0]['name']}: {failed[0]['detail'][:200]}"
+        )

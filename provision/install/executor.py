@@ -1,0 +1,99 @@
+"""Command lines for the installers (uv first, pip as the fallback) and for making environments.
+
+Building argv is pure, so the translation of the user's index config into each installer's
+flags is tested without running anything; running them is one small function.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.errors import UserError
+from provision.install.pipconfig import IndexConfig
+
+INSTALLERS = ("uv", "pip")
+
+
+def uv_bin() -> str | None:
+    """uv's binary from the `uv` wheel (a dependency of this tool), else one on PATH."""
+    try:
+        import uv
+
+        return uv.find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def choose_installer(requested: str | None) -> str:
+    if requested is not None and requested not in INSTALLERS:
+        raise UserError(f"unknown installer '{requested}' (choose uv or pip)")
+    if requested == "pip":
+        return "pip"
+    if uv_bin() is None:
+        if requested == "uv":
+            raise UserError(
+                "--installer uv: uv is not installed here (pip install uv, or use --installer pip)"
+            )
+        return "pip"
+    return "uv"
+
+
+def env_python(prefix: Path) -> Path:
+    return prefix / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+@dataclass(frozen=True)
+class Installer:
+    kind: str  # uv | pip
+    index: IndexConfig
+
+    def _index_flags(self, extra_index_urls: tuple[str, ...]) -> list[str]:
+        if self.kind == "uv":
+            flags = self.index.uv_flags()
+            for url in extra_index_urls:
+                flags[:0] = ["--extra-index-url", url]  # first: uv prefers earlier indexes
+            if extra_index_urls and "--index-strategy" not in flags:
+                flags += ["--index-strategy", "unsafe-best-match"]
+            return flags
+        flags = self.index.pip_flags()
+        if extra_index_urls:
+            # A command-line --extra-index-url replaces pip's configured ones: pass them all.
+            for url in (*extra_index_urls, *self.index.extra_index_urls):
+                flags += ["--extra-index-url", url]
+        return flags
+
+    def build_flags(self) -> list[str]:
+        """Index flags for `uv build` (its build environment); constraints apply to that env too."""
+        flags = self._index_flags(())
+        return ["--build-constraint" if f == "--constraint" else f for f in flags]
+
+    def install_argv(
+        self,
+        python: Path,
+        requirements: list[str],
+        constraints: Path | None = None,
+        extra_index_urls: tuple[str, ...] = (),
+    ) -> list[str]:
+        if self.kind == "uv":
+            argv = [uv_bin() or "uv", "pip", "install", "--python", str(python)]
+        else:
+            argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+        argv += self._index_flags(extra_index_urls)
+        if constraints is not None:
+            argv += ["--constraint", str(constraints)]
+        return argv + list(requirements)
+
+    def uninstall_argv(self, python: Path, names: list[str]) -> list[str]:
+        if self.kind == "uv":
+            return [uv_bin() or "uv", "pip", "uninstall", "--python", str(python), *names]
+        return [str(python), "-m", "pip", "uninstall", "-y", *names]
+
+    def venv_argv(self, prefix: Path, base_python: str | None = None) -> list[str]:
+        if self.kind == "uv":
+            return [uv_bin() or "uv", "venv", "--python", base_python or sys.executable, str(prefix)]
+        # pip installs into an environment with its own pip, so it needs the seeded venv.
+        return [base_python or sys.executable, "-m", "venv", str(prefix)]

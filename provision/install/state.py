@@ -1,0 +1,159 @@
+"""What is installed in an environment, and whether it already satisfies a set of requirements.
+
+The environment's own interpreter lists its distributions (importlib.metadata: no pip, no
+imports of the packages themselves, ~0.1 s); deciding what is missing is a pure function of
+that list, so the no-op re-run costs one small subprocess per environment.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from provision.errors import OperationFailed
+
+# Runs inside the target environment; stdlib only.
+_LIST_SCRIPT = r"""
+import json, sys, platform
+from importlib import metadata
+dists = {}
+for d in metadata.distributions():
+    name = d.metadata["Name"]
+    if not name or name in dists:
+        continue
+    dists[name] = {"version": d.version, "requires": d.requires or [],
+                   "direct_url": d.read_text("direct_url.json")}
+env = {"python_version": "%d.%d" % sys.version_info[:2], "python_full_version": platform.python_version(),
+       "sys_platform": sys.platform, "platform_machine": platform.machine(),
+       "platform_system": platform.system(),
+       "os_name": __import__("os").name, "implementation_name": sys.implementation.name,
+       "platform_python_implementation": platform.python_implementation()}
+print(json.dumps({"dists": dists, "markers": env}))
+"""
+
+
+@dataclass(frozen=True)
+class Dist:
+    name: str  # canonical
+    version: str
+    requires: tuple[str, ...]
+    direct_url: str | None  # the URL it was installed from, when it came from a file/URL
+
+    @property
+    def local_tag(self) -> str | None:
+        try:
+            return Version(self.version).local
+        except InvalidVersion:
+            return None
+
+
+@dataclass(frozen=True)
+class EnvState:
+    dists: dict[str, Dist]
+    markers: dict[str, str]
+
+    def get(self, name: str) -> Dist | None:
+        return self.dists.get(canonicalize_name(name))
+
+    def frozen(self) -> list[str]:
+        """`name==version` of everything installed, sorted: what a replay pins."""
+        return sorted(f"{d.name}=={d.version}" for d in self.dists.values())
+
+
+def parse_listing(data: dict) -> EnvState:
+    dists = {}
+    for name, d in data["dists"].items():
+        key = canonicalize_name(name)
+        direct = None
+        if d.get("direct_url"):
+            try:
+                direct = json.loads(d["direct_url"]).get("url")
+            except (ValueError, AttributeError):
+                direct = None
+        dists[key] = Dist(key, d["version"], tuple(d.get("requires") or ()), direct)
+    return EnvState(dists, data.get("markers") or {})
+
+
+def read_state(python: Path) -> EnvState:
+    if not Path(python).exists():
+        return EnvState({}, {})
+    try:
+        out = subprocess.run(
+            [str(python), "-I", "-c", _LIST_SCRIPT], capture_output=True, text=True, timeout=120, check=True
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        raise OperationFailed(f"cannot list the packages of {python}: {e}") from None
+    return parse_listing(json.loads(out.stdout))
+
+
+def unmet(
+    requirements: list[str] | tuple[str, ...], state: EnvState, ignore: frozenset[str] = frozenset()
+) -> list[str]:
+    """Requirements (and, through them, their dependencies) the environment does not satisfy.
+
+    Walks Requires-Dist with the requested extras, evaluating markers for the environment's
+    own interpreter, so `xinference[transformers]` counts as met only when the extra's
+    packages are there too. An empty list means a re-install would change nothing.
+    """
+    markers = {**default_environment(), **state.markers}
+    missing: list[str] = []
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(r, "") for r in requirements]
+    while todo:
+        text, extra = todo.pop()
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            missing.append(text)
+            continue
+        if req.marker is not None and not req.marker.evaluate({**markers, "extra": extra}):
+            continue
+        if canonicalize_name(req.name) in ignore:
+            continue
+        dist = state.get(req.name)
+        if dist is None or not _version_ok(req, dist):
+            missing.append(text)
+            continue
+        if req.url and dist.direct_url != req.url:
+            missing.append(text)
+            continue
+        key = (dist.name, frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        for sub in dist.requires:
+            sub_req = _safe(sub)
+            if sub_req is None:
+                continue
+            if sub_req.marker is None:
+                todo.append((sub, ""))
+                continue
+            # A dependency gated on an extra applies only when that extra was asked for.
+            for ex in req.extras or {""}:
+                if sub_req.marker.evaluate({**markers, "extra": ex}):
+                    todo.append((str(sub_req).split(";")[0], ""))
+                    break
+    return sorted(set(missing))
+
+
+def _safe(text: str) -> Requirement | None:
+    try:
+        return Requirement(text)
+    except InvalidRequirement:
+        return None
+
+
+def _version_ok(req: Requirement, dist: Dist) -> bool:
+    if not req.specifier:
+        return True
+    try:
+        return req.specifier.contains(Version(dist.version), prereleases=True)
+    except InvalidVersion:
+        return False

@@ -1,0 +1,82 @@
+"""`verify` after the fact: re-check every environment a receipt names against its plan.
+
+Works from the receipt's JSON alone (plan and profile as recorded), so it needs no planner
+and gives the same answer on a machine where the plan could not be re-made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from provision.install import state as state_mod
+from provision.install.receipt import BACKEND_DISTS, Receipt
+from provision.install.verify import EnvExpectation, collect_facts, evaluate
+from provision.profile import profile_from_dict
+
+
+def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
+    plan = receipt.plan
+    profile = profile_from_dict(receipt.profile)
+    llama = next((b for b in plan.get("backends", []) if b["name"] == "llama-cpp-python"), None)
+    llama_backends = tuple((llama.get("build") or {}).get("expected_backends") or ()) if llama else ()
+    out = {}
+    for env in plan.get("environments", []):
+        installed = tuple(
+            b.name for b in receipt.backends if b.environment == env["name"] and b.status == "installed"
+        )
+        torch = env.get("torch")
+        variant = torch["variant"] if torch else None
+        archs: list[str] = []
+        if variant and variant.startswith("cu"):
+            archs = [f"sm_{g.sm}" for g in profile.nvidia_gpus if g.sm]
+        elif variant and variant.startswith("rocm"):
+            archs = [g.gfx for g in profile.amd_gpus if g.gfx]
+        out[env["name"]] = EnvExpectation(installed, variant, tuple(dict.fromkeys(archs)), llama_backends)
+    return out
+
+
+def verify_receipt(receipt: Receipt) -> list[dict]:
+    findings: list[dict] = []
+    for b in receipt.backends:
+        if b.status == "failed":
+            findings.append(
+                {
+                    "backend": b.name,
+                    "name": "installed",
+                    "ok": False,
+                    "detail": f"the last install failed: {(b.reason or '')[:300]}",
+                }
+            )
+    expectations = expectations_from_receipt(receipt)
+    for env in receipt.environments:
+        expect = expectations.get(env.name)
+        if expect is None or not expect.backends:
+            continue
+        python = Path(env.python)
+        current = state_mod.read_state(python)
+        for name in expect.backends:
+            rec = receipt.backend(name)
+            dist = current.get(BACKEND_DISTS.get(name, name))
+            ok = dist is not None and (rec is None or rec.version is None or dist.version == rec.version)
+            detail = f"{name} {dist.version}" if dist else f"{name} is no longer installed in {env.prefix}"
+            if dist and not ok:
+                detail += f", the receipt says {rec.version}"
+            findings.append({"backend": name, "name": "version", "ok": ok, "detail": detail})
+            if rec is not None:
+                reqs = [
+                    p
+                    for p in rec.packages
+                    if "@" not in p and not p.startswith(("torch", "llama-cpp-python"))
+                ]
+                missing = state_mod.unmet(reqs, current) if dist else []
+                if missing:
+                    findings.append(
+                        {
+                            "backend": name,
+                            "name": "requirements",
+                            "ok": False,
+                            "detail": "unmet: " + ", ".join(missing),
+                        }
+                    )
+        findings += [c.as_dict() for c in evaluate(expect, collect_facts(python, expect.backends))]
+    return findings

@@ -1,0 +1,321 @@
+"""llama-cpp-python source builds, kept in our own wheelhouse keyed by what changes the binary.
+
+Facts this design follows (measured on a 2-core box):
+- pip's wheel cache is keyed by the source URL only and ignores CMAKE_ARGS: after a CPU
+  build, `CMAKE_ARGS=-DGGML_CUDA=on pip install llama-cpp-python` reinstalls the CPU wheel.
+  So we build with caches off (`pip wheel --no-cache-dir` / `uv build` of a directory) and
+  keep the wheel under <cache>/wheelhouse/<key>/, key = hash(version, effective CMake args,
+  CPU features when the build is -march=native, arch).
+- ccache only hits when the source sits at the same path every time: the sdist is unpacked
+  once to <cache>/src/llama_cpp_python-<version>/ and ccache is used when present.
+- `llama_supports_gpu_offload()` says whether a GPU is present now, not what was compiled;
+  what a build contains is read from its backend libraries, llama_cpp/lib/libggml-<name>.so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.errors import OperationFailed
+from provision.install.progress import Reporter, build_progress, run_logged
+
+PROJECT = "llama-cpp-python"
+SDIST_STEM = "llama_cpp_python"
+
+# CPU flags that change what -march=native compiles in ggml; other flags (e.g. "ht") do not.
+_ISA_FLAG = re.compile(
+    r"^(sse|ssse|avx|fma|f16c|amx|bmi|vnni|sve|asimd|neon|dotprod|i8mm|bf16|fp16|fphp|"
+    r"asimdhp|asimddp|sme|lsx|lasx|vsx|riscv|rvv|zfh)"
+)
+
+
+class BuildFailed(OperationFailed):
+    def __init__(self, message: str, log_path: Path | None = None) -> None:
+        super().__init__(message)
+        self.log_path = log_path
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    version: str
+    cmake_args: tuple[str, ...]
+    expected_backends: tuple[str, ...]
+    cpu_features: tuple[str, ...]
+    arch: str
+
+    @property
+    def effective_args(self) -> tuple[str, ...]:
+        return effective_cmake_args(self.cmake_args)
+
+    @property
+    def native(self) -> bool:
+        return cmake_option(self.effective_args, "GGML_NATIVE") not in ("OFF", "0", "FALSE", "NO")
+
+    @property
+    def key(self) -> str:
+        return wheelhouse_key(self)
+
+
+def cache_root(environ=os.environ) -> Path:
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "xinfer-setup"
+
+
+def split_cmake_args(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+def effective_cmake_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    """-D options with the last value of each variable winning (as CMake does), other args kept."""
+    last: dict[str, str] = {}
+    others: list[str] = []
+    for a in args:
+        m = re.match(r"^-D([A-Za-z0-9_]+)(?::[A-Z]+)?=(.*)$", a)
+        if m:
+            last.pop(m.group(1), None)
+            last[m.group(1)] = a
+        else:
+            others.append(a)
+    return tuple(others) + tuple(last.values())
+
+
+def cmake_option(args: tuple[str, ...], name: str) -> str | None:
+    for a in reversed(args):
+        m = re.match(rf"^-D{name}(?::[A-Z]+)?=(.*)$", a)
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+def isa_features(flags: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted({f for f in flags if _ISA_FLAG.match(f)}))
+
+
+def wheelhouse_key(req: BuildRequest) -> str:
+    payload = {
+        "project": PROJECT,
+        "version": req.version,
+        "cmake_args": list(req.effective_args),
+        "arch": req.arch,
+        # A -march=native build runs only on CPUs with at least these features.
+        "cpu_features": list(req.cpu_features) if req.native else [],
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return f"{req.version}-{digest[:16]}"
+
+
+_LIB = re.compile(r"(?:^|/)lib/(?:lib)?ggml-([a-z0-9]+)(?:-[a-z0-9_]+)?\.(?:so|dylib|dll)$")
+
+
+def backends_in_names(names: list[str]) -> set[str]:
+    """ggml backends from library paths inside a llama-cpp-python wheel or install.
+
+    Sample (a CPU build of 0.3.36 here): llama_cpp/lib/libggml-base.so, llama_cpp/lib/libggml-cpu.so,
+    llama_cpp/lib/libggml.so, llama_cpp/lib/libllama.so. A portable build has libggml-cpu-haswell.so etc.
+    A CUDA build adds libggml-cuda.so. "base" is the core, not a backend.
+    """
+    found = set()
+    for n in names:
+        m = _LIB.search(n)
+        if m and m.group(1) != "base":
+            found.add(m.group(1))
+    return found
+
+
+def wheel_backends(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        return backends_in_names(zf.namelist())
+
+
+def built_wheel(key: str, root: Path | None = None) -> Path | None:
+    d = (root or cache_root()) / "wheelhouse" / key
+    wheels = sorted(d.glob("*.whl")) if d.is_dir() else []
+    return wheels[0] if wheels else None
+
+
+def ensure_sdist(version: str, pip_flags: list[str], reporter: Reporter, root: Path) -> Path:
+    """The sdist, downloaded once by pip (which honours the user's index config)."""
+    target = root / "sdist"
+    existing = sorted(target.glob(f"{SDIST_STEM}-{version}.tar.gz"))
+    if existing:
+        return existing[0]
+    target.mkdir(parents=True, exist_ok=True)
+    reporter.say(f"downloading {PROJECT} {version} source")
+    with tempfile.TemporaryDirectory(dir=target) as tmp:
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            *pip_flags,
+            f"{PROJECT}=={version}",
+        ]
+        out = subprocess.run(argv, capture_output=True, text=True)
+        got = sorted(Path(tmp).glob(f"{SDIST_STEM}-{version}.tar.gz"))
+        if out.returncode != 0 or not got:
+            last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise BuildFailed(f"cannot download the {PROJECT} {version} source: {last}")
+        final = target / got[0].name
+        os.replace(got[0], final)
+    return final
+
+
+def ensure_source(sdist: Path, version: str, root: Path) -> Path:
+    """Unpack to a fixed path (once) so compiler caches see the same file names every build."""
+    src = root / "src" / f"{SDIST_STEM}-{version}"
+    if (src / "pyproject.toml").exists():
+        return src
+    src.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=src.parent) as tmp, tarfile.open(sdist) as tf:
+        tf.extractall(tmp, filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(tmp)  # noqa: S202
+        unpacked = Path(tmp) / f"{SDIST_STEM}-{version}"
+        if not (unpacked / "pyproject.toml").exists():
+            raise BuildFailed(f"{sdist} does not hold {SDIST_STEM}-{version}/pyproject.toml")
+        if src.exists():
+            shutil.rmtree(src)
+        os.replace(unpacked, src)
+    return src
+
+
+def compiler_launchers(args: tuple[str, ...]) -> tuple[str, ...]:
+    """ccache when installed: a rebuild of unchanged sources takes seconds instead of minutes."""
+    if shutil.which("ccache") is None:
+        return ()
+    langs = ["C", "CXX"] + (["CUDA"] if cmake_option(args, "GGML_CUDA") in ("ON", "1") else [])
+    return tuple(
+        f"-DCMAKE_{lang}_COMPILER_LAUNCHER=ccache"
+        for lang in langs
+        if cmake_option(args, f"CMAKE_{lang}_COMPILER_LAUNCHER") is None
+    )
+
+
+def build(
+    req: BuildRequest,
+    builder: str,
+    target_python: Path,
+    index_flags: list[str],
+    pip_flags: list[str],
+    reporter: Reporter,
+    root: Path | None = None,
+) -> Path:
+    """The wheel for req: from the wheelhouse when built before, else built now (logged)."""
+    root = root or cache_root()
+    cached = built_wheel(req.key, root)
+    if cached is not None:
+        reporter.say(f"{PROJECT} {req.version}: using the wheel built before ({cached.parent.name})")
+        return cached
+    src = ensure_source(ensure_sdist(req.version, pip_flags, reporter, root), req.version, root)
+    log_path = root / "logs" / f"{PROJECT}-{req.key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    args = req.effective_args + compiler_launchers(req.effective_args)
+    env = {
+        "CMAKE_ARGS": " ".join(args),
+        "FORCE_CMAKE": "1",
+        "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
+        # A fixed build tree per key (scikit-build-core's setting): ccache sees the same paths.
+        "SKBUILD_BUILD_DIR": str(root / "build" / req.key),
+    }
+    out_dir = root / "wheelhouse" / f".tmp-{req.key}-{os.getpid()}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    if builder == "uv":
+        from provision.install.executor import uv_bin
+
+        argv = [
+            uv_bin(),
+            "build",
+            "--wheel",
+            "--python",
+            str(target_python),
+            "--out-dir",
+            str(out_dir),
+            *index_flags,
+            str(src),
+        ]
+    else:
+        # -v: pip otherwise hides the compiler output we log and take progress from.
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-cache-dir",
+            "--no-deps",
+            "-v",
+            "--disable-pip-version-check",
+            "-w",
+            str(out_dir),
+            *pip_flags,
+            str(src),
+        ]
+    reporter.say(
+        f"building {PROJECT} {req.version} with CMAKE_ARGS='{' '.join(req.effective_args)}' (log: {log_path})"
+    )
+    started = time.monotonic()
+
+    def on_line(line: str) -> None:
+        pct = build_progress(line)
+        if pct is not None:
+            reporter.tick(f"building {PROJECT}: {pct}% ({time.monotonic() - started:.0f} s)")
+
+    try:
+        result = run_logged(argv, log_path, env=env, on_line=on_line)
+        wheels = sorted(out_dir.glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            tail = "\n  ".join(result.tail[-15:])
+            raise BuildFailed(
+                f"{PROJECT} {req.version} build failed (exit {result.returncode}); "
+                f"last lines:\n  {tail}\nfull log: {log_path}",
+                log_path,
+            )
+        found = wheel_backends(wheels[0])
+        missing = [b for b in req.expected_backends if b not in found]
+        if missing:
+            raise BuildFailed(
+                f"{PROJECT} {req.version} built without the planned backend(s) {', '.join(missing)} "
+                f"(it has: {', '.join(sorted(found)) or 'none'}); a silent CPU-only build — see {log_path}",
+                log_path,
+            )
+        final_dir = root / "wheelhouse" / req.key
+        final_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "build.json").write_text(
+            json.dumps(
+                {
+                    "version": req.version,
+                    "cmake_args": list(req.effective_args),
+                    "cpu_features": list(req.cpu_features),
+                    "native": req.native,
+                    "backends": sorted(found),
+                    "build_s": round(time.monotonic() - started, 1),
+                    "log": str(log_path),
+                },
+                indent=2,
+            )
+        )
+        os.replace(out_dir / "build.json", final_dir / "build.json")
+        final = final_dir / wheels[0].name
+        os.replace(wheels[0], final)  # the wheel last: its presence means the entry is complete
+        reporter.say(
+            f"built {PROJECT} {req.version} in {time.monotonic() - started:.0f} s "
+            f"(backends: {', '.join(sorted(found))})"
+        )
+        return final
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
