@@ -1,0 +1,222 @@
+"""NVIDIA GPUs and driver: NVML first, then nvidia-smi, then the kernel module's files.
+
+The order is written down in provision/probe/host.py. NVML is the driver's own library
+and gives every field in one in-process call; nvidia-smi is a front end to the same
+library (so it helps only when the Python bindings are missing or broken, or on a box
+where the library is not on the loader path); the kernel module's version files answer
+even when user space is broken ("Driver/library version mismatch"), but say nothing
+about GPUs or CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from provision.errors import UserError
+from provision.probe import nvidia_parse as parse
+from provision.probe.background import Background
+from provision.probe.found import Found
+from provision.probe.pci import VENDOR_NVIDIA, PciDisplay
+from provision.probe.system import System
+from provision.profile import GPU, NvidiaDriver
+
+ENV_CUDA_DRIVER_VERSION = "XINFER_SETUP_CUDA_DRIVER_VERSION"
+SMI_TIMEOUT_S = 15.0
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NvidiaFindings:
+    gpus: tuple[GPU, ...]
+    driver: NvidiaDriver | None
+
+
+NOTHING = NvidiaFindings((), None)
+
+
+def driver_from_env(value: str) -> NvidiaDriver:
+    """XINFER_SETUP_CUDA_DRIVER_VERSION, a driver version as uv's UV_CUDA_DRIVER_VERSION takes it."""
+    value = value.strip()
+    if not re.fullmatch(r"\d+(\.\d+)+", value) or parse.is_l4t_release(value):
+        raise UserError(
+            f"{ENV_CUDA_DRIVER_VERSION}={value!r} is not an NVIDIA driver version (expected e.g. 580.65.06)"
+        )
+    return NvidiaDriver(driver_version=value, cuda_driver_version=None, source="env")
+
+
+def _text(value: Any) -> str:
+    # pynvml before 11.5 returned bytes
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_nvml(nvml: Any) -> Found[NvidiaFindings]:
+    """Everything from NVML. Raises nvml.NVMLError when the library or driver does not answer."""
+    notes: list[str] = []
+    nvml.nvmlInit()
+    try:
+        driver_version = _text(nvml.nvmlSystemGetDriverVersion())
+        cuda = None
+        try:
+            cuda = parse.cuda_version_from_nvml(int(nvml.nvmlSystemGetCudaDriverVersion()))
+        except nvml.NVMLError as e:
+            notes.append(f"nvidia: NVML did not report the CUDA version ({e})")
+        gpus = []
+        for index in range(int(nvml.nvmlDeviceGetCount())):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            name = _text(nvml.nvmlDeviceGetName(handle))
+            memory = cc = None
+            try:
+                memory = int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // MIB
+            except nvml.NVMLError as e:
+                notes.append(f"nvidia: GPU {index} memory not reported by NVML ({e})")
+            try:
+                major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+                cc = f"{major}.{minor}"
+            except nvml.NVMLError as e:
+                notes.append(f"nvidia: GPU {index} compute capability not reported by NVML ({e})")
+            try:
+                if nvml.nvmlDeviceGetMigMode(handle)[0] == 1:
+                    notes.append(f"nvidia: GPU {index} ({name}) has MIG enabled; engines see its MIG slices")
+            except nvml.NVMLError:
+                pass  # "Not Supported" on GPUs without MIG
+            gpus.append(GPU("nvidia", name, memory_mb=memory, compute_capability=cc, index=index))
+    finally:
+        with contextlib.suppress(Exception):
+            nvml.nvmlShutdown()
+    return Found(NvidiaFindings(tuple(gpus), NvidiaDriver(driver_version, cuda, "nvml")), tuple(notes))
+
+
+def read_nvidia_smi(system: System, smi: str) -> Found[NvidiaFindings]:
+    """Two nvidia-smi calls side by side: the CSV query (full names, compute capability) and the
+    default table (its header is the one place every driver from 450 to 610 prints the CUDA version)."""
+    fields = ",".join(parse.QUERY_FIELDS)
+    query = Background(
+        lambda: system.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"], SMI_TIMEOUT_S),
+        "nvidia-smi-query",
+    )
+    table = system.run([smi], SMI_TIMEOUT_S)
+    queried = query.result(SMI_TIMEOUT_S + 5)
+    notes: list[str] = []
+    header = parse.parse_driver_header(table.stdout) if table.ok else parse.DriverHeader(None, None)
+    if queried.ok:
+        smi_gpus = parse.parse_query_gpu_csv(queried.stdout)
+    elif table.ok:
+        # Drivers before ~510 reject the compute_cap field; the table still lists the GPUs.
+        smi_gpus = parse.parse_smi_table(table.stdout)
+        notes.append(
+            f"nvidia: `nvidia-smi --query-gpu` failed ({_first_line(queried)}); compute capability unknown"
+        )
+    else:
+        raise RuntimeError(f"nvidia-smi failed: {_first_line(table)}")
+    if table.ok and "MIG devices:" in table.stdout:
+        notes.append("nvidia: MIG is enabled on a GPU; engines see its MIG slices")
+    notes.extend(
+        f"nvidia: GPU {g.index} name cut short by nvidia-smi: {g.name!r}"
+        for g in smi_gpus
+        if g.name_truncated
+    )
+    driver_version = header.driver_version or next(
+        (g.driver_version for g in smi_gpus if g.driver_version), None
+    )
+    gpus = tuple(
+        GPU("nvidia", g.name, memory_mb=g.memory_mb, compute_capability=g.compute_capability, index=g.index)
+        for g in smi_gpus
+    )
+    driver = NvidiaDriver(driver_version, header.cuda_version, "nvidia-smi") if driver_version else None
+    return Found(NvidiaFindings(gpus, driver), tuple(notes))
+
+
+def _first_line(result: Any) -> str:
+    text = (result.stderr or result.stdout or "").strip()
+    return text.splitlines()[0] if text else f"exit {result.returncode}"
+
+
+def read_kernel_module(system: System) -> Found[NvidiaDriver | None]:
+    """The loaded kernel module's version: /sys/module/nvidia/version, then /proc/driver/nvidia/version."""
+    version = None
+    text = system.read_text("/sys/module/nvidia/version")
+    if text:
+        version = parse.parse_sys_module_version(text)
+    source = "sysfs"
+    if version is None:
+        text = system.read_text("/proc/driver/nvidia/version")
+        version = parse.parse_proc_driver_version(text) if text else None
+        source = "proc"
+    if version is None:
+        return Found(None)
+    if parse.is_l4t_release(version):
+        return Found(
+            None, (f"nvidia: Jetson kernel module (L4T release {version}); not a desktop driver version",)
+        )
+    return Found(NvidiaDriver(version, None, source))
+
+
+def driver_evidence(system: System, pci: list[PciDisplay], smi: str | None) -> bool:
+    """Whether NVML is worth loading (importing pynvml alone costs ~40 ms)."""
+    if system.system == "windows":
+        return True
+    if system.system != "linux":
+        return False
+    if smi or any(d.vendor == VENDOR_NVIDIA for d in pci):
+        return True
+    # Kernel module loaded, or WSL2's GPU paravirtualisation (no PCI device is visible there).
+    return any(system.path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg"))
+
+
+def probe_nvidia(system: System, pci: list[PciDisplay]) -> Found[NvidiaFindings]:
+    override = system.env.get(ENV_CUDA_DRIVER_VERSION)
+    if override:
+        return Found(
+            NvidiaFindings((), driver_from_env(override)),
+            (f"nvidia: driver version {override.strip()} from {ENV_CUDA_DRIVER_VERSION}; GPUs not probed",),
+        )
+    notes: list[str] = []
+    smi = str(p) if (p := system.trusted_which("nvidia-smi")) else None
+    found: NvidiaFindings | None = None
+    if driver_evidence(system, pci, smi):
+        found = _attempt("NVML", lambda: read_nvml(_require(system.load_nvml())), notes)
+        if found is None and smi:
+            found = _attempt("nvidia-smi", lambda: read_nvidia_smi(system, smi), notes)
+    if found is None or found.driver is None:
+        module = read_kernel_module(system) if system.system == "linux" else Found(None)
+        notes.extend(module.notes)
+        if module.value is not None:
+            found = NvidiaFindings(found.gpus if found else (), module.value)
+    found = found or NOTHING
+    on_bus = [d for d in pci if d.vendor == VENDOR_NVIDIA]
+    if on_bus and not found.gpus:
+        notes.append(
+            f"nvidia: {len(on_bus)} NVIDIA GPU(s) on the PCI bus but no driver answers "
+            "(install or load the NVIDIA driver to use them)"
+        )
+        found = NvidiaFindings(
+            tuple(
+                GPU("nvidia", f"NVIDIA GPU (PCI {d.address}, device 0x{d.device or 0:04x}; name unknown)")
+                for d in on_bus
+            ),
+            found.driver,
+        )
+    if found.driver is not None and found.driver.cuda_driver_version is None:
+        notes.append(
+            f"nvidia: driver {found.driver.driver_version} found, but not the CUDA version it supports"
+        )
+    return Found(found, tuple(notes))
+
+
+def _require(nvml: Any) -> Any:
+    if nvml is None:
+        raise RuntimeError("the pynvml module (nvidia-ml-py) is not installed")
+    return nvml
+
+
+def _attempt(source: str, read: Any, notes: list[str]) -> NvidiaFindings | None:
+    try:
+        found = read()
+    except Exception as e:  # NVMLError_LibraryNotFound / DriverNotLoaded, a failing nvidia-smi, ...
+        notes.append(f"nvidia: {source} did not answer ({e})")
+        return None
+    notes.extend(found.notes)
+    return found.value
