@@ -301,7 +301,7 @@ class _Run:
                 reqs = self._build_requirement(backend, loc, current)
             else:
                 reqs = [p for p in backend.packages if _name(p) not in TORCH_FAMILY] + extras
-                if not state_mod.unmet(reqs, current, _deliberately_absent(current)):
+                if not state_mod.unmet(reqs, current, state_mod.deliberately_absent(current)):
                     reqs = []
             if reqs:
                 out = self._run(
@@ -310,7 +310,7 @@ class _Run:
                 )
                 if out.returncode != 0:
                     raise OperationFailed(self._fail_text(out))
-                rec.source = "installed now"
+                rec.source = rec.source or "package index"
             else:
                 rec.source = rec.source or "already installed"
                 self.reporter.say(f"[{env.name}] {backend.name}: already installed")
@@ -440,14 +440,6 @@ def _previous_receipt(prefix: Path) -> Receipt | None:
         return read_receipt(prefix / RECEIPT_REL) if (prefix / RECEIPT_REL).exists() else None
     except Exception:  # an unreadable old receipt only means verifying again
         return None
-
-
-def _deliberately_absent(current: state_mod.EnvState) -> frozenset[str]:
-    """A torchvision we removed (no build for this local-tagged torch) does not make a step unmet."""
-    torch = current.get("torch")
-    if torch is not None and torch.local_tag and current.get("torchvision") is None:
-        return frozenset({"torchvision"})
-    return frozenset()
 
 
 def _merge_pins(pins: list[str]) -> list[str]:

@@ -157,3 +157,15 @@ def _version_ok(req: Requirement, dist: Dist) -> bool:
         return req.specifier.contains(Version(dist.version), prereleases=True)
     except InvalidVersion:
         return False
+
+
+def deliberately_absent(state: EnvState) -> frozenset[str]:
+    """A torchvision the installer removed (no build for this local-tagged torch) counts as met.
+
+    Requirements pulling it (xinference -> timm -> torchvision) would otherwise reinstall the
+    mismatched build on every run, and it breaks transformers' imports.
+    """
+    torch = state.get("torch")
+    if torch is not None and torch.local_tag and state.get("torchvision") is None:
+        return frozenset({"torchvision"})
+    return frozenset()

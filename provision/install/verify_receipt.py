@@ -68,7 +68,9 @@ def verify_receipt(receipt: Receipt) -> list[dict]:
                     for p in rec.packages
                     if "@" not in p and not p.startswith(("torch", "llama-cpp-python"))
                 ]
-                missing = state_mod.unmet(reqs, current) if dist else []
+                missing = (
+                    state_mod.unmet(reqs, current, state_mod.deliberately_absent(current)) if dist else []
+                )
                 if missing:
                     findings.append(
                         {
