@@ -8,8 +8,10 @@ modules from their loaders. `System.current()` is the real machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,18 +56,33 @@ Runner = Callable[[Sequence[str], float], CommandResult]
 
 
 def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S) -> CommandResult:
-    """Run argv (never a shell string). Raises OSError / subprocess.TimeoutExpired."""
-    out = subprocess.run(
+    """Run argv (never a shell string). Raises OSError / subprocess.TimeoutExpired.
+
+    The command gets its own process group, and a timeout kills the whole group: a wrapper
+    script's child would otherwise keep our pipes open and the wait would never end.
+    """
+    posix = os.name == "posix"
+    with subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         encoding="utf-8",
         errors="replace",
-        timeout=timeout,
-        check=False,
-    )
-    return CommandResult(out.returncode, out.stdout, out.stderr)
+        start_new_session=posix,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if posix:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.communicate()
+            raise
+    return CommandResult(proc.returncode, stdout, stderr)
 
 
 def find_executable(name: str, dirs: Iterable[str], windows: bool) -> Path | None:
