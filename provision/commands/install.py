@@ -23,7 +23,10 @@ def _make_plan(
     torch_index_url: str | None,
     portable: bool,
 ):
-    from provision.planner import load_recipes, make_plan
+    try:
+        from provision.planner import load_recipes, make_plan
+    except ImportError as e:
+        raise OperationFailed(f"the planner is not available ({e})") from None
 
     if profile_path:
         from provision.profile import load_profile
@@ -146,9 +149,12 @@ def install(
     replay_pins: dict[str, list[str]] = {}
     if from_receipt:
         from provision.install.receipt import read_receipt
-        from provision.plan import plan_from_dict
 
         receipt = read_receipt(Path(from_receipt))
+        try:
+            from provision.plan import plan_from_dict
+        except ImportError as e:
+            raise OperationFailed(f"cannot replay: provision.plan has no plan_from_dict ({e})") from None
         plan = plan_from_dict(receipt.plan)
         built = {b.name for b in plan.backends if b.build is not None}
         replay_pins = {
