@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from provision.errors import UserError
 from provision.probe import amd_parse as parse
@@ -17,8 +17,7 @@ KFD_NODES = "/sys/class/kfd/kfd/topology/nodes"
 ROCM_TOOL_TIMEOUT_S = 15.0
 
 
-@dataclass(frozen=True)
-class AmdFindings:
+class AmdFindings(NamedTuple):
     gpus: tuple[GPU, ...]
     rocm: RocmInfo | None
 

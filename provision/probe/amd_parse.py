@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -60,8 +60,7 @@ def parse_kfd_properties(text: str) -> dict[str, int]:
     return out
 
 
-@dataclass(frozen=True)
-class KfdGpu:
+class KfdGpu(NamedTuple):
     node: int
     gfx: str | None  # None on kernels before gfx_target_version was added (~4.19)
     device_id: int | None
@@ -87,8 +86,7 @@ def parse_rocm_agent_enumerator(text: str) -> list[str]:
     return [g for line in text.splitlines() if (g := normalise_gfx(line))]
 
 
-@dataclass(frozen=True)
-class RocminfoAgent:
+class RocminfoAgent(NamedTuple):
     name: str  # marketing name
     gfx: str | None
     node: int | None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from typing import Any
 
 from provision.probe import apple
@@ -31,21 +32,25 @@ ARM_PARTS = {
 # planner's checks use the Linux names.
 X86_FLAG_ALIASES = {"avx1.0": "avx", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "pni": "sse3"}
 
+# DataSource is py-cpuinfo's class-level state: two probes in one process must take turns.
+_DATA_SOURCE_LOCK = threading.Lock()
+
 
 def _with_source(cpuinfo_mod: Any, method: str, text: str, parse: str) -> dict[str, Any]:
     """Run py-cpuinfo's parser `parse` with DataSource.`method` returning `text`."""
     mod = getattr(cpuinfo_mod, "cpuinfo", cpuinfo_mod)  # the package or its inner module
     data_source = mod.DataSource
     parser = getattr(mod, parse)
-    saved = {name: data_source.__dict__[name] for name in (method, "has_proc_cpuinfo", "has_sysctl")}
-    try:
-        setattr(data_source, method, staticmethod(lambda: (0, text)))
-        data_source.has_proc_cpuinfo = staticmethod(lambda: True)
-        data_source.has_sysctl = staticmethod(lambda: True)
-        return parser() or {}
-    finally:
-        for name, value in saved.items():
-            setattr(data_source, name, value)
+    with _DATA_SOURCE_LOCK:
+        saved = {name: data_source.__dict__[name] for name in (method, "has_proc_cpuinfo", "has_sysctl")}
+        try:
+            setattr(data_source, method, staticmethod(lambda: (0, text)))
+            data_source.has_proc_cpuinfo = staticmethod(lambda: True)
+            data_source.has_sysctl = staticmethod(lambda: True)
+            return parser() or {}
+        finally:
+            for name, value in saved.items():
+                setattr(data_source, name, value)
 
 
 def cpuinfo_from_proc(cpuinfo_mod: Any, text: str) -> dict[str, Any]:

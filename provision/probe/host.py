@@ -101,8 +101,9 @@ def probe_host(system: System | None = None) -> HostProfile:
     sysctl_text = _darwin_sysctl(system, notes) if system.system == "darwin" else None
     pci = [] if no_gpu or system.system != "linux" else display_controllers(system)
 
-    cpu_task = Background(lambda: probe_cpu(system, sysctl_text), "cpu")
+    # The tools' subprocesses first: they run on other cores while this process imports py-cpuinfo.
     tool_task = Background(lambda: probe_toolchain(system), "toolchain")
+    cpu_task = Background(lambda: probe_cpu(system, sysctl_text), "cpu")
     nvidia_task = amd_task = None
     if not no_gpu:
         nvidia_task = Background(lambda: nvidia_source.probe_nvidia(system, pci), "nvidia")

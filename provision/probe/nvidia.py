@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from provision.errors import UserError
 from provision.probe import nvidia_parse as parse
@@ -28,8 +27,7 @@ SMI_TIMEOUT_S = 15.0
 MIB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class NvidiaFindings:
+class NvidiaFindings(NamedTuple):
     gpus: tuple[GPU, ...]
     driver: NvidiaDriver | None
 

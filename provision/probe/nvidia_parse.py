@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 BOM = "\ufeff"
 
 
-@dataclass(frozen=True)
-class SmiGpu:
+class SmiGpu(NamedTuple):
     index: int | None
     name: str
     memory_mb: int | None = None
@@ -24,8 +23,7 @@ class SmiGpu:
         return self.name.endswith("...")
 
 
-@dataclass(frozen=True)
-class DriverHeader:
+class DriverHeader(NamedTuple):
     driver_version: str | None
     cuda_version: str | None
     smi_version: str | None = None

@@ -9,8 +9,8 @@ Each device directory under /sys/bus/pci/devices holds one-line hex files:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from provision.probe.system import System
 
@@ -22,8 +22,7 @@ VENDOR_INTEL = 0x8086
 DISPLAY_SUBCLASSES = (0x0300, 0x0302)
 
 
-@dataclass(frozen=True)
-class PciDisplay:
+class PciDisplay(NamedTuple):
     address: str  # 0000:01:00.0
     vendor: int
     device: int | None

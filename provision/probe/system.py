@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 # Where a GPU vendor's own tools live. nvidia-smi and the ROCm tools are looked up only
 # here, never on a relative PATH entry or in the working directory: a probe must not run
@@ -41,8 +41,7 @@ TRUSTED_DIRS_WINDOWS = (
 COMMAND_TIMEOUT_S = 5.0
 
 
-@dataclass(frozen=True)
-class CommandResult:
+class CommandResult(NamedTuple):
     returncode: int
     stdout: str
     stderr: str

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from provision.probe.amd_parse import parse_hip_version
 from provision.probe.background import Background
@@ -64,8 +64,7 @@ def parse_ccache_version(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-@dataclass(frozen=True)
-class Tool:
+class Tool(NamedTuple):
     field: str  # the Toolchain field it fills
     names: tuple[str, ...]  # executables to look for, in order
     parse: Callable[[str], str | None]
@@ -101,9 +100,22 @@ def _find(system: System, tool: Tool) -> Path | None:
     return None
 
 
-def _version(system: System, tool: Tool, path: Path) -> str | None:
-    result = system.run([str(path), "--version"], TOOL_TIMEOUT_S)
-    return tool.parse(result.stdout + "\n" + result.stderr) if result.ok else None
+class ToolReport(NamedTuple):
+    path: Path | None
+    version: str | None
+    error: str | None = None
+
+
+def _report(system: System, tool: Tool) -> ToolReport:
+    """Find one tool and ask its version; PATH lookup included, so every tool starts at once."""
+    path = _find(system, tool)
+    if path is None:
+        return ToolReport(None, None)
+    try:
+        result = system.run([str(path), "--version"], TOOL_TIMEOUT_S)
+    except Exception as e:  # OSError, TimeoutExpired
+        return ToolReport(path, None, f"{type(e).__name__}: {e}")
+    return ToolReport(path, tool.parse(result.stdout + "\n" + result.stderr) if result.ok else None)
 
 
 def cuda_toolkit_roots(system: System, nvcc: Path) -> list[Path]:
@@ -138,23 +150,21 @@ def has_cublas(root: Path) -> bool:
 
 def probe_toolchain(system: System) -> Found[Toolchain]:
     notes: list[str] = []
-    paths = {tool.field: _find(system, tool) for tool in TOOLS}
-    tasks = {
-        tool.field: Background(lambda tool=tool, path=path: _version(system, tool, path), tool.field)
-        for tool in TOOLS
-        if (path := paths[tool.field]) is not None
-    }
-    versions: dict[str, str | None] = {}
+    tasks = {tool.field: Background(lambda tool=tool: _report(system, tool), tool.field) for tool in TOOLS}
+    reports: dict[str, ToolReport] = {}
     for field_name, task in tasks.items():
         try:
-            versions[field_name] = task.result(TOOL_TIMEOUT_S + 2)
-        except Exception as e:  # timeout, a tool that cannot start
-            notes.append(f"toolchain: {paths[field_name]} --version failed ({type(e).__name__}: {e})")
+            report = reports[field_name] = task.result(TOOL_TIMEOUT_S + 2)
+        except Exception as e:  # the backstop deadline
+            notes.append(f"toolchain: {field_name}: {e}")
             continue
-        if versions[field_name] is None:
-            notes.append(f"toolchain: could not read the version of {paths[field_name]}")
+        if report.error:
+            notes.append(f"toolchain: {report.path} --version failed ({report.error})")
+        elif report.path is not None and report.version is None:
+            notes.append(f"toolchain: could not read the version of {report.path}")
+    versions = {name: r.version for name, r in reports.items()}
     cublas = None
-    if (nvcc := paths["nvcc"]) is not None:
+    if (nvcc := reports["nvcc"].path if "nvcc" in reports else None) is not None:
         roots = cuda_toolkit_roots(system, nvcc)
         cublas = any(has_cublas(r) for r in roots)
         if not cublas:
