@@ -1,0 +1,111 @@
+"""`xinfer-setup smoke`: the tiny model on every installed engine, served and answered."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import click
+
+from provision.errors import OperationFailed, UserError
+
+
+def _installed_pythons(venv_root: Path | None) -> dict[str, Path]:
+    """{backend: python of the environment it was installed into}, from the install receipt."""
+    try:
+        from provision.install.receipt import installed_backends
+    except ImportError:
+        # No installer in this build: engines importable by this interpreter are all there is.
+        from smoke.engines import ADAPTERS
+
+        found = {}
+        for backend in ADAPTERS:
+            try:
+                metadata.version(backend)
+            except metadata.PackageNotFoundError:
+                continue
+            found[backend] = Path(sys.executable)
+        return found
+    return {name: b.python for name, b in installed_backends(venv_root).items()}
+
+
+def _fmt(value: float | None, unit: str = "s", digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def render_table(report) -> str:
+    rows = [("engine", "status", "load", "ready", "ttft", "tok/s", "hardware", "reason")]
+    for r in report.results:
+        rows.append((r.backend, r.status, _fmt(r.load_s), _fmt(r.ready_s), _fmt(r.ttft_s, digits=3),
+                     _fmt(r.tokens_per_s, "", 1), r.hardware or "-", r.reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+             for row in rows]
+    for r in report.results:
+        if r.status == "fail" and r.log_tail:
+            lines.append(f"--- {r.backend}: last log lines ({r.log_path or 'probe'})")
+            lines.extend("    " + x for x in r.log_tail.splitlines())
+    for a in report.agreement:
+        lines.append(f"agreement {a.left} ~ {a.right}: {a.status} ({a.reason})")
+    m = report.model
+    made = f"generated in {m['generate_s']:.2f}s" if m["generated"] else "from cache"
+    lines.append(f"tiny model {m['key']}: HF dir {m['hf_bytes'] / 1e6:.2f} MB, "
+                 f"GGUF F32 {m['gguf_bytes'] / 1e6:.2f} MB, {made}")
+    lines.append(f"smoke total {report.total_s:.1f}s: {'PASS' if report.ok else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def _raise_on_sigterm(signum, frame):
+    # Turned into the same unwinding as Ctrl-C, so every server's process group is stopped.
+    raise KeyboardInterrupt
+
+
+@click.command("smoke")
+@click.option("--venv", "venv_root", type=click.Path(path_type=Path), default=None,
+              help="The --venv ROOT the engines were installed under.")
+@click.option("--backend", "backends", multiple=True, metavar="NAME",
+              help="Only this backend (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Where tiny models are cached (default ~/.cache/xinfer-setup/models).")
+def smoke(venv_root: Path | None, backends: tuple[str, ...], as_json: bool, cache_dir: Path | None) -> None:
+    """Run a tiny local model on every installed engine: load, generate, serve, answer, stop."""
+    from smoke.engines import ADAPTERS
+
+    unknown = [b for b in backends if b not in ADAPTERS]
+    if unknown:
+        raise UserError(f"unknown backend {unknown[0]!r}; choose from {', '.join(ADAPTERS)}")
+    if venv_root is not None and not venv_root.is_dir():
+        raise UserError(f"--venv {venv_root}: no such directory")
+
+    installed = {k: v for k, v in _installed_pythons(venv_root).items() if k in ADAPTERS}
+    if backends:
+        missing = [b for b in backends if b not in installed]
+        if missing:
+            have = ", ".join(installed) or "none"
+            raise UserError(f"backend {missing[0]!r} is not installed (installed engines: {have})")
+        installed = {b: installed[b] for b in backends}
+    if not installed:
+        raise UserError("no engine is installed here; run `xinfer-setup install` first")
+
+    from provision.probe import probe_host
+    from smoke.runner import run_smoke
+    from smoke.tiny_model import ensure_tiny_model
+
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        model = ensure_tiny_model(cache_dir)
+        work_dir = Path(tempfile.mkdtemp(prefix="xinfer-smoke-"))
+        report = run_smoke(installed, probe_host(), model, work_dir)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render_table(report))
+    if not report.ok:
+        failed = [r.backend for r in report.results if r.status == "fail"]
+        failed += [f"{a.left}~{a.right}" for a in report.agreement if a.status != "pass"]
+        raise OperationFailed(f"smoke failed: {', '.join(failed)} (logs in {work_dir})")

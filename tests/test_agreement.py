@@ -1,0 +1,79 @@
+"""Cross-engine agreement: transformers (float32) and llama.cpp (F32 GGUF, F32 KV cache) give the
+numpy reference's greedy ids and prompt logits, through the real engines in their own env."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from smoke.checks import compare_greedy
+from smoke.engine_probe import RESULT_MARKER
+from smoke.engines import ADAPTERS
+from smoke.reference import TinyReference
+from smoke.tiny_model import ensure_tiny_model
+
+
+@pytest.fixture(scope="module")
+def _engine_pythons() -> dict[str, Path]:
+    """{backend: python} of an env with the engines; to be replaced by conftest's engine_env."""
+    python = os.environ.get("XINFER_TEST_ENGINE_PYTHON")
+    if not python:
+        pytest.skip("XINFER_TEST_ENGINE_PYTHON is not set (a python with transformers and llama-cpp-python)")
+    return {name: Path(python) for name in ("transformers", "llama-cpp-python", "xllamacpp")}
+
+
+def _probe(python: Path, backend: str, model_path: Path, prompt_ids: list[int]) -> dict:
+    argv = ADAPTERS[backend].probe_command(python, model_path, prompt_ids, 12, logits=True)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    line = next(x for x in out.stdout.splitlines() if x.startswith(RESULT_MARKER))
+    return json.loads(line[len(RESULT_MARKER):])
+
+
+@pytest.mark.slow
+def test_transformers_and_llama_cpp_agree_with_the_reference(_engine_pythons, tmp_path):
+    model = ensure_tiny_model(tmp_path)
+    ref = TinyReference(model.hf_dir)
+    prompt_ids = ref.encode("The quick brown fox jumps over the lazy dog")
+    expected = ref.greedy(prompt_ids, 12)
+
+    tf = _probe(_engine_pythons["transformers"], "transformers", model.hf_dir, prompt_ids)
+    lc = _probe(_engine_pythons["llama-cpp-python"], "llama-cpp-python", model.gguf_path, prompt_ids)
+
+    for name, run in (("transformers", tf), ("llama-cpp-python", lc)):
+        verdict = compare_greedy(name, "reference", run["new_ids"], expected.new_ids,
+                                 run["prompt_logits"], expected.prompt_logits)
+        assert verdict.status == "pass", verdict.reason
+        assert verdict.tokens_compared == 12
+    both = compare_greedy("transformers", "llama-cpp-python", tf["new_ids"], lc["new_ids"],
+                          tf["prompt_logits"], lc["prompt_logits"])
+    assert both.status == "pass", both.reason
+    assert both.max_logit_diff < 1e-4
+
+
+@pytest.mark.slow
+def test_a_wrong_conversion_is_caught(_engine_pythons, tmp_path, monkeypatch):
+    """A GGUF written WITHOUT the rotary permutation loads and talks, but disagrees."""
+    from smoke import tiny_model
+
+    model = ensure_tiny_model(tmp_path / "good")
+    spec, corpus = model.spec, tiny_model.CORPUS_PATH.read_text()
+    tokenizer = tiny_model.train_tokenizer(corpus, spec.vocab_target)
+    weights = tiny_model.make_weights(spec, tokenizer.get_vocab_size())
+    bad = tmp_path / "unpermuted.gguf"
+    with monkeypatch.context() as m:
+        m.setattr(tiny_model, "rotary_to_llama_cpp", lambda w, n: w)
+        tiny_model.write_gguf(bad, spec, weights, tokenizer)
+
+    ref = TinyReference(model.hf_dir)
+    prompt_ids = ref.encode("One, two, three, four, five, six, seven")
+    expected = ref.greedy(prompt_ids, 12)
+    lc = _probe(_engine_pythons["llama-cpp-python"], "llama-cpp-python", bad, prompt_ids)
+    verdict = compare_greedy("llama-cpp-python", "reference", lc["new_ids"], expected.new_ids,
+                             lc["prompt_logits"], expected.prompt_logits)
+    assert verdict.status == "fail"
+    assert verdict.max_logit_diff > 1e-2

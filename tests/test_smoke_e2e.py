@@ -1,0 +1,139 @@
+"""The whole smoke run with real engines, real servers and the real openai client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from provision.probe import probe_host
+from smoke.runner import run_smoke
+from smoke.tiny_model import ensure_tiny_model
+
+FAST_ENGINES = ("llama-cpp-python", "xllamacpp")
+
+
+@pytest.fixture(scope="module")
+def _engine_pythons() -> dict[str, Path]:
+    """{backend: python} of an env with the engines; to be replaced by conftest's engine_env."""
+    python = os.environ.get("XINFER_TEST_ENGINE_PYTHON")
+    if not python:
+        pytest.skip("XINFER_TEST_ENGINE_PYTHON is not set (a python with transformers, llama-cpp-python, "
+                    "xllamacpp)")
+    return {name: Path(python) for name in ("transformers", "llama-cpp-python", "xllamacpp")}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("smoke-cache")
+
+
+def _processes_mentioning(marker: str) -> list[str]:
+    """Command lines of live (non-zombie) processes whose argv contains marker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+@pytest.mark.slow
+def test_every_cpu_engine_passes_and_gpu_engines_skip(_engine_pythons, cache, tmp_path):
+    model = ensure_tiny_model(cache)
+    pythons = {**_engine_pythons, "vllm": Path(sys.executable), "sglang": Path(sys.executable)}
+    report = run_smoke(pythons, probe_host(), model, tmp_path / "work")
+
+    by_name = {r.backend: r for r in report.results}
+    for name in ("transformers", "llama-cpp-python", "xllamacpp"):
+        r = by_name[name]
+        assert r.status == "pass", f"{name}: {r.reason}\n{r.log_tail}"
+        assert r.ready_s > 0 and r.ttft_s > 0 and r.tokens_per_s > 0
+        assert r.hardware == "cpu"
+        assert r.answer  # and check_chat_answer held it to the reference answer
+    assert by_name["transformers"].load_s > 0 and by_name["llama-cpp-python"].load_s > 0
+    for name in ("vllm", "sglang"):
+        assert by_name[name].status == "skip"
+        assert "needs a CUDA device" in by_name[name].reason
+    pairs = {(a.left, a.right): a for a in report.agreement}
+    assert set(pairs) == {("transformers", "reference"), ("llama-cpp-python", "reference"),
+                          ("transformers", "llama-cpp-python")}
+    assert all(a.status == "pass" and a.tokens_compared >= 8 for a in pairs.values())
+    assert report.ok
+    assert _processes_mentioning(str(cache)) == []
+
+
+@pytest.mark.slow
+def test_broken_model_fails_that_engine_only(_engine_pythons, cache, tmp_path):
+    model = ensure_tiny_model(cache)
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(model.gguf_path.read_bytes()[:300_000])
+    pythons = {k: _engine_pythons[k] for k in FAST_ENGINES}
+    report = run_smoke(pythons, probe_host(), model, tmp_path / "work",
+                       model_overrides={"llama-cpp-python": broken})
+
+    by_name = {r.backend: r for r in report.results}
+    assert by_name["llama-cpp-python"].status == "fail"
+    assert "load+generate failed" in by_name["llama-cpp-python"].reason
+    assert by_name["llama-cpp-python"].log_tail
+    assert by_name["xllamacpp"].status == "pass", by_name["xllamacpp"].reason
+    assert not report.ok
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+def _write_receipt(root: Path, python: Path, backends: tuple[str, ...]) -> None:
+    from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
+
+    env = EnvRecord("main", str(Path(python).parent.parent), str(python))
+    records = [BackendRecord(b, "installed", "main") for b in backends]
+    records.append(BackendRecord("vllm", "skipped", None, reason="no CUDA device"))
+    write_receipt(Receipt({}, {}, "test", [env], records), root / "main")
+
+
+@pytest.mark.slow
+def test_cli_json_from_receipt(_engine_pythons, cache, tmp_path):
+    _write_receipt(tmp_path / "root", _engine_pythons["xllamacpp"], FAST_ENGINES)
+    out = subprocess.run([sys.executable, "-m", "provision.cli", "smoke", "--venv", str(tmp_path / "root"),
+                          "--cache-dir", str(cache), "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr + out.stdout
+    report = json.loads(out.stdout)
+    assert report["ok"] is True
+    assert [e["backend"] for e in report["engines"]] == list(FAST_ENGINES)
+    assert all(e["status"] == "pass" for e in report["engines"])
+    assert report["model"]["gguf_bytes"] > 1_000_000
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_leaves_no_server(_engine_pythons, cache, tmp_path):
+    """Interrupted while transformers serve is starting: exit 130, its process group is gone."""
+    _write_receipt(tmp_path / "root", _engine_pythons["transformers"], ("transformers",))
+    marker = str(cache)
+    cli = subprocess.Popen([sys.executable, "-m", "provision.cli", "smoke", "--venv", str(tmp_path / "root"),
+                            "--cache-dir", marker], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("serve" in p for p in _processes_mentioning(marker)):
+            assert cli.poll() is None, cli.communicate()
+            assert time.monotonic() < deadline, "transformers serve never started"
+            time.sleep(0.2)
+        cli.send_signal(signal.SIGTERM)
+        _, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 130, err
+    # click turns the KeyboardInterrupt our SIGTERM handler raises into its Abort: "aborted".
+    assert "aborted" in err and "Traceback" not in err
+    assert _processes_mentioning(marker) == []

@@ -1,0 +1,154 @@
+"""Engine adapters, skip rules and the pure checks, without any engine installed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provision.profile import profile_from_dict
+from smoke.checks import AnswerError, check_chat_answer, compare_greedy, llama_cpp_placement
+from smoke.engines import ADAPTERS
+
+PY = Path("/envs/vllm/bin/python")
+MODEL = Path("/models/tiny/hf")
+
+
+def _profile(system="linux", gpus=(), driver=True):
+    return profile_from_dict({
+        "schema_version": 1,
+        "os": {"system": system, "release": "6.8", "machine": "x86_64", "libc": "glibc 2.36"},
+        "python": {"version": "3.11.2", "implementation": "cpython"},
+        "cpu": {"brand": "AMD EPYC", "cores": 2, "flags": ["avx2"]},
+        "memory_mb": 24000,
+        "gpus": [{"vendor": "nvidia", "name": name, "memory_mb": 81559, "compute_capability": cc}
+                 for name, cc in gpus],
+        "nvidia": {"driver_version": "580.65.06", "cuda_driver_version": "13.0"} if gpus and driver else None,
+        "rocm": None,
+        "toolchain": {},
+    })
+
+
+CPU = _profile()
+H100 = _profile(gpus=[("NVIDIA H100 80GB HBM3", "9.0")])
+V100 = _profile(gpus=[("Tesla V100-SXM2-16GB", "7.0")])
+
+
+def test_every_plan_engine_has_an_adapter():
+    assert set(ADAPTERS) == {"transformers", "llama-cpp-python", "xllamacpp", "vllm", "sglang"}
+    assert {a.model_format for a in ADAPTERS.values()} == {"hf", "gguf"}
+
+
+@pytest.mark.parametrize("name", ["vllm", "sglang"])
+def test_gpu_only_engines_skip_without_cuda(name):
+    ok, reason = ADAPTERS[name].can_run(CPU)
+    assert not ok and "needs a CUDA device" in reason
+    ok, reason = ADAPTERS[name].can_run(V100)
+    assert not ok and "7.5" in reason and "7.0" in reason
+    ok, reason = ADAPTERS[name].can_run(_profile(system="darwin"))
+    assert not ok and "Linux" in reason
+    # A GPU on the bus with no driver answering is no CUDA device.
+    assert not ADAPTERS[name].can_run(_profile(gpus=[("NVIDIA H100", "9.0")], driver=False))[0]
+    assert ADAPTERS[name].can_run(H100) == (True, "runs on the CUDA device")
+
+
+@pytest.mark.parametrize("name", ["transformers", "llama-cpp-python", "xllamacpp"])
+def test_cpu_engines_always_run(name):
+    assert ADAPTERS[name].can_run(CPU)[0] and ADAPTERS[name].can_run(H100)[0]
+
+
+def test_vllm_command():
+    argv = ADAPTERS["vllm"].server_command(PY, MODEL, "127.0.0.1", 8123, "sk-1", gpu=True)
+    assert argv[:3] == [str(PY), "-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[argv.index("--model") + 1] == str(MODEL)
+    assert argv[argv.index("--port") + 1] == "8123"
+    assert argv[argv.index("--api-key") + 1] == "sk-1"
+    assert argv[argv.index("--served-model-name") + 1] == "tiny"
+    assert "--enforce-eager" in argv
+
+
+def test_sglang_command():
+    argv = ADAPTERS["sglang"].server_command(PY, MODEL, "127.0.0.1", 8124, None, gpu=True)
+    assert argv[:3] == [str(PY), "-m", "sglang.launch_server"]
+    assert argv[argv.index("--model-path") + 1] == str(MODEL)
+    assert "--api-key" not in argv
+
+
+def test_transformers_command_device_follows_gpu():
+    t = ADAPTERS["transformers"]
+    cpu = t.server_command(PY, MODEL, "127.0.0.1", 1, None, gpu=False)
+    assert cpu[1:5] == ["-m", "transformers.cli.transformers", "serve", str(MODEL)]
+    assert cpu[cpu.index("--device") + 1] == "cpu"
+    gpu = t.server_command(PY, MODEL, "127.0.0.1", 1, None, gpu=True)
+    assert gpu[gpu.index("--device") + 1] == "cuda"
+    assert not t.supports_api_key
+
+
+def test_llama_cpp_commands_offload_and_f32_cache():
+    lc = ADAPTERS["llama-cpp-python"].server_command(PY, Path("/m.gguf"), "127.0.0.1", 2, "k", gpu=True)
+    assert lc[lc.index("--n_gpu_layers") + 1] == "-1"
+    assert lc[lc.index("--type_k") + 1] == "0" and lc[lc.index("--api_key") + 1] == "k"
+    assert dict(ADAPTERS["llama-cpp-python"].extra_body) == {"repeat_penalty": 1.0}
+    xl = ADAPTERS["xllamacpp"].server_command(PY, Path("/m.gguf"), "127.0.0.1", 3, None, gpu=False)
+    assert xl[1].endswith("xllamacpp_serve.py") and xl[xl.index("--n-gpu-layers") + 1] == "0"
+    assert "--f32-kv-cache" in xl
+
+
+def test_compare_greedy_reports_first_divergence():
+    ok = compare_greedy("a", "b", list(range(10)), list(range(10)), [[1.0, 2.0]], [[1.0, 2.000001]])
+    assert ok.status == "pass" and ok.max_logit_diff < 1e-5
+    bad = compare_greedy("a", "b", [1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 9, 5, 6, 7, 8, 9])
+    assert bad.status == "fail" and bad.first_divergence == 3 and "new token 3: 4 vs 9" in bad.reason
+    short = compare_greedy("a", "b", [1, 2], [1, 2])
+    assert short.status == "fail" and "need 8" in short.reason
+    # An F16 KV cache moves logits by ~1e-3: over the tolerance.
+    loose = compare_greedy("a", "b", list(range(8)), list(range(8)), [[1.0]], [[1.001]])
+    assert loose.status == "fail" and "tolerance" in loose.reason
+
+
+def test_check_chat_answer():
+    check_chat_answer(" hi", " hi", "length", 2, 16, " hi")
+    check_chat_answer(" hi", " hi", "stop", 2, 16, None)
+    for args, match in [
+        ((None, "", "length", 2, 16, None), "empty"),
+        ((" hi", " hi", "tool_calls", 2, 16, None), "finish_reason"),
+        ((" hi", " hi", "length", 0, 16, None), "completion_tokens"),
+        ((" hi", " ho", "length", 2, 16, None), "streamed"),
+        ((" hi", " hi", "length", 2, 16, " ho"), "greedy answer"),
+    ]:
+        with pytest.raises(AnswerError, match=match):
+            check_chat_answer(*args)
+
+
+def test_llama_cpp_placement_from_real_log_lines():
+    cuda_log = (
+        "load_tensors: offloading 32 repeating layers to GPU\n"
+        "load_tensors: offloading output layer to GPU\n"
+        "load_tensors: offloaded 33/33 layers to GPU\n"
+        "load_tensors:        CUDA0 model buffer size =  4403.49 MiB\n"
+        "load_tensors:   CPU_Mapped model buffer size =   281.81 MiB\n"
+    )
+    assert llama_cpp_placement(cuda_log) == "CUDA0, 33/33 layers offloaded"
+    # Captured here from llama-cpp-python 0.3.36 (CPU build) loading the tiny GGUF.
+    cpu_log = "load_tensors:   CPU_Mapped model buffer size =     1.92 MiB\n"
+    assert llama_cpp_placement(cpu_log) == "cpu"
+    assert llama_cpp_placement("load_tensors: offloaded 0/3 layers to GPU\n") == "cpu"
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "provision.cli", "smoke", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path):
+    for args, match in [
+        (("--backend", "nope"), "unknown backend 'nope'"),
+        (("--venv", str(tmp_path / "missing")), "no such directory"),
+        (("--venv", str(tmp_path), "--backend", "vllm"), "'vllm' is not installed"),
+    ]:
+        out = _cli(*args)
+        assert out.returncode == 2, out.stderr
+        assert match in out.stderr and len(out.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in out.stderr
