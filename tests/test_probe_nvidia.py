@@ -85,11 +85,11 @@ def test_nvml_gives_everything(tmp_path):
 
 
 def test_nvml_reports_mig(tmp_path):
-    h100_box(tmp_path, count=1)
-    found = probe_nvidia(
-        make_system(tmp_path, nvml=recorded_h100_nvml(mig=1)), display_controllers(make_system(tmp_path))
-    )
-    assert any("MIG enabled" in n for n in found.notes)
+    h100_box(tmp_path)
+    system = make_system(tmp_path, nvml=recorded_h100_nvml(mig=1))
+    found = probe_nvidia(system, display_controllers(system))
+    assert len(found.value.gpus) == 2  # NVML lists physical GPUs, not MIG slices
+    assert any("GPU 0 (NVIDIA H100 80GB HBM3) has MIG enabled" in n for n in found.notes)
 
 
 def test_driver_not_loaded_lists_the_pci_gpus_with_a_note(tmp_path):

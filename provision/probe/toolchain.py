@@ -71,9 +71,14 @@ class Tool(NamedTuple):
     extra_dirs: Callable[[System], Sequence[str]] = lambda system: ()
 
 
+def _cuda_homes(system: System) -> list[Path]:
+    """$CUDA_HOME, $CUDA_PATH (what NVIDIA's Windows installer sets), then /usr/local/cuda."""
+    env_roots = (system.env.get("CUDA_HOME"), system.env.get("CUDA_PATH"))
+    return [Path(r) for r in env_roots if r] + [system.path("/usr/local/cuda")]
+
+
 def _cuda_bins(system: System) -> list[str]:
-    roots = [system.env.get("CUDA_HOME"), system.env.get("CUDA_PATH"), str(system.path("/usr/local/cuda"))]
-    return [str(Path(r) / "bin") for r in roots if r]
+    return [str(root / "bin") for root in _cuda_homes(system)]
 
 
 def _rocm_bins(system: System) -> list[str]:
@@ -119,13 +124,9 @@ def _report(system: System, tool: Tool) -> ToolReport:
 
 
 def cuda_toolkit_roots(system: System, nvcc: Path) -> list[Path]:
-    """Where nvcc's toolkit may live. /usr/local/bin/nvcc is often a wrapper script, so its
-    parent is not always the toolkit; the usual install roots follow."""
-    roots = [system.env.get("CUDA_HOME"), system.env.get("CUDA_PATH")]
-    candidates = [Path(r) for r in roots if r] + [
-        Path(os.path.realpath(nvcc)).parent.parent,
-        system.path("/usr/local/cuda"),
-    ]
+    """Where nvcc's toolkit may live: nvcc's own parent first, but /usr/local/bin/nvcc is often a
+    wrapper script whose parent is not a toolkit, so the usual install roots follow."""
+    candidates = [Path(os.path.realpath(nvcc)).parent.parent, *_cuda_homes(system)]
     seen: list[Path] = []
     for root in candidates:
         if root not in seen and (
