@@ -196,13 +196,18 @@ def _int_or_none(v: Any, path: str) -> int | None:
     return int(v)
 
 
+_TOOLS = ("cmake", "cc", "nvcc", "hipcc", "ninja", "ccache")
+
+
 def profile_from_dict(d: Any) -> HostProfile:
     """Validate and type a v1 profile. Raises ProfileError with a one-line reason."""
     if not isinstance(d, dict):
         raise ProfileError("profile: expected a JSON object")
     version = _req(d, "schema_version", "")
     if version != SCHEMA_VERSION:
-        raise ProfileError(f"profile: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+        raise ProfileError(
+            f"profile: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+        )
 
     o = _req(d, "os", "")
     system = _str(_req(o, "system", "os"), "os.system").lower()
@@ -219,7 +224,8 @@ def profile_from_dict(d: Any) -> HostProfile:
     py_version = _str(_req(p, "version", "python"), "python.version")
     if not re.match(r"^\d+\.\d+(\.\d+)?", py_version):
         raise ProfileError(f"profile: python.version {py_version!r} is not a version")
-    python = PythonInfo(version=py_version, implementation=_str(p.get("implementation", "cpython"), "python.implementation"))
+    implementation = _str(p.get("implementation", "cpython"), "python.implementation")
+    python = PythonInfo(version=py_version, implementation=implementation)
 
     c = _req(d, "cpu", "")
     flags = c.get("flags") or []
@@ -276,7 +282,7 @@ def profile_from_dict(d: Any) -> HostProfile:
     if cublas is not None and not isinstance(cublas, bool):
         raise ProfileError("profile: 'toolchain.cuda_cublas' must be true, false or null")
     toolchain = Toolchain(
-        **{k: _str_or_none(t.get(k), f"toolchain.{k}") for k in ("cmake", "cc", "nvcc", "hipcc", "ninja", "ccache")},
+        **{k: _str_or_none(t.get(k), f"toolchain.{k}") for k in _TOOLS},
         cuda_cublas=cublas,
     )
 
@@ -308,5 +314,6 @@ def load_profile(path: str | Path) -> HostProfile:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ProfileError(f"profile: {p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        where = f"line {e.lineno}, column {e.colno}"
+        raise ProfileError(f"profile: {p} is not valid JSON ({where}: {e.msg})") from None
     return profile_from_dict(data)
