@@ -1,0 +1,58 @@
+"""Shared fixtures.
+
+`provisioned_root` is what a user gets from the README's set-up: the real
+`xinfer-setup install --auto --venv ROOT` run once per test session on this machine
+(torch 2.13.0+cpu through the local-wheel fallback, xinference, transformers, the
+llama-cpp-python CPU build from our wheelhouse, xllamacpp). Smoke and serve tests run
+their engines from it, so they test the environments our installer makes, not
+hand-made ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800, **kw) -> subprocess.CompletedProcess:
+    """Run the real `xinfer-setup` entry point of this checkout in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "provision", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=kw.pop("cwd", REPO),
+        **kw,
+    )
+
+
+@pytest.fixture(scope="session")
+def provisioned_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("provisioned") / "envs"
+    done = cli("install", "--auto", "--venv", str(root), "--json")
+    if done.returncode != 0:
+        pytest.fail(
+            f"install --auto failed (exit {done.returncode}):\n{done.stderr[-4000:]}\n{done.stdout[-2000:]}"
+        )
+    report = json.loads(done.stdout)
+    assert report, "install --auto --json printed no report"
+    return root
+
+
+@pytest.fixture(scope="session")
+def engine_env(provisioned_root) -> dict[str, Path]:
+    """{backend name: python executable} for every backend the session's install provisioned."""
+    from provision.install.receipt import installed_backends
+
+    engines = {name: b.python for name, b in installed_backends(provisioned_root).items()}
+    for needed in ("transformers", "llama-cpp-python", "xllamacpp", "xinference"):
+        assert needed in engines, f"install --auto did not provision {needed}: {sorted(engines)}"
+    return engines
