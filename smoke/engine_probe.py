@@ -11,6 +11,7 @@ logits of every prompt position, which the agreement check compares across engin
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -38,6 +39,8 @@ def probe_transformers(model: str, prompt_ids: list[int], new_tokens: int, want_
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).to(device).eval()
     load_s = time.perf_counter() - started
 
+    # transformers 5.2x renamed past_key_values to cache (the old name warns until 5.40).
+    cache_name = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
     ids = torch.tensor([prompt_ids], device=device)
     generated: list[int] = []
     with torch.inference_mode():
@@ -47,11 +50,11 @@ def probe_transformers(model: str, prompt_ids: list[int], new_tokens: int, want_
         token = int(prompt_logits[-1].argmax())
         generated.append(token)
         ttft_s = time.perf_counter() - t0
-        past = out.past_key_values
+        past = getattr(out, cache_name)
         t1 = time.perf_counter()
         for _ in range(new_tokens - 1):
-            out = lm(torch.tensor([[token]], device=device), past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = lm(torch.tensor([[token]], device=device), use_cache=True, **{cache_name: past})
+            past = getattr(out, cache_name)
             token = int(out.logits[0, -1].argmax())
             generated.append(token)
         if device.startswith("cuda"):

@@ -137,3 +137,16 @@ def test_sigterm_mid_run_leaves_no_server(_engine_pythons, cache, tmp_path):
     # click turns the KeyboardInterrupt our SIGTERM handler raises into its Abort: "aborted".
     assert "aborted" in err and "Traceback" not in err
     assert _processes_mentioning(marker) == []
+
+
+@pytest.mark.slow
+def test_gpu_report_checks_run_on_cpu(_engine_pythons, tmp_path):
+    """gpu_check.sh's measuring half, in its --cpu mode: same checks, no GPU expected."""
+    python = str(_engine_pythons["transformers"])
+    argv = [sys.executable, "-m", "smoke.gpu_report", "--python", python, "--out", str(tmp_path), "--cpu"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["ok"] and not summary["failures"]
+    assert summary["transformers"]["device"] == "cpu"
+    assert summary["llama-cpp-python"]["max_logit_diff_vs_reference"] < 1e-4

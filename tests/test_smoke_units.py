@@ -152,3 +152,15 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
         assert out.returncode == 2, out.stderr
         assert match in out.stderr and len(out.stderr.strip().splitlines()) == 1
         assert "Traceback" not in out.stderr
+
+
+GPU_CHECK = Path(__file__).parent.parent / "smoke" / "gpu_check.sh"
+
+
+def test_gpu_check_script_fails_loudly_on_bad_arguments(tmp_path):
+    assert subprocess.run(["bash", "-n", str(GPU_CHECK)]).returncode == 0
+    usage = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True)
+    assert usage.returncode == 1 and "usage:" in usage.stderr
+    missing = subprocess.run(["bash", str(GPU_CHECK), str(tmp_path / "no-wheels")], capture_output=True,
+                             text=True)
+    assert missing.returncode == 1 and "gpu_check: FAIL: wheel directory" in missing.stderr
