@@ -18,12 +18,13 @@ from smoke.tiny_model import ensure_tiny_model
 
 
 @pytest.fixture(scope="module")
-def _engine_pythons() -> dict[str, Path]:
-    """{backend: python} of an env with the engines; to be replaced by conftest's engine_env."""
+def _engine_pythons(request) -> dict[str, Path]:
+    """{backend: python}: XINFER_TEST_ENGINE_PYTHON (one env with every CPU engine) when set, for
+    quick runs; otherwise the session's real `install --auto` (conftest's engine_env)."""
     python = os.environ.get("XINFER_TEST_ENGINE_PYTHON")
-    if not python:
-        pytest.skip("XINFER_TEST_ENGINE_PYTHON is not set (a python with transformers and llama-cpp-python)")
-    return {name: Path(python) for name in ("transformers", "llama-cpp-python", "xllamacpp")}
+    if python:
+        return {name: Path(python) for name in ("transformers", "llama-cpp-python", "xllamacpp")}
+    return dict(request.getfixturevalue("engine_env"))
 
 
 def _probe(python: Path, backend: str, model_path: Path, prompt_ids: list[int]) -> dict:
