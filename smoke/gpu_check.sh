@@ -4,8 +4,8 @@
 #   smoke/gpu_check.sh WHEEL_DIR [OUT_DIR]
 #
 # Needs: nvidia-smi, nvcc, cmake, ninja, and a python3 (or $PYTHON) with torch (CUDA build) and
-# transformers. WHEEL_DIR holds smoke/gpu_check_requirements.txt's files. It makes a venv that
-# sees the system packages, builds llama-cpp-python with GGML_CUDA for this card's compute
+# transformers. WHEEL_DIR holds smoke/gpu_check_requirements.txt's files. It installs them into
+# OUT/site (on PYTHONPATH), builds llama-cpp-python with GGML_CUDA for this card's compute
 # capability only, generates the tiny model, runs transformers on CUDA and the tiny GGUF fully
 # offloaded, checks both against the numpy reference, and prints a JSON summary.
 set -euo pipefail
@@ -38,10 +38,12 @@ done
 "$PYTHON" -c "import torch, transformers; assert torch.cuda.is_available(), 'torch sees no CUDA device'" \
   || die "$PYTHON needs torch with CUDA and transformers"
 
-VENV=$OUT/venv
-step "venv $VENV (sees the system's torch and transformers)"
-"$PYTHON" -m venv --system-site-packages "$VENV"
-PIP=("$VENV/bin/python" -m pip install --no-index --find-links "$WHEELS" --no-deps -q)
+# No venv: a venv made from a venv's python does not see that venv's torch (GPU images ship
+# torch in a venv). Our wheels go into a target directory on PYTHONPATH instead.
+SITE=$OUT/site
+export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+step "installing the wheels from $WHEELS into $SITE"
+PIP=("$PYTHON" -m pip install --no-index --find-links "$WHEELS" --no-deps -q --target "$SITE")
 "${PIP[@]}" scikit-build-core pathspec packaging diskcache typing-extensions gguf \
   || die "installing the build and runtime wheels from $WHEELS failed"
 
@@ -51,14 +53,14 @@ CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH" CMAKE_BUILD_PARALLE
   timeout 480 "${PIP[@]}" --no-build-isolation --no-cache-dir llama-cpp-python >"$OUT/llama-build.log" 2>&1 \
   || { tail -n 30 "$OUT/llama-build.log" >&2; die "llama-cpp-python CUDA build failed or took over 8 minutes"; }
 BUILD_S=$((SECONDS - BUILD_START))
-LIB_DIR=$("$VENV/bin/python" -c "import llama_cpp, os; print(os.path.join(os.path.dirname(llama_cpp.__file__), 'lib'))")
+LIB_DIR=$("$PYTHON" -c "import llama_cpp, os; print(os.path.join(os.path.dirname(llama_cpp.__file__), 'lib'))")
 ls "$LIB_DIR" | grep -q 'ggml-cuda' || die "no libggml-cuda in $LIB_DIR: the build has no CUDA backend"
 step "built in ${BUILD_S}s; CUDA backend library present"
 
 step "tiny model, transformers on CUDA, GGUF fully offloaded"
-PYTHONPATH=$REPO "$VENV/bin/python" -m smoke.gpu_report --python "$VENV/bin/python" --out "$OUT" \
+PYTHONPATH=$REPO:$PYTHONPATH "$PYTHON" -m smoke.gpu_report --python "$PYTHON" --out "$OUT" \
   >"$OUT/summary.json" || { cat "$OUT/summary.json"; die "checks failed (see above; logs in $OUT)"; }
-"$VENV/bin/python" - "$OUT/summary.json" "$GPU" "$CC" "$BUILD_S" "$((SECONDS - STARTED))" <<'PY'
+"$PYTHON" - "$OUT/summary.json" "$GPU" "$CC" "$BUILD_S" "$((SECONDS - STARTED))" <<'PY'
 import json, sys
 path, gpu, cc, build_s, total_s = sys.argv[1:]
 summary = json.load(open(path))
