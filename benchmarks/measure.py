@@ -1,0 +1,89 @@
+"""Timing and memory of whole commands: several runs, median and min–max, peak RSS.
+
+Each measured command runs under a small wrapper process whose RUSAGE_CHILDREN
+max RSS is that command's own peak (resource only reports the largest child
+ever waited for, so one wrapper per run keeps runs apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+_WRAPPER = r"""
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode
+wall = time.perf_counter() - t
+kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"rc": rc, "wall_s": wall, "rss_mib": kib / 1024}))
+"""
+
+
+class CommandFailed(Exception):
+    pass
+
+
+@dataclass
+class Sample:
+    name: str
+    walls: list[float] = field(default_factory=list)
+    rss_mib: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.walls)
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "runs": len(self.walls),
+            "median_s": round(self.median, 4),
+            "min_s": round(min(self.walls), 4),
+            "max_s": round(max(self.walls), 4),
+            "peak_rss_mib": round(max(self.rss_mib), 1) if self.rss_mib else None,
+        }
+
+
+def run_command(
+    name: str,
+    argv: list[str],
+    runs: int,
+    env: dict[str, str] | None = None,
+    warmup: int = 0,
+    sample: Sample | None = None,
+) -> Sample:
+    """Run argv `runs` times (after `warmup` unmeasured runs); fail loudly on a non-zero exit."""
+    sample = sample or Sample(name)
+    full_env = {**os.environ, **(env or {})}
+    for i in range(warmup + runs):
+        out = subprocess.run(
+            [sys.executable, "-c", _WRAPPER, *argv], capture_output=True, text=True, env=full_env
+        )
+        if out.returncode != 0 or not out.stdout.strip():
+            raise CommandFailed(f"{name}: wrapper failed: {out.stderr.strip()[-500:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        if result["rc"] != 0:
+            raise CommandFailed(f"{name}: {' '.join(argv)} exited {result['rc']}")
+        if i >= warmup:
+            sample.walls.append(result["wall_s"])
+            sample.rss_mib.append(result["rss_mib"])
+    return sample
+
+
+def time_callable(name: str, fn, runs: int) -> Sample:
+    sample = Sample(name)
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        sample.walls.append(time.perf_counter() - t)
+    return sample
+
+
+def ratio(numerator: Sample, denominator: Sample) -> float:
+    return numerator.median / denominator.median if denominator.median else float("inf")

@@ -1,0 +1,335 @@
+"""How fast xinfer-setup is, against what users would use instead.
+
+    .venv/bin/python benchmarks/run.py [--runs 5] [--root DIR] [--skip NAME ...] [--json FILE]
+
+Each row is a ratio against a baseline measured in the same run (median of several runs,
+min–max beside it), plus peak RSS. Sections: probe, plan, noop, fresh, llama, smoke, resolve.
+`--root` reuses an environment root made by `xinfer-setup install --auto --venv ROOT`;
+without it one is provisioned first (and timed). Exits non-zero only if a measured command
+fails: these are measurements, not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import CommandFailed, Sample, ratio, run_command, time_callable  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TOOL = [sys.executable, "-m", "provision"]
+SECTIONS = ("probe", "plan", "noop", "fresh", "llama", "smoke", "resolve")
+# A GPU-target profile resolved from this CPU machine (vllm in its own env, CUDA 13 torch).
+RESOLVE_PROFILE = REPO / "tests" / "profiles" / "linux-h100-driver580.json"
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def add(
+        self, section: str, sample: Sample, baseline: Sample | None = None, target: str = "", note: str = ""
+    ) -> None:
+        row = {"section": section, **sample.as_dict(), "target": target, "note": note}
+        if baseline is not None:
+            row["baseline"] = baseline.name
+            row["baseline_median_s"] = round(baseline.median, 4)
+            row["ratio"] = round(ratio(sample, baseline), 3)
+        self.rows.append(row)
+        print(_format_row(row), flush=True)
+
+
+def _format_row(r: dict) -> str:
+    rng = f"{r['min_s']:.3f}–{r['max_s']:.3f}"
+    rss = f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else "-"
+    vs = f"  {r['ratio']:.2f}x of {r['baseline']}" if "ratio" in r else ""
+    tgt = f"  [target: {r['target']}]" if r.get("target") else ""
+    return (
+        f"{r['section']:8} {r['name']:44} {r['median_s']:9.3f} s ({rng}, n={r['runs']})  rss {rss}{vs}{tgt}"
+    )
+
+
+def _tool(*args: str) -> list[str]:
+    return [*TOOL, *args]
+
+
+def bench_probe(rep: Report, runs: int, engine_python: Path | None) -> None:
+    bare = run_command("python -c pass", [sys.executable, "-c", "pass"], runs, warmup=1)
+    rep.add("probe", bare)
+    probe = run_command("xinfer-setup probe --json", _tool("probe", "--json"), runs, warmup=1)
+    rep.add("probe", probe, bare, target="<= 10x bare start-up, < 50 MiB")
+    if engine_python:
+        collect = run_command(
+            "python -m torch.utils.collect_env",
+            [str(engine_python), "-m", "torch.utils.collect_env"],
+            max(1, runs // 2),
+            warmup=1,
+        )
+        rep.add("probe", collect)
+        rep.add("probe", probe, collect, note="probe relative to torch's collect_env")
+
+
+def bench_plan(rep: Report, runs: int) -> None:
+    from provision.plan import PlanRequest
+    from provision.planner import load_recipes, make_plan
+    from provision.profile import load_profile
+
+    profiles = [load_profile(p) for p in sorted((REPO / "tests" / "profiles").glob("*.json"))]
+    batch = (profiles * (1000 // len(profiles) + 1))[:1000]
+    recipes = load_recipes()
+    request = PlanRequest()
+
+    def plan_all() -> None:
+        for profile in batch:
+            make_plan(profile, request, recipes)
+
+    sample = time_callable(f"make_plan x1000 ({len(profiles)} profiles)", plan_all, runs)
+    rep.add("plan", sample, target="< 5 s total")
+    cli = run_command("xinfer-setup plan --auto --json", _tool("plan", "--auto", "--json"), runs, warmup=1)
+    rep.add("plan", cli, note="whole CLI, probe included")
+
+
+def _receipt(root: Path) -> dict:
+    return json.loads((root / "main" / "share" / "xinfer-setup" / "receipt.json").read_text())
+
+
+def _requirement_set(root: Path) -> list[str]:
+    """What a user would hand pip for the same environment: the plan's main-env requirements."""
+    plan = _receipt(root)["plan"]
+    main = next(e for e in plan["environments"] if e["name"] == "main")
+    reqs = [
+        r
+        for b in plan["backends"]
+        if b["action"] == "install" and b.get("environment") == "main"
+        for r in b["packages"]
+    ]
+    return list(dict.fromkeys([*reqs, *main["requirements"]]))
+
+
+def bench_noop(rep: Report, runs: int, root: Path) -> None:
+    ours = run_command(
+        "install --auto (provisioned, no-op)", _tool("install", "--auto", "--venv", str(root)), runs, warmup=1
+    )
+    pip = run_command(
+        "pip install <same requirements>",
+        [str(root / "main" / "bin" / "python"), "-m", "pip", "install", "-q", *_requirement_set(root)],
+        runs,
+        warmup=0,
+    )
+    rep.add("noop", pip)
+    rep.add("noop", ours, pip, target=">= 10x faster (ratio <= 0.1)")
+
+
+def bench_fresh(rep: Report, runs: int, scratch: Path) -> None:
+    backends = ["--backend", "xinference", "--backend", "transformers", "--backend", "xllamacpp"]
+    samples = {}
+    for installer in ("uv", "pip"):
+        sample = Sample(f"fresh install ({installer}), warm cache")
+        for i in range(runs + 1):  # the first run warms the installer's cache
+            root = scratch / f"fresh-{installer}-{i}"
+            run_command(
+                sample.name,
+                _tool("install", *backends, "--venv", str(root), "--installer", installer),
+                1,
+                sample=sample if i else None,
+            )
+            shutil.rmtree(root, ignore_errors=True)
+        samples[installer] = sample
+    rep.add("fresh", samples["pip"])
+    rep.add("fresh", samples["uv"], samples["pip"], target=">= 3x faster (ratio <= 0.33)")
+
+
+def bench_llama(rep: Report, scratch: Path) -> None:
+    cache = scratch / "xdg-cache"
+    env = {
+        "XDG_CACHE_HOME": str(cache),
+        "CCACHE_DISABLE": "1",
+        # Keep uv's own cache warm: only the llama.cpp wheelhouse should be cold.
+        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv")),
+    }
+    cold = run_command(
+        "llama-cpp-python cold build + install",
+        _tool("install", "--backend", "llama-cpp-python", "--venv", str(scratch / "llama-a")),
+        1,
+        env=env,
+    )
+    warm = run_command(
+        "llama-cpp-python reinstall from wheelhouse",
+        _tool("install", "--backend", "llama-cpp-python", "--venv", str(scratch / "llama-b")),
+        1,
+        env=env,
+    )
+    rep.add("llama", cold)
+    rep.add("llama", warm, cold, target="reinstall < 10 s")
+
+
+class _RssSampler(threading.Thread):
+    """Peak RSS per engine process (by command line) among a process's descendants."""
+
+    def __init__(self, root_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root_pid, self.peaks, self.stop = root_pid, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for pid, label in _descendants(self.root_pid):
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                hwm = next(
+                    (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0
+                )
+                self.peaks[label] = max(self.peaks.get(label, 0), hwm / 1024)
+            time.sleep(0.05)
+
+
+def _descendants(root: int) -> list[tuple[int, str]]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            try:
+                cmd = Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            except OSError:
+                continue
+            out.append((c, _engine_label(cmd)))
+            todo.append(c)
+    return out
+
+
+def _engine_label(cmd: str) -> str:
+    for key, label in (
+        ("llama_cpp.server", "llama-cpp-python server"),
+        ("xllamacpp", "xllamacpp server"),
+        ("transformers", "transformers server"),
+        ("engine_probe", "load+generate probe"),
+    ):
+        if key in cmd:
+            return label
+    return "other"
+
+
+def bench_smoke(rep: Report, runs: int, root: Path) -> dict:
+    totals = Sample("xinfer-setup smoke (all CPU engines)")
+    last, peaks = {}, {}
+    for _ in range(runs):
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            _tool("smoke", "--venv", str(root), "--json"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        sampler = _RssSampler(proc.pid)
+        sampler.start()
+        out, err = proc.communicate()
+        sampler.stop.set()
+        totals.walls.append(time.perf_counter() - t)
+        if proc.returncode != 0:
+            raise CommandFailed(f"smoke exited {proc.returncode}: {err.strip()[-500:]}")
+        last = json.loads(out)
+        for k, v in sampler.peaks.items():
+            peaks[k] = max(peaks.get(k, 0), v)
+    rep.add("smoke", totals, target="< 60 s")
+    engines = {}
+    for e in last.get("engines", []):
+        keys = ("status", "load_s", "ready_s", "ttft_s", "tokens_per_s", "engine_tokens_per_s", "hardware")
+        engines[e["backend"]] = {k: e.get(k) for k in keys}
+        print(f"smoke    {e['backend']:20} " + "  ".join(f"{k}={e.get(k)}" for k in keys), flush=True)
+    peaks = {k: round(v, 1) for k, v in peaks.items() if k != "other"}
+    print(f"smoke    peak RSS (MiB): {peaks}", flush=True)
+    return {"engines": engines, "model": last.get("model"), "peak_rss_mib": peaks}
+
+
+def bench_resolve(rep: Report, scratch: Path) -> None:
+    args = _tool("plan", "--auto", "--profile", str(RESOLVE_PROFILE), "--resolve")
+    cold_cache = scratch / "uv-cold"
+    cold = run_command(
+        "plan --resolve (GPU target), cold uv cache", args, 1, env={"UV_CACHE_DIR": str(cold_cache)}
+    )
+    warm = run_command(
+        "plan --resolve (GPU target), warm uv cache", args, 3, env={"UV_CACHE_DIR": str(cold_cache)}
+    )
+    rep.add("resolve", cold)
+    rep.add("resolve", warm, cold)
+
+
+def _provision(root: Path, rep: Report) -> None:
+    sample = run_command(
+        "install --auto (fresh root, warm caches)", _tool("install", "--auto", "--venv", str(root)), 1
+    )
+    rep.add("setup", sample)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--root", type=Path, help="a root provisioned by install --auto --venv ROOT")
+    ap.add_argument("--skip", action="append", default=[], choices=SECTIONS)
+    ap.add_argument("--json", type=Path, help="write the results here as JSON too")
+    args = ap.parse_args()
+    rep = Report()
+    extra: dict = {}
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="xinfer-bench-") as tmp:
+        scratch = Path(tmp)
+        todo = [s for s in SECTIONS if s not in args.skip]
+        try:
+            root = args.root
+            if root is None and {"noop", "smoke", "probe"} & set(todo):
+                root = scratch / "root"
+                _provision(root, rep)
+            engine_python = root / "main" / "bin" / "python" if root else None
+            for section in todo:
+                if section == "probe":
+                    bench_probe(rep, args.runs * 4, engine_python)
+                elif section == "plan":
+                    bench_plan(rep, args.runs)
+                elif section == "noop":
+                    bench_noop(rep, args.runs, root)
+                elif section == "fresh":
+                    bench_fresh(rep, max(1, args.runs // 3), scratch)
+                elif section == "llama":
+                    bench_llama(rep, scratch)
+                elif section == "smoke":
+                    extra["smoke"] = bench_smoke(rep, max(1, args.runs // 2), root)
+                elif section == "resolve":
+                    bench_resolve(rep, scratch)
+        except CommandFailed as e:
+            print(f"benchmark failed: {e}", file=sys.stderr)
+            return 1
+    result = {
+        "machine": {"arch": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "rows": rep.rows,
+        **extra,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
