@@ -162,7 +162,7 @@ def decide(req: ServeRequest) -> Decision:
 
         xinf_python = all_installed["xinference"].python
         return Decision(choice, xinference_command(xinf_python, req.host, port), req.host, port,
-                        choice.model.name, python=xinf_python)
+                        TINY if req.model == TINY else choice.model.name, python=xinf_python)
     from smoke.engines import ADAPTERS
 
     adapter = ADAPTERS[choice.engine]
