@@ -99,6 +99,8 @@ def installed_for_via(installed: dict[str, InstalledBackend], hint_args: str) ->
 def check_port_free(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # As servers bind: a port a stopped server left in TIME_WAIT is free, a listening one is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:

@@ -188,7 +188,7 @@ class XinferenceApi:
         key = self.call("POST", "/v1/admin/keys", {"name": "xinfer-setup-serve"})["key"]
         write_private_json(credentials_path, {"url": self.root, "username": ADMIN_USER,
                                               "password": password, "api_key": key})
-        self.token = key
+        # The admin's bearer token stays: API keys may only query models and run inference.
         return key
 
     def register_and_launch(self, facts: ModelFacts, model_name: str, engine: str,
