@@ -141,3 +141,82 @@ def _backend_dict(b: BackendDecision) -> dict[str, Any]:
     if b.build is not None:
         d["build"] = {**asdict(b.build), "cmake_args": list(b.build.cmake_args)}
     return d
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _torch_from(d: dict[str, Any] | None) -> TorchChoice | None:
+    if d is None:
+        return None
+    return TorchChoice(
+        variant=d["variant"],
+        index_url=d.get("index_url"),
+        reason=d.get("reason", ""),
+        version_spec=d.get("version_spec"),
+        covers=tuple(d.get("covers") or ()),
+    )
+
+
+def _backend_from(d: dict[str, Any]) -> BackendDecision:
+    build = d.get("build")
+    return BackendDecision(
+        name=d["name"],
+        action=d["action"],
+        reason=d.get("reason", ""),
+        packages=tuple(d.get("packages") or ()),
+        env=dict(d.get("env") or {}),
+        environment=d.get("environment"),
+        version=d.get("version"),
+        extra_index_urls=tuple(d.get("extra_index_urls") or ()),
+        build=None
+        if build is None
+        else BuildSpec(
+            cmake_args=tuple(build.get("cmake_args") or ()),
+            expected_backends=tuple(build.get("expected_backends") or ("cpu",)),
+            portable=bool(build.get("portable", False)),
+        ),
+    )
+
+
+def plan_from_dict(d: dict[str, Any]) -> Plan:
+    """A Plan from its to_dict() form (a receipt's plan), so a recorded plan can be replayed.
+
+    Raises UserError (exit 2) for a plan that lacks a required field.
+    """
+    from provision.errors import UserError
+    from provision.profile import profile_from_dict
+
+    try:
+        request = d.get("request") or {}
+        backends_req = request.get("backends")
+        codes = d.get("warning_codes") or []
+        messages = d.get("warnings") or []
+        return Plan(
+            profile=profile_from_dict(d["profile"]),
+            request=PlanRequest(
+                backends=None if backends_req is None else tuple(backends_req),
+                torch_index_base=request.get("torch_index_base"),
+                user_cmake_args=request.get("user_cmake_args"),
+                portable_cpu=bool(request.get("portable_cpu", False)),
+            ),
+            torch=_torch_from(d["torch"]),
+            backends=tuple(_backend_from(b) for b in d["backends"]),
+            environments=tuple(
+                Environment(
+                    name=e["name"],
+                    backends=tuple(e.get("backends") or ()),
+                    torch=_torch_from(e.get("torch")),
+                    requirements=tuple(e.get("requirements") or ()),
+                    reason=e.get("reason", ""),
+                    python=e.get("python"),
+                )
+                for e in d.get("environments") or []
+            ),
+            warnings=tuple(
+                Warning_(codes[i] if i < len(codes) else "warning", m) for i, m in enumerate(messages)
+            ),
+            schema_version=int(d.get("schema_version", SCHEMA_VERSION)),
+        )
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"plan: a required field is missing or malformed ({e})") from None

@@ -1,0 +1,98 @@
+"""`xinfer-setup plan`: decide what to install on this machine (or a profiled one), and why."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from provision.errors import OperationFailed, UserError
+from provision.plan import BACKENDS, PlanRequest
+
+TORCH_INDEX_ENV = "XINFER_SETUP_TORCH_INDEX_URL"
+
+
+def check_request(auto: bool, backends: tuple[str, ...]) -> None:
+    if auto and backends:
+        raise UserError("--auto and --backend contradict each other: use one")
+    if not auto and not backends:
+        raise UserError("say what to plan: --auto (every backend) or --backend NAME (repeatable)")
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise UserError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKENDS)})")
+
+
+def build_request(
+    auto: bool, backends: tuple[str, ...], torch_index_url: str | None, portable: bool, environ=os.environ
+) -> PlanRequest:
+    base = torch_index_url or environ.get(TORCH_INDEX_ENV) or None
+    if base is not None and not base.startswith(("http://", "https://", "file:")):
+        raise UserError(f"--torch-index-url {base!r} is not an http(s):// or file: URL")
+    return PlanRequest(
+        backends=None if auto else tuple(backends),
+        torch_index_base=base,
+        user_cmake_args=environ.get("CMAKE_ARGS") or None,
+        portable_cpu=portable,
+    )
+
+
+@click.command()
+@click.option("--auto", is_flag=True, help="Consider every backend for this machine.")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    metavar="NAME",
+    help=f"Plan this backend (repeatable): {', '.join(BACKENDS)}.",
+)
+@click.option(
+    "--profile", "profile_path", metavar="FILE", help="Plan for this host profile instead of probing."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan (schema v1) as JSON.")
+@click.option(
+    "--resolve",
+    "resolve",
+    is_flag=True,
+    help="Check every environment with a real resolver for the target platform.",
+)
+@click.option(
+    "--torch-index-url",
+    metavar="BASE",
+    help=f"Mirror of https://download.pytorch.org/whl (also ${TORCH_INDEX_ENV}).",
+)
+@click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of the arch, not -march=native.")
+def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portable):
+    """Decide what to install, and why. CMAKE_ARGS in the environment reach llama-cpp-python's build."""
+    check_request(auto, backends)
+    request = build_request(auto, backends, torch_index_url, portable)
+    if profile_path:
+        from provision.profile import load_profile
+
+        profile = load_profile(profile_path)
+    else:
+        from provision.probe import probe_host
+
+        profile = probe_host()
+    from provision.planner import load_recipes, make_plan
+
+    the_plan = make_plan(profile, request, load_recipes())
+    report = None
+    if resolve:
+        from provision.planner.resolve import resolve_plan
+
+        report = resolve_plan(the_plan)
+    if as_json:
+        d = the_plan.to_dict()
+        if report is not None:
+            d["resolution"] = report.to_dict()
+        click.echo(json.dumps(d, indent=2))
+    else:
+        from provision.planner.render import render_plan
+
+        click.echo(render_plan(the_plan))
+        if report is not None:
+            click.echo("")
+            click.echo(report.render())
+    if report is not None and not report.ok:
+        raise OperationFailed(f"plan --resolve: {report.summary()}")

@@ -1,0 +1,368 @@
+"""One decision per backend: install (where, which version, why) or skip (why, and what to do).
+
+Each function is pure: profile and recipes in, a Decision out. Which environment an engine
+goes into is decided here too, because the reason is a fact about its pins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from provision.plan import PRIMARY_ENV, BackendDecision, BuildSpec, TorchChoice, Warning_
+from provision.planner.cmake import llama_build
+from provision.planner.recipes import Recipes
+from provision.planner.torch_choice import engine_torch, gpu_label
+from provision.planner.versions import at_least, vtuple
+from provision.profile import HostProfile
+
+
+@dataclass(frozen=True)
+class Decision:
+    backend: BackendDecision
+    warnings: tuple[Warning_, ...] = ()
+    # For an engine in its own environment: its torch and the Python it needs.
+    torch: TorchChoice | None = None
+    env_python: str | None = None
+    env_reason: str = ""
+    extras: tuple[str, ...] = field(default_factory=tuple)
+
+
+def skip(name: str, reason: str, *warnings: Warning_) -> Decision:
+    return Decision(BackendDecision(name, "skip", reason), tuple(warnings))
+
+
+def py(profile: HostProfile) -> str:
+    return f"{profile.python.minor[0]}.{profile.python.minor[1]}"
+
+
+def glibc(profile: HostProfile) -> str | None:
+    g = profile.os.glibc_version
+    return f"{g[0]}.{g[1]}" if g else None
+
+
+def torch_installable(profile: HostProfile, recipes: Recipes) -> str | None:
+    """Why current torch cannot be installed here, or None."""
+    if profile.os.system == "linux" and not at_least(glibc(profile), recipes.torch.linux_glibc_min):
+        return (
+            f"torch wheels need glibc >= {recipes.torch.linux_glibc_min} (manylinux_2_28) and this host "
+            f"has {profile.os.libc or 'no glibc'}: use a newer distribution or a container"
+        )
+    return None
+
+
+def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str]) -> Decision:
+    e = recipes.engine("xinference")
+    if not at_least(py(profile), e["requires_python"]):
+        return skip(
+            "xinference",
+            f"xinference {e['version']} needs Python >= {e['requires_python']}, "
+            f"this environment has {profile.python.version}: use a newer Python",
+        )
+    blocked = torch_installable(profile, recipes)
+    if blocked:
+        return skip("xinference", f"xinference {e['version']} requires torch, and {blocked}")
+    extras = [e["extra_for"][b] for b in ("transformers", "xllamacpp") if b in planned]
+    if profile.os.system == "darwin" and profile.os.arch == "arm64":
+        extras.append(e["apple_silicon_extra"])
+    spec = f"xinference[{','.join(extras)}]=={e['version']}" if extras else f"xinference=={e['version']}"
+    why = [
+        f"the platform; extras [{','.join(extras)}] fit the engines planned here"
+        if extras
+        else "the platform, no extras: no co-installable engine is planned"
+    ]
+    why.append("not [all] (image/audio/video stacks; and [all] lacks sglang)")
+    if "vllm" in planned or "sglang" in planned:
+        why.append(
+            "not [vllm]/[sglang]: its click<8.2.0 pin cannot co-install with them, "
+            "so they get their own environments"
+        )
+    return Decision(
+        BackendDecision(
+            "xinference", "install", "; ".join(why), (spec,), environment=PRIMARY_ENV, version=e["version"]
+        ),
+        extras=tuple(extras),
+    )
+
+
+def decide_transformers(profile: HostProfile, recipes: Recipes, torch: TorchChoice) -> Decision:
+    e = recipes.engine("transformers")
+    if not at_least(py(profile), "3.10"):
+        return skip(
+            "transformers",
+            f"transformers {e['version']} needs Python >= 3.10, this environment has "
+            f"{profile.python.version}",
+        )
+    blocked = torch_installable(profile, recipes)
+    if blocked:
+        return skip("transformers", blocked)
+    if (
+        torch.version_spec
+        and torch.version_spec.startswith("==")
+        and not at_least(torch.version_spec[2:], e["torch_min"])
+    ):
+        return skip(
+            "transformers",
+            f"transformers {e['version']} needs torch >= {e['torch_min']}, and the newest torch "
+            f"for this platform is {torch.version_spec[2:]} ({torch.reason}); "
+            "GGUF models run on llama.cpp here",
+        )
+    return Decision(
+        BackendDecision(
+            "transformers",
+            "install",
+            f"runs on torch {torch.variant}; {e['version']} is the newest transformers that co-installs "
+            "with xinference 4.1.0 (click<8.2.0 keeps huggingface-hub < 1.31)",
+            (f"transformers=={e['version']}",),
+            environment=PRIMARY_ENV,
+            version=e["version"],
+        ),
+    )
+
+
+def _python_for(profile: HostProfile, e: dict, engine: str) -> tuple[str | None, str]:
+    """None when the host's Python suits the engine's wheels, else the version its env is made with."""
+    ok = at_least(py(profile), e["python_min"]) and vtuple(py(profile)) <= vtuple(e["python_max"])
+    if ok:
+        return None, ""
+    return e["env_python"], (
+        f"; Python {e['env_python']} for its environment ({engine} {e['version']} wheels need "
+        f"{e['python_min']}-{e['python_max']}, the host has {py(profile)})"
+    )
+
+
+def _cuda_engine_gate(profile: HostProfile, e: dict, engine: str, glibc_floor: str) -> str | None:
+    """Why a CUDA-only Linux engine cannot be installed here, or None."""
+    if profile.os.system != "linux":
+        return f"{engine} runs on Linux only (this is {profile.os.system}; on Windows use WSL2)"
+    if not profile.nvidia_gpus:
+        if profile.amd_gpus:
+            return None  # the ROCm route decides
+        return f"no NVIDIA GPU: {engine} needs CUDA on compute capability >= {e['sm_min'] / 10:.1f}"
+    if profile.nvidia is None:
+        cards = ", ".join(g.name for g in profile.nvidia_gpus)
+        return f"{cards}: no NVIDIA driver answers: install it (>= {e['driver_min']})"
+    if not at_least(glibc(profile), glibc_floor):
+        return (
+            f"{engine} {e['version']} wheels need glibc >= {glibc_floor} on {profile.os.arch}, this host has "
+            f"{profile.os.libc or 'no glibc'}: use a newer distribution or a container"
+        )
+    known = [g for g in profile.nvidia_gpus if g.sm]
+    usable = [g for g in known if g.sm >= e["sm_min"]]
+    if known and not usable:
+        cards = ", ".join(gpu_label(g) for g in known)
+        return f"{cards}: {engine} {e['version']} needs compute capability >= {e['sm_min'] / 10:.1f}"
+    if not at_least(profile.nvidia.driver_version, e["driver_min"]):
+        cuda = profile.nvidia.cuda_driver_version or "12.x"
+        return (
+            f"{engine} {e['version']} is a CUDA 13 build and needs driver >= {e['driver_min']}; driver "
+            f"{profile.nvidia.driver_version} runs CUDA <= {cuda}: upgrade the driver"
+        )
+    return None
+
+
+def decide_vllm(profile: HostProfile, recipes: Recipes, base: str) -> Decision:
+    e = recipes.engine("vllm")
+    floor = e["glibc_aarch64"] if profile.os.arch == "aarch64" else e["glibc_x86_64"]
+    why_not = _cuda_engine_gate(profile, e, "vllm", floor)
+    if (
+        why_not
+        and profile.nvidia
+        and not at_least(profile.nvidia.driver_version, e["driver_min"])
+        and "driver >=" in why_not
+    ):
+        why_not += f", or install a CUDA 12.9 build of vLLM yourself: {e['cuda12_hint']}"
+    if why_not:
+        return skip("vllm", why_not)
+    if not profile.nvidia_gpus:
+        return _vllm_rocm(profile, e)
+    torch, left = engine_torch(profile, recipes, base, e["torch_variant"], e["torch"], "vllm")
+    env_python, py_note = _python_for(profile, e, "vllm")
+    warnings = tuple(
+        Warning_(
+            "engine-gpu-left-out",
+            f"vllm cannot use {gpu_label(g)} (needs compute capability "
+            f">= {e['sm_min'] / 10:.1f}): hide it with CUDA_VISIBLE_DEVICES",
+        )
+        for g in left
+    )
+    used = [g for g in profile.nvidia_gpus if g not in left]
+    reason = (
+        f"{', '.join(gpu_label(g) for g in used)} on driver {profile.nvidia.driver_version}: the CUDA 13 "
+        f"wheel of vllm {e['version']} (torch=={e['torch']})" + py_note
+    )
+    return Decision(
+        BackendDecision(
+            "vllm", "install", reason, (f"vllm=={e['version']}",), environment="vllm", version=e["version"]
+        ),
+        warnings,
+        torch=torch,
+        env_python=env_python,
+        env_reason=(
+            f"vllm {e['version']} pins torch=={e['torch']} and needs huggingface-hub >= 1.31 "
+            "(click >= 8.4.2): "
+            "it cannot share xinference 4.1.0's environment (click<8.2.0) nor sglang's (torch==2.14.1)"
+        ),
+    )
+
+
+def _vllm_rocm(profile: HostProfile, e: dict) -> Decision:
+    gfx = sorted({g.gfx for g in profile.amd_gpus if g.gfx})
+    supported = [g for g in gfx if g in e["rocm_gfx"]]
+    if not supported:
+        return skip(
+            "vllm",
+            f"{', '.join(gfx) or 'this AMD GPU'}: not a GPU vLLM's ROCm wheels support "
+            f"({', '.join(e['rocm_gfx'])})",
+        )
+    return skip(
+        "vllm",
+        f"{', '.join(supported)}: vLLM's ROCm wheels (Python {e['rocm_python']} only, glibc >= "
+        f"{e['rocm_glibc']}, their own bundled torch) come from {e['rocm_index']}, not PyPI; not planned "
+        "automatically: install them into a Python 3.12 environment following vLLM's ROCm guide",
+    )
+
+
+def decide_sglang(profile: HostProfile, recipes: Recipes, base: str) -> Decision:
+    e = recipes.engine("sglang")
+    why_not = _cuda_engine_gate(profile, e, "sglang", e["glibc"])
+    if why_not:
+        return skip("sglang", why_not)
+    if not profile.nvidia_gpus:
+        return skip(
+            "sglang", "AMD GPU: SGLang's ROCm builds ship as Docker images, there is no ROCm wheel on PyPI"
+        )
+    torch, left = engine_torch(profile, recipes, base, e["torch_variant"], e["torch"], "sglang")
+    env_python, py_note = _python_for(profile, e, "sglang")
+    warnings = tuple(
+        Warning_(
+            "engine-gpu-left-out",
+            f"sglang cannot use {gpu_label(g)} (needs compute capability "
+            f">= {e['sm_min'] / 10:.1f}): hide it with CUDA_VISIBLE_DEVICES",
+        )
+        for g in left
+    )
+    used = [g for g in profile.nvidia_gpus if g not in left]
+    reason = (
+        f"{', '.join(gpu_label(g) for g in used)} on driver {profile.nvidia.driver_version}: sglang "
+        f"{e['version']} (torch=={e['torch']}, CUDA 13)" + py_note
+    )
+    return Decision(
+        BackendDecision(
+            "sglang",
+            "install",
+            reason,
+            (f"sglang=={e['version']}",),
+            environment="sglang",
+            version=e["version"],
+        ),
+        warnings,
+        torch=torch,
+        env_python=env_python,
+        env_reason=(
+            f"sglang {e['version']} pins torch=={e['torch']} (vllm 0.33.0 pins 2.14.0) and needs "
+            "huggingface-hub >= 1.31, which xinference 4.1.0's click<8.2.0 excludes"
+        ),
+    )
+
+
+def _compiler_problem(profile: HostProfile) -> str | None:
+    cc = profile.toolchain.cc
+    system = profile.os.system
+    if not cc:
+        fix = {
+            "linux": "install gcc/g++ (e.g. apt install build-essential)",
+            "darwin": "install the command line tools (xcode-select --install)",
+            "windows": "install Visual Studio Build Tools with C++",
+        }.get(system, "install a C++ compiler")
+        return f"llama-cpp-python is a source build and no C/C++ compiler was found: {fix}"
+    if cc.startswith("gcc") and vtuple(cc)[:1] < (9,):
+        return (
+            f"llama-cpp-python is a source build and {cc} is too old for llama.cpp's C++17: "
+            "install gcc >= 9 (e.g. devtoolset-11 / gcc-toolset-12)"
+        )
+    return None
+
+
+def decide_llama_cpp_python(
+    profile: HostProfile, recipes: Recipes, user_cmake_args: str | None, portable: bool
+) -> Decision:
+    version = recipes.version("llama-cpp-python")
+    build = llama_build(profile, recipes.llama_cpp, version, user_cmake_args, portable)
+    problem = _compiler_problem(profile)
+    if problem:
+        return skip("llama-cpp-python", problem, *build.warnings)
+    spec: BuildSpec = build.spec
+    env = {"CMAKE_ARGS": " ".join(spec.cmake_args), "FORCE_CMAKE": "1"}
+    return Decision(
+        BackendDecision(
+            "llama-cpp-python",
+            "install",
+            f"source build of {version} (PyPI has only the sdist): {build.reason}",
+            (f"llama-cpp-python=={version}",),
+            env=env,
+            environment=PRIMARY_ENV,
+            version=version,
+            build=spec,
+        ),
+        build.warnings,
+    )
+
+
+def decide_xllamacpp(profile: HostProfile, recipes: Recipes) -> Decision:
+    e = recipes.engine("xllamacpp")
+    v = e["version"]
+    if not at_least(py(profile), "3.10"):
+        return skip(
+            "xllamacpp",
+            f"xllamacpp wheels are cp310-abi3: Python >= 3.10 needed, this environment has "
+            f"{profile.python.version}",
+        )
+    if profile.os.system == "linux" and not at_least(glibc(profile), "2.17"):
+        return skip(
+            "xllamacpp",
+            f"xllamacpp wheels are manylinux2014 (glibc >= 2.17); this host has "
+            f"{profile.os.libc or 'no glibc'}",
+        )
+    index, why = None, "CPU wheel from PyPI"
+    if profile.os.system == "darwin":
+        why = (
+            "PyPI wheel (Metal on Apple Silicon)"
+            if profile.os.arch == "arm64"
+            else "CPU wheel from PyPI (Intel Mac)"
+        )
+    elif profile.nvidia_gpus and profile.nvidia is not None and profile.os.arch == "x86_64":
+        for name, floor in e["cuda_indexes"]:
+            if at_least(profile.nvidia.driver_version, floor):
+                index, why = (
+                    f"{e['gpu_index_base']}/{name}",
+                    f"{name} wheel from xllamacpp's GPU index (driver >= {floor})",
+                )
+                break
+        else:
+            driver = profile.nvidia.driver_version
+            why = f"CPU wheel from PyPI: driver {driver} is older than every xllamacpp CUDA build"
+    elif profile.nvidia_gpus and profile.nvidia is not None:
+        why = f"CPU wheel from PyPI: xllamacpp's CUDA wheels are for x86_64 ({profile.os.arch} here)"
+    elif profile.amd_gpus and profile.os.system == "linux":
+        rocm = profile.rocm.version if profile.rocm else None
+        for name, floor in e["rocm_indexes"]:
+            if at_least(rocm, floor):
+                index, why = (
+                    f"{e['gpu_index_base']}/{name}",
+                    f"{name} wheel from xllamacpp's GPU index (ROCm {rocm})",
+                )
+                break
+        else:
+            have = rocm or "not installed"
+            why = f"CPU wheel from PyPI: ROCm {have} has no xllamacpp HIP build (needs 6.4 or 7.2)"
+    return Decision(
+        BackendDecision(
+            "xllamacpp",
+            "install",
+            f"Xinference's llama.cpp engine (since 1.6): {why}",
+            (f"xllamacpp=={v}",),
+            environment=PRIMARY_ENV,
+            version=v,
+            extra_index_urls=(index,) if index else (),
+        ),
+    )

@@ -1,0 +1,115 @@
+"""make_plan: profile + request + recipes -> Plan. Pure: no I/O, no environment variables."""
+
+from __future__ import annotations
+
+from provision.errors import UserError
+from provision.plan import BACKENDS, PRIMARY_ENV, BackendDecision, Environment, Plan, PlanRequest, Warning_
+from provision.planner import engines
+from provision.planner.recipes import Recipes
+from provision.planner.torch_choice import choose_torch
+from provision.profile import HostProfile
+
+# Engines that need torch in the environment they are installed into.
+_NEEDS_TORCH = ("xinference", "transformers")
+
+
+def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> Plan:
+    asked = _asked(request)
+    base = request.torch_index_base or recipes.torch.index_base
+    outcome = choose_torch(profile, recipes, base)
+    torch = outcome.choice
+    warnings: list[Warning_] = list(outcome.warnings)
+    warnings += [Warning_("profile-note", n) for n in profile.notes]
+
+    decided: dict[str, engines.Decision] = {}
+    if "transformers" in asked:
+        decided["transformers"] = engines.decide_transformers(profile, recipes, torch)
+    if "llama-cpp-python" in asked:
+        decided["llama-cpp-python"] = engines.decide_llama_cpp_python(
+            profile, recipes, request.user_cmake_args, request.portable_cpu
+        )
+    if "xllamacpp" in asked:
+        decided["xllamacpp"] = engines.decide_xllamacpp(profile, recipes)
+    if "vllm" in asked:
+        decided["vllm"] = engines.decide_vllm(profile, recipes, base)
+    if "sglang" in asked:
+        decided["sglang"] = engines.decide_sglang(profile, recipes, base)
+    if "xinference" in asked:
+        planned = {n for n, d in decided.items() if d.backend.action == "install"}
+        decided["xinference"] = engines.decide_xinference(profile, recipes, planned)
+
+    backends = tuple(decided[n].backend for n in BACKENDS if n in decided)
+    for n in BACKENDS:
+        if n in decided:
+            warnings += decided[n].warnings
+    environments = _environments(backends, decided, torch)
+    if request.backends is None and not any(b.action == "install" for b in backends):
+        warnings.append(
+            Warning_("nothing-to-install", "no backend can be installed on this host: see each reason")
+        )
+    return Plan(
+        profile=profile,
+        request=request,
+        torch=torch,
+        backends=backends,
+        environments=environments,
+        warnings=tuple(_dedupe(warnings)),
+    )
+
+
+def _asked(request: PlanRequest) -> tuple[str, ...]:
+    if request.backends is None:
+        return BACKENDS
+    unknown = [b for b in request.backends if b not in BACKENDS]
+    if unknown:
+        raise UserError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKENDS)})")
+    if not request.backends:
+        raise UserError("no backend asked for: use --auto or --backend NAME")
+    return tuple(dict.fromkeys(request.backends))
+
+
+def _environments(
+    backends: tuple[BackendDecision, ...], decided: dict[str, engines.Decision], torch
+) -> tuple[Environment, ...]:
+    main = tuple(b for b in backends if b.action == "install" and b.environment == PRIMARY_ENV)
+    main_names = tuple(b.name for b in main)
+    needs_torch = any(n in _NEEDS_TORCH for n in main_names)
+    reason = (
+        "primary: Xinference and the engines that co-install with it"
+        if main
+        else "primary: holds the receipt; nothing is planned into it"
+    )
+    envs = [
+        Environment(
+            name=PRIMARY_ENV,
+            backends=main_names,
+            torch=torch if needs_torch else None,
+            requirements=tuple(p for b in main for p in b.packages),
+            reason=reason,
+        )
+    ]
+    for b in backends:
+        if b.action != "install" or b.environment == PRIMARY_ENV:
+            continue
+        d = decided[b.name]
+        envs.append(
+            Environment(
+                name=b.environment,
+                backends=(b.name,),
+                torch=d.torch,
+                requirements=b.packages,
+                reason=d.env_reason,
+                python=d.env_python,
+            )
+        )
+    return tuple(envs)
+
+
+def _dedupe(warnings: list[Warning_]) -> list[Warning_]:
+    seen: set[str] = set()
+    out = []
+    for w in warnings:
+        if w.message not in seen:
+            seen.add(w.message)
+            out.append(w)
+    return out
