@@ -1,0 +1,212 @@
+"""The fixture matrix: real-world host profiles (tests/profiles/) and the decisions each must get.
+
+Each row: torch variant (and pin), the action of every backend, the reasons a person acts on,
+llama-cpp-python's CMake args, and the environments. Device names, drivers and capabilities
+follow real captures (nvidia-smi/NVML, rocminfo, sysctl) listed in tests/fixtures/raw/SOURCES.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provision.plan import BACKENDS, PlanRequest
+from provision.planner import load_recipes, make_plan
+from provision.profile import load_profile
+
+PROFILES = Path(__file__).parent / "profiles"
+I, S = "install", "skip"
+
+
+def row(torch, actions, cmake=None, envs=("main",), reasons=None, warnings=(), spec=None):
+    names = ("xinference", "transformers", "vllm", "sglang", "llama-cpp-python", "xllamacpp")
+    return dict(torch=torch, spec=spec, actions=dict(zip(names, actions)), cmake=cmake, envs=envs,
+                reasons=reasons or {}, warnings=warnings)
+
+
+ALL_GPU = (I, I, I, I, I, I)
+NO_VLLM = (I, I, S, S, I, I)
+GPU_ENVS = ("main", "vllm", "sglang")
+
+EXPECTED = {
+    # Pascal, datacenter: cu126 is the only torch build with sm_60; vLLM needs 7.5.
+    "linux-p100-driver535": row("cu126", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=60"),
+                                reasons={"vllm": "needs compute capability >= 7.5", "torch": "sm_60"}),
+    # Pascal on a NEW driver: still cu126 (cu13x has no sm_61).
+    "linux-tesla-p4-driver580": row("cu126", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=61"),
+                                    reasons={"vllm": "Tesla P4 (sm_61)", "sglang": "compute capability >= 7.5"}),
+    # Volta on driver 515: no current CUDA torch at all.
+    "linux-titan-v-driver515": row("cpu", NO_VLLM, (), warnings=("nvidia-driver-too-old",),
+                                   reasons={"torch": "older than 525.60.13", "llama-cpp-python": "no nvcc",
+                                            "vllm": "TITAN V (sm_70)"}),
+    "linux-t4-driver580": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=75"), GPU_ENVS),
+    # Turing consumer, driver 610 without nvcc: CPU llama build that says what to install.
+    "linux-rtx2080super-driver610": row("cu130", ALL_GPU, (), GPU_ENVS,
+                                        reasons={"llama-cpp-python": "install the CUDA toolkit"}),
+    # Driver 450 and Python 3.8: nothing installs; every reason says why.
+    "linux-8x-a100-driver450": row("cpu", (S, S, S, S, S, S), None, warnings=("nvidia-driver-too-old",),
+                                   reasons={"xinference": "Python >= 3.10", "llama-cpp-python": "gcc 7.5.0",
+                                            "torch": "upgrade the driver"}),
+    "linux-a100-driver535": row("cu126", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=80"),
+                                reasons={"vllm": "CUDA 13 build and needs driver >= 580", "torch": "would allow cu130"}),
+    "linux-rtx3090-driver570": row("cu126", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=86"),
+                                   warnings=("cuda-cublas-unknown",),
+                                   reasons={"vllm": "cu129", "xllamacpp": "cu128"}),
+    "linux-l40s-driver580": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=89"), GPU_ENVS),
+    "linux-h100-driver590": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"), GPU_ENVS,
+                                reasons={"xllamacpp": "cu132"}),
+    "linux-8x-h200-driver570": row("cu126", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
+                                   reasons={"sglang": "driver 570.133.20 runs CUDA <= 12.8"}),
+    # aarch64 GH200: vLLM's aarch64 floor is glibc 2.34 (2.35 here); xllamacpp's CUDA wheels are x86_64.
+    "linux-gh200-aarch64-driver590": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
+                                         GPU_ENVS, reasons={"xllamacpp": "CPU wheel"}),
+    "linux-b200-driver580": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=100"), GPU_ENVS),
+    # Blackwell on a 12.x driver: only torch < 2.12's cu128 has sm_120 kernels.
+    "linux-rtx5090-driver570": row("cu128", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=120"),
+                                   spec="<2.12", warnings=("torch-legacy-index",)),
+    "linux-rtx-pro-6000-driver595": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=120"),
+                                        GPU_ENVS),
+    # Mixed 3090 + 1070: torch cu126 covers both; vLLM (cu130, >= 7.5) names the card it leaves out;
+    # the llama.cpp build carries both archs.
+    "linux-mixed-3090-1070-driver580": row("cu126", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=61;86"),
+                                           GPU_ENVS, warnings=("engine-gpu-left-out",)),
+    "linux-mi300x-rocm6.3": row("rocm7.1", NO_VLLM, ("-DGGML_HIP=on", "-DGPU_TARGETS=gfx942"),
+                                reasons={"vllm": "Python 3.12 only", "sglang": "Docker",
+                                         "xllamacpp": "ROCm 6.3.3 has no xllamacpp HIP build"}),
+    "linux-mi250x-rocm6.4": row("rocm7.1", NO_VLLM, ("-DGGML_HIP=on", "-DGPU_TARGETS=gfx90a"),
+                                reasons={"xllamacpp": "rocm-6.4.1"}),
+    "linux-rx7900xtx-no-hipcc": row("rocm7.1", NO_VLLM, (), reasons={"llama-cpp-python": "no hipcc"}),
+    "macos-m1max": row("mps", NO_VLLM, ("-DGGML_METAL=on",),
+                       reasons={"xinference": "mlx", "vllm": "Linux only"}),
+    "macos-intel-i5": row("cpu", (I, S, S, S, I, I), ("-DGGML_METAL=off",), spec="==2.2.2",
+                          warnings=("torch-intel-mac",), reasons={"transformers": "needs torch >= 2.6"}),
+    "windows-rtx2080super-driver610": row("cu130", (I, I, S, S, S, I), None,
+                                          reasons={"vllm": "WSL2", "llama-cpp-python": "Visual Studio"}),
+    "linux-graviton3-cpu": row("cpu", NO_VLLM, ()),
+    # This machine: nvcc without cuBLAS and no GPU.
+    "linux-cpu-debian12-nvcc-no-cublas": row("cpu", NO_VLLM, (), warnings=("profile-note",),
+                                             reasons={"vllm": "no NVIDIA GPU"}),
+    # CentOS 7: torch needs glibc 2.28, gcc 4.8.5 cannot build llama.cpp; xllamacpp's manylinux2014 wheel works.
+    "centos7-glibc2.17-cpu": row("cpu", (S, S, S, S, S, I), None,
+                                 reasons={"xinference": "glibc >= 2.28", "llama-cpp-python": "gcc 4.8.5",
+                                          "transformers": "glibc >= 2.28"}),
+    # A GPU on the bus with no driver: CPU plan, and the warning says to install the driver.
+    "linux-nvidia-no-driver": row("cpu", NO_VLLM, (), warnings=("nvidia-no-driver",),
+                                  reasons={"vllm": "no NVIDIA driver", "torch": "install the NVIDIA driver"}),
+}
+
+
+def test_matrix_covers_every_profile_file():
+    assert {p.stem for p in PROFILES.glob("*.json")} == set(EXPECTED)
+    assert len(EXPECTED) >= 15
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    return load_recipes()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_profile_decisions(name, recipes):
+    want = EXPECTED[name]
+    plan = make_plan(load_profile(PROFILES / f"{name}.json"), PlanRequest(), recipes)
+    assert plan.torch.variant == want["torch"], plan.torch.reason
+    assert plan.torch.version_spec == want["spec"]
+    assert [b.name for b in plan.backends] == list(BACKENDS)
+    assert {b.name: b.action for b in plan.backends} == want["actions"]
+    for b in plan.backends:
+        assert b.reason, b.name
+        assert (b.environment is None) == (b.action == "skip"), b.name
+    llama = plan.backend("llama-cpp-python")
+    if want["cmake"] is None:
+        assert llama.action == "skip"
+    else:
+        assert llama.build is not None and llama.build.cmake_args == want["cmake"]
+        assert llama.env["CMAKE_ARGS"] == " ".join(want["cmake"])
+        assert llama.version == "0.3.36"
+    assert tuple(e.name for e in plan.environments) == want["envs"]
+    codes = {w.code for w in plan.warnings}
+    assert set(want["warnings"]) <= codes, codes
+    for key, text in want["reasons"].items():
+        reason = plan.torch.reason if key == "torch" else plan.backend(key).reason
+        assert text in reason, f"{key}: {reason!r} lacks {text!r}"
+
+
+def test_gpu_engines_get_their_own_environments_with_pinned_torch(recipes):
+    plan = make_plan(load_profile(PROFILES / "linux-h100-driver590.json"), PlanRequest(), recipes)
+    vllm, sglang, main = plan.environment("vllm"), plan.environment("sglang"), plan.environment("main")
+    assert vllm.requirements == ("vllm==0.33.0",) and vllm.torch.version_spec == "==2.14.0"
+    assert sglang.requirements == ("sglang==0.5.23",) and sglang.torch.version_spec == "==2.14.1"
+    assert vllm.torch.variant == sglang.torch.variant == "cu130"
+    assert "click<8.2.0" in vllm.reason and "torch==2.14.1" in vllm.reason
+    assert main.backends == ("xinference", "transformers", "llama-cpp-python", "xllamacpp")
+    xinf = plan.backend("xinference")
+    assert xinf.packages == ("xinference[transformers,llama-cpp]==4.1.0",)
+    assert "not [vllm]/[sglang]" in xinf.reason and "[all]" in xinf.reason
+    assert plan.backend("xllamacpp").extra_index_urls == ("https://xorbitsai.github.io/xllamacpp/whl/cu132",)
+
+
+def test_mixed_gpus_vllm_names_the_card_left_out(recipes):
+    plan = make_plan(load_profile(PROFILES / "linux-mixed-3090-1070-driver580.json"), PlanRequest(), recipes)
+    assert plan.torch.covers == ("sm_86", "sm_61")
+    assert plan.environment("vllm").torch.covers == ("sm_86",)
+    left = [w.message for w in plan.warnings if w.code == "engine-gpu-left-out"]
+    assert any("vllm cannot use NVIDIA GeForce GTX 1070 (sm_61)" in m for m in left)
+
+
+def test_old_python_gets_a_python_for_the_engine_env(recipes):
+    # The RTX 3090 profile runs Python 3.10; on a 580 driver vLLM/SGLang need 3.11+.
+    from dataclasses import replace
+
+    from provision.profile import NvidiaDriver
+
+    p = load_profile(PROFILES / "linux-rtx3090-driver570.json")
+    p = replace(p, nvidia=NvidiaDriver("580.82.09", "13.0"))
+    plan = make_plan(p, PlanRequest(), recipes)
+    assert plan.environment("vllm").python == "3.12"
+    assert "Python 3.12 for its environment" in plan.backend("vllm").reason
+    assert plan.environment("main").python is None
+
+
+def test_this_machine_plan_matches_the_brief(recipes):
+    plan = make_plan(load_profile(PROFILES / "linux-cpu-debian12-nvcc-no-cublas.json"), PlanRequest(), recipes)
+    assert plan.torch.index_url == "https://download.pytorch.org/whl/cpu"
+    assert plan.environment("main").torch.version_spec is None  # 2.13.0+cpu from find-links must satisfy it
+    assert plan.backend("xinference").packages == ("xinference[transformers,llama-cpp]==4.1.0",)
+    assert plan.backend("llama-cpp-python").build.expected_backends == ("cpu",)
+    assert plan.backend("xllamacpp").extra_index_urls == ()
+
+
+def test_torch_index_mirror_replaces_the_base(recipes):
+    req = PlanRequest(torch_index_base="https://mirror.example/pytorch/whl/")
+    plan = make_plan(load_profile(PROFILES / "linux-h100-driver590.json"), req, recipes)
+    assert plan.torch.index_url == "https://mirror.example/pytorch/whl/cu130"
+    assert plan.environment("vllm").torch.index_url == "https://mirror.example/pytorch/whl/cu130"
+
+
+def test_portable_cpu_build(recipes):
+    plan = make_plan(load_profile(PROFILES / "linux-graviton3-cpu.json"), PlanRequest(portable_cpu=True), recipes)
+    build = plan.backend("llama-cpp-python").build
+    assert build.portable
+    assert build.cmake_args == ("-DGGML_NATIVE=OFF", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_BACKEND_DL=ON")
+
+
+def test_backend_subset_lists_only_what_was_asked(recipes):
+    profile = load_profile(PROFILES / "linux-h100-driver590.json")
+    plan = make_plan(profile, PlanRequest(backends=("vllm", "llama-cpp-python")), recipes)
+    assert [b.name for b in plan.backends] == ["vllm", "llama-cpp-python"]
+    assert plan.environment("main").backends == ("llama-cpp-python",)
+    assert plan.environment("main").torch is None  # llama.cpp needs no torch
+    assert plan.environment("vllm").backends == ("vllm",)
+
+
+def test_plan_json_round_trips_through_plan_from_dict(recipes):
+    import json
+
+    from provision.plan import plan_from_dict
+
+    for name in ("linux-h100-driver590", "linux-mixed-3090-1070-driver580", "macos-intel-i5"):
+        plan = make_plan(load_profile(PROFILES / f"{name}.json"), PlanRequest(), recipes)
+        again = plan_from_dict(json.loads(plan.to_json()))
+        assert again == plan
