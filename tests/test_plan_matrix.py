@@ -16,84 +16,181 @@ from provision.planner import load_recipes, make_plan
 from provision.profile import load_profile
 
 PROFILES = Path(__file__).parent / "profiles"
-I, S = "install", "skip"
+INS, S = "install", "skip"
 
 
 def row(torch, actions, cmake=None, envs=("main",), reasons=None, warnings=(), spec=None):
     names = ("xinference", "transformers", "vllm", "sglang", "llama-cpp-python", "xllamacpp")
-    return dict(torch=torch, spec=spec, actions=dict(zip(names, actions)), cmake=cmake, envs=envs,
-                reasons=reasons or {}, warnings=warnings)
+    return dict(
+        torch=torch,
+        spec=spec,
+        actions=dict(zip(names, actions, strict=True)),
+        cmake=cmake,
+        envs=envs,
+        reasons=reasons or {},
+        warnings=warnings,
+    )
 
 
-ALL_GPU = (I, I, I, I, I, I)
-NO_VLLM = (I, I, S, S, I, I)
+ALL_GPU = (INS, INS, INS, INS, INS, INS)
+NO_VLLM = (INS, INS, S, S, INS, INS)
 GPU_ENVS = ("main", "vllm", "sglang")
 
 EXPECTED = {
     # Pascal, datacenter: cu126 is the only torch build with sm_60; vLLM needs 7.5.
-    "linux-p100-driver535": row("cu126", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=60"),
-                                reasons={"vllm": "needs compute capability >= 7.5", "torch": "sm_60"}),
+    "linux-p100-driver535": row(
+        "cu126",
+        NO_VLLM,
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=60"),
+        reasons={"vllm": "needs compute capability >= 7.5", "torch": "sm_60"},
+    ),
     # Pascal on a NEW driver: still cu126 (cu13x has no sm_61).
-    "linux-tesla-p4-driver580": row("cu126", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=61"),
-                                    reasons={"vllm": "Tesla P4 (sm_61)", "sglang": "compute capability >= 7.5"}),
+    "linux-tesla-p4-driver580": row(
+        "cu126",
+        NO_VLLM,
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=61"),
+        reasons={"vllm": "Tesla P4 (sm_61)", "sglang": "compute capability >= 7.5"},
+    ),
     # Volta on driver 515: no current CUDA torch at all.
-    "linux-titan-v-driver515": row("cpu", NO_VLLM, (), warnings=("nvidia-driver-too-old",),
-                                   reasons={"torch": "older than 525.60.13", "llama-cpp-python": "no nvcc",
-                                            "vllm": "TITAN V (sm_70)"}),
-    "linux-t4-driver580": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=75"), GPU_ENVS),
+    "linux-titan-v-driver515": row(
+        "cpu",
+        NO_VLLM,
+        (),
+        warnings=("nvidia-driver-too-old",),
+        reasons={"torch": "older than 525.60.13", "llama-cpp-python": "no nvcc", "vllm": "TITAN V (sm_70)"},
+    ),
+    "linux-t4-driver580": row(
+        "cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=75"), GPU_ENVS
+    ),
     # Turing consumer, driver 610 without nvcc: CPU llama build that says what to install.
-    "linux-rtx2080super-driver610": row("cu130", ALL_GPU, (), GPU_ENVS,
-                                        reasons={"llama-cpp-python": "install the CUDA toolkit"}),
+    "linux-rtx2080super-driver610": row(
+        "cu130", ALL_GPU, (), GPU_ENVS, reasons={"llama-cpp-python": "install the CUDA toolkit"}
+    ),
     # Driver 450 and Python 3.8: nothing installs; every reason says why.
-    "linux-8x-a100-driver450": row("cpu", (S, S, S, S, S, S), None, warnings=("nvidia-driver-too-old",),
-                                   reasons={"xinference": "Python >= 3.10", "llama-cpp-python": "gcc 7.5.0",
-                                            "torch": "upgrade the driver"}),
-    "linux-a100-driver535": row("cu126", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=80"),
-                                reasons={"vllm": "CUDA 13 build and needs driver >= 580", "torch": "would allow cu130"}),
-    "linux-rtx3090-driver570": row("cu126", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=86"),
-                                   warnings=("cuda-cublas-unknown",),
-                                   reasons={"vllm": "cu129", "xllamacpp": "cu128"}),
-    "linux-l40s-driver580": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=89"), GPU_ENVS),
-    "linux-h100-driver590": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"), GPU_ENVS,
-                                reasons={"xllamacpp": "cu132"}),
-    "linux-8x-h200-driver570": row("cu126", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
-                                   reasons={"sglang": "driver 570.133.20 runs CUDA <= 12.8"}),
+    "linux-8x-a100-driver450": row(
+        "cpu",
+        (S, S, S, S, S, S),
+        None,
+        warnings=("nvidia-driver-too-old",),
+        reasons={
+            "xinference": "Python >= 3.10",
+            "llama-cpp-python": "gcc 7.5.0",
+            "torch": "upgrade the driver",
+        },
+    ),
+    "linux-a100-driver535": row(
+        "cu126",
+        NO_VLLM,
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=80"),
+        reasons={"vllm": "CUDA 13 build and needs driver >= 580", "torch": "would allow cu130"},
+    ),
+    "linux-rtx3090-driver570": row(
+        "cu126",
+        NO_VLLM,
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=86"),
+        warnings=("cuda-cublas-unknown",),
+        reasons={"vllm": "cu129", "xllamacpp": "cu128"},
+    ),
+    "linux-l40s-driver580": row(
+        "cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=89"), GPU_ENVS
+    ),
+    "linux-h100-driver590": row(
+        "cu130",
+        ALL_GPU,
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
+        GPU_ENVS,
+        reasons={"xllamacpp": "cu132"},
+    ),
+    "linux-8x-h200-driver570": row(
+        "cu126",
+        NO_VLLM,
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
+        reasons={"sglang": "driver 570.133.20 runs CUDA <= 12.8"},
+    ),
     # aarch64 GH200: vLLM's aarch64 floor is glibc 2.34 (2.35 here); xllamacpp's CUDA wheels are x86_64.
-    "linux-gh200-aarch64-driver590": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
-                                         GPU_ENVS, reasons={"xllamacpp": "CPU wheel"}),
-    "linux-b200-driver580": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=100"), GPU_ENVS),
+    "linux-gh200-aarch64-driver590": row(
+        "cu130",
+        ALL_GPU,
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
+        GPU_ENVS,
+        reasons={"xllamacpp": "CPU wheel"},
+    ),
+    "linux-b200-driver580": row(
+        "cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=100"), GPU_ENVS
+    ),
     # Blackwell on a 12.x driver: only torch < 2.12's cu128 has sm_120 kernels.
-    "linux-rtx5090-driver570": row("cu128", NO_VLLM, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=120"),
-                                   spec="<2.12", warnings=("torch-legacy-index",)),
-    "linux-rtx-pro-6000-driver595": row("cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=120"),
-                                        GPU_ENVS),
+    "linux-rtx5090-driver570": row(
+        "cu128",
+        NO_VLLM,
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=120"),
+        spec="<2.12",
+        warnings=("torch-legacy-index",),
+    ),
+    "linux-rtx-pro-6000-driver595": row(
+        "cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=120"), GPU_ENVS
+    ),
     # Mixed 3090 + 1070: torch cu126 covers both; vLLM (cu130, >= 7.5) names the card it leaves out;
     # the llama.cpp build carries both archs.
-    "linux-mixed-3090-1070-driver580": row("cu126", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=61;86"),
-                                           GPU_ENVS, warnings=("engine-gpu-left-out",)),
-    "linux-mi300x-rocm6.3": row("rocm7.1", NO_VLLM, ("-DGGML_HIP=on", "-DGPU_TARGETS=gfx942"),
-                                reasons={"vllm": "Python 3.12 only", "sglang": "Docker",
-                                         "xllamacpp": "ROCm 6.3.3 has no xllamacpp HIP build"}),
-    "linux-mi250x-rocm6.4": row("rocm7.1", NO_VLLM, ("-DGGML_HIP=on", "-DGPU_TARGETS=gfx90a"),
-                                reasons={"xllamacpp": "rocm-6.4.1"}),
+    "linux-mixed-3090-1070-driver580": row(
+        "cu126",
+        ALL_GPU,
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=61;86"),
+        GPU_ENVS,
+        warnings=("engine-gpu-left-out",),
+    ),
+    "linux-mi300x-rocm6.3": row(
+        "rocm7.1",
+        NO_VLLM,
+        ("-DGGML_HIP=on", "-DGPU_TARGETS=gfx942"),
+        reasons={
+            "vllm": "Python 3.12 only",
+            "sglang": "Docker",
+            "xllamacpp": "ROCm 6.3.3 has no xllamacpp HIP build",
+        },
+    ),
+    "linux-mi250x-rocm6.4": row(
+        "rocm7.1", NO_VLLM, ("-DGGML_HIP=on", "-DGPU_TARGETS=gfx90a"), reasons={"xllamacpp": "rocm-6.4.1"}
+    ),
     "linux-rx7900xtx-no-hipcc": row("rocm7.1", NO_VLLM, (), reasons={"llama-cpp-python": "no hipcc"}),
-    "macos-m1max": row("mps", NO_VLLM, ("-DGGML_METAL=on",),
-                       reasons={"xinference": "mlx", "vllm": "Linux only"}),
-    "macos-intel-i5": row("cpu", (I, S, S, S, I, I), ("-DGGML_METAL=off",), spec="==2.2.2",
-                          warnings=("torch-intel-mac",), reasons={"transformers": "needs torch >= 2.6"}),
-    "windows-rtx2080super-driver610": row("cu130", (I, I, S, S, S, I), None,
-                                          reasons={"vllm": "WSL2", "llama-cpp-python": "Visual Studio"}),
+    "macos-m1max": row(
+        "mps", NO_VLLM, ("-DGGML_METAL=on",), reasons={"xinference": "mlx", "vllm": "Linux only"}
+    ),
+    "macos-intel-i5": row(
+        "cpu",
+        (INS, S, S, S, INS, INS),
+        ("-DGGML_METAL=off",),
+        spec="==2.2.2",
+        warnings=("torch-intel-mac",),
+        reasons={"transformers": "needs torch >= 2.6"},
+    ),
+    "windows-rtx2080super-driver610": row(
+        "cu130", (INS, INS, S, S, S, INS), None, reasons={"vllm": "WSL2", "llama-cpp-python": "Visual Studio"}
+    ),
     "linux-graviton3-cpu": row("cpu", NO_VLLM, ()),
     # This machine: nvcc without cuBLAS and no GPU.
-    "linux-cpu-debian12-nvcc-no-cublas": row("cpu", NO_VLLM, (), warnings=("profile-note",),
-                                             reasons={"vllm": "no NVIDIA GPU"}),
-    # CentOS 7: torch needs glibc 2.28, gcc 4.8.5 cannot build llama.cpp; xllamacpp's manylinux2014 wheel works.
-    "centos7-glibc2.17-cpu": row("cpu", (S, S, S, S, S, I), None,
-                                 reasons={"xinference": "glibc >= 2.28", "llama-cpp-python": "gcc 4.8.5",
-                                          "transformers": "glibc >= 2.28"}),
+    "linux-cpu-debian12-nvcc-no-cublas": row(
+        "cpu", NO_VLLM, (), warnings=("profile-note",), reasons={"vllm": "no NVIDIA GPU"}
+    ),
+    # CentOS 7: torch needs glibc 2.28, gcc 4.8.5 cannot build llama.cpp;
+    # xllamacpp's manylinux2014 wheel works.
+    "centos7-glibc2.17-cpu": row(
+        "cpu",
+        (S, S, S, S, S, INS),
+        None,
+        reasons={
+            "xinference": "glibc >= 2.28",
+            "llama-cpp-python": "gcc 4.8.5",
+            "transformers": "glibc >= 2.28",
+        },
+    ),
     # A GPU on the bus with no driver: CPU plan, and the warning says to install the driver.
-    "linux-nvidia-no-driver": row("cpu", NO_VLLM, (), warnings=("nvidia-no-driver",),
-                                  reasons={"vllm": "no NVIDIA driver", "torch": "install the NVIDIA driver"}),
+    "linux-nvidia-no-driver": row(
+        "cpu",
+        NO_VLLM,
+        (),
+        warnings=("nvidia-no-driver",),
+        reasons={"vllm": "no NVIDIA driver", "torch": "install the NVIDIA driver"},
+    ),
 }
 
 
@@ -170,7 +267,9 @@ def test_old_python_gets_a_python_for_the_engine_env(recipes):
 
 
 def test_this_machine_plan_matches_the_brief(recipes):
-    plan = make_plan(load_profile(PROFILES / "linux-cpu-debian12-nvcc-no-cublas.json"), PlanRequest(), recipes)
+    plan = make_plan(
+        load_profile(PROFILES / "linux-cpu-debian12-nvcc-no-cublas.json"), PlanRequest(), recipes
+    )
     assert plan.torch.index_url == "https://download.pytorch.org/whl/cpu"
     assert plan.environment("main").torch.version_spec is None  # 2.13.0+cpu from find-links must satisfy it
     assert plan.backend("xinference").packages == ("xinference[transformers,llama-cpp]==4.1.0",)
@@ -186,7 +285,9 @@ def test_torch_index_mirror_replaces_the_base(recipes):
 
 
 def test_portable_cpu_build(recipes):
-    plan = make_plan(load_profile(PROFILES / "linux-graviton3-cpu.json"), PlanRequest(portable_cpu=True), recipes)
+    plan = make_plan(
+        load_profile(PROFILES / "linux-graviton3-cpu.json"), PlanRequest(portable_cpu=True), recipes
+    )
     build = plan.backend("llama-cpp-python").build
     assert build.portable
     assert build.cmake_args == ("-DGGML_NATIVE=OFF", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_BACKEND_DL=ON")
