@@ -31,7 +31,10 @@ def test_reads_this_machines_files_like_pip(tmp_path):
     assert cfg.constraints == ("/etc/xdg/pip/constraints.txt",)
     flags = cfg.uv_flags()
     assert flags[flags.index("--find-links") + 1] == "/opt/wheels"
-    assert flags.count("--extra-index-url") == 2
+    indexes = [flags[i + 1] for i, f in enumerate(flags) if f == "--index"]
+    # PyPI (pip's default index) first: a mirror's pure-Python wheel must not shadow its
+    # manylinux wheels for the same version (uv reads only the first index carrying a version).
+    assert indexes == ["https://pypi.org/simple", "file:///opt/pypi/simple", "file:///opt/pypi-more/simple"]
     assert flags[flags.index("--constraint") + 1] == "/etc/xdg/pip/constraints.txt"
     # pip merges every source; uv only does with this strategy.
     assert flags[-2:] == ["--index-strategy", "unsafe-best-match"]
@@ -45,7 +48,8 @@ def test_environment_variables_override_files_and_uv_variables_win_over_pip(tmp_
     assert cfg.find_links == ("/a", "/b")
     flags = cfg.uv_flags()
     assert "--find-links" not in flags  # the user told uv directly
-    assert flags[flags.index("--index-url") + 1] == "https://mirror.example/simple"
+    assert flags[flags.index("--index") + 1] == "https://mirror.example/simple"
+    assert flags[flags.index("--default-index") + 1] == "https://mirror.example/simple"
 
 
 def test_pip_config_file_devnull_switches_files_off(tmp_path):

@@ -55,7 +55,7 @@ class Installer:
         if self.kind == "uv":
             flags = self.index.uv_flags()
             for url in extra_index_urls:
-                flags[:0] = ["--extra-index-url", url]  # first: uv prefers earlier indexes
+                flags[:0] = ["--index", url]  # first: uv asks indexes in the order given
             if extra_index_urls and "--index-strategy" not in flags:
                 flags += ["--index-strategy", "unsafe-best-match"]
             return flags

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # pip option name -> our field. Values of list options are whitespace-separated.
+PYPI_SIMPLE = "https://pypi.org/simple"
+
 _KEYS = ("index-url", "extra-index-url", "find-links", "constraint", "no-index")
 # uv reads these itself; when the user set one, the matching pip setting must not override it.
 _UV_VARS = {
@@ -92,11 +94,18 @@ class IndexConfig:
         flags: list[str] = []
         if self.no_index and "no-index" not in self.uv_owned:
             flags.append("--no-index")
-        if self.index_url and "index-url" not in self.uv_owned:
-            flags += ["--index-url", self.index_url]
-        if "extra-index-url" not in self.uv_owned:
+        primary = self.index_url or PYPI_SIMPLE
+        if "extra-index-url" not in self.uv_owned and self.extra_index_urls:
+            # uv asks --index entries in the order given and, for a version two indexes both carry,
+            # takes the first one's files only. pip pools every index's files and picks the most
+            # specific wheel, so a mirror that holds only a version's pure-Python wheel (soundfile
+            # without its bundled libsndfile, seen here) must not shadow the primary index's
+            # manylinux wheels: the primary goes first, the extras after it.
+            flags += ["--index", primary] if "index-url" not in self.uv_owned else []
             for url in self.extra_index_urls:
-                flags += ["--extra-index-url", url]
+                flags += ["--index", url]
+        if self.index_url and "index-url" not in self.uv_owned:
+            flags += ["--default-index", self.index_url]
         if "find-links" not in self.uv_owned:
             for link in self.find_links:
                 flags += ["--find-links", link]
