@@ -239,7 +239,7 @@ def test_gpu_engines_get_their_own_environments_with_pinned_torch(recipes):
     assert "click<8.2.0" in vllm.reason and "torch==2.14.1" in vllm.reason
     assert main.backends == ("xinference", "transformers", "llama-cpp-python", "xllamacpp")
     xinf = plan.backend("xinference")
-    assert xinf.packages == ("xinference[transformers,llama-cpp]==4.1.0",)
+    assert xinf.packages == ("xinference[transformers]==4.1.0",)
     assert "not [vllm]/[sglang]" in xinf.reason and "[all]" in xinf.reason
     assert plan.backend("xllamacpp").extra_index_urls == ("https://xorbitsai.github.io/xllamacpp/whl/cu132",)
 
@@ -272,7 +272,7 @@ def test_this_machine_plan_matches_the_brief(recipes):
     )
     assert plan.torch.index_url == "https://download.pytorch.org/whl/cpu"
     assert plan.environment("main").torch.version_spec is None  # 2.13.0+cpu from find-links must satisfy it
-    assert plan.backend("xinference").packages == ("xinference[transformers,llama-cpp]==4.1.0",)
+    assert plan.backend("xinference").packages == ("xinference[transformers]==4.1.0",)
     assert plan.backend("llama-cpp-python").build.expected_backends == ("cpu",)
     assert plan.backend("xllamacpp").extra_index_urls == ()
 

@@ -61,7 +61,8 @@ def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str])
     blocked = torch_installable(profile, recipes)
     if blocked:
         return skip("xinference", f"xinference {e['version']} requires torch, and {blocked}")
-    extras = [e["extra_for"][b] for b in ("transformers", "xllamacpp") if b in planned]
+    extras = [e["extra_for"][b] for b in ("transformers", "xllamacpp")
+              if b in planned and b in e["extra_for"]]
     if profile.os.system == "darwin" and profile.os.arch == "arm64":
         extras.append(e["apple_silicon_extra"])
     spec = f"xinference[{','.join(extras)}]=={e['version']}" if extras else f"xinference=={e['version']}"
@@ -112,7 +113,7 @@ def decide_transformers(profile: HostProfile, recipes: Recipes, torch: TorchChoi
             "install",
             f"runs on torch {torch.variant}; {e['version']} is the newest transformers that co-installs "
             "with xinference 4.1.0 (click<8.2.0 keeps huggingface-hub < 1.31)",
-            (f"transformers=={e['version']}",),
+            (f"transformers{_extras(e)}=={e['version']}",),
             environment=PRIMARY_ENV,
             version=e["version"],
         ),
@@ -283,6 +284,11 @@ def _compiler_problem(profile: HostProfile) -> str | None:
     return None
 
 
+def _extras(engine: dict) -> str:
+    extras = engine.get("extras") or []
+    return f"[{','.join(extras)}]" if extras else ""
+
+
 def decide_llama_cpp_python(
     profile: HostProfile, recipes: Recipes, user_cmake_args: str | None, portable: bool
 ) -> Decision:
@@ -298,7 +304,7 @@ def decide_llama_cpp_python(
             "llama-cpp-python",
             "install",
             f"source build of {version} (PyPI has only the sdist): {build.reason}",
-            (f"llama-cpp-python=={version}",),
+            (f"llama-cpp-python{_extras(recipes.engine('llama-cpp-python'))}=={version}",),
             env=env,
             environment=PRIMARY_ENV,
             version=version,
