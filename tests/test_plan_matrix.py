@@ -99,7 +99,8 @@ EXPECTED = {
         ALL_GPU,
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
         GPU_ENVS,
-        reasons={"xllamacpp": "cu132"},
+        # cu132's compute_90 PTX needs a CUDA 13.2 driver; 590 supports 13.1.
+        reasons={"xllamacpp": "cu128 wheel"},
     ),
     "linux-8x-h200-driver570": row(
         "cu126",
@@ -107,13 +108,14 @@ EXPECTED = {
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
         reasons={"sglang": "driver 570.133.20 runs CUDA <= 12.8"},
     ),
-    # aarch64 GH200: vLLM's aarch64 floor is glibc 2.34 (2.35 here); xllamacpp's CUDA wheels are x86_64.
+    # aarch64 GH200: vLLM's aarch64 floor is glibc 2.34 (2.35 here); xllamacpp's CUDA wheels
+    # cover Linux arm64 too, and sm_90 runs cu128's PTX (driver 590 supports CUDA 13.1 < 13.2).
     "linux-gh200-aarch64-driver590": row(
         "cu130",
         ALL_GPU,
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
         GPU_ENVS,
-        reasons={"xllamacpp": "CPU wheel"},
+        reasons={"xllamacpp": "cu128 wheel"},
     ),
     "linux-b200-driver580": row(
         "cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=100"), GPU_ENVS
@@ -145,11 +147,16 @@ EXPECTED = {
         reasons={
             "vllm": "Python 3.12 only",
             "sglang": "Docker",
-            "xllamacpp": "ROCm 6.3.3 has no xllamacpp HIP build",
+            "xllamacpp": "no xllamacpp ROCm wheel runs AMD Instinct MI300X (gfx942) with ROCm 6.3.3",
         },
     ),
     "linux-mi250x-rocm6.4": row(
-        "rocm7.1", NO_VLLM, ("-DGGML_HIP=on", "-DGPU_TARGETS=gfx90a"), reasons={"xllamacpp": "rocm-6.4.1"}
+        "rocm7.1",
+        NO_VLLM,
+        ("-DGGML_HIP=on", "-DGPU_TARGETS=gfx90a"),
+        # rocm-6.4.1 has no gfx90a kernels, and xllamacpp's GPU wheels need glibc 2.35 (2.31 here).
+        reasons={"xllamacpp": "CPU wheel from PyPI"},
+        warnings=("xllamacpp-cpu-wheel",),
     ),
     "linux-rx7900xtx-no-hipcc": row("rocm7.1", NO_VLLM, (), reasons={"llama-cpp-python": "no hipcc"}),
     "macos-m1max": row(
@@ -241,7 +248,7 @@ def test_gpu_engines_get_their_own_environments_with_pinned_torch(recipes):
     xinf = plan.backend("xinference")
     assert xinf.packages == ("xinference[transformers]==4.1.0",)
     assert "not [vllm]/[sglang]" in xinf.reason and "[all]" in xinf.reason
-    assert plan.backend("xllamacpp").extra_index_urls == ("https://xorbitsai.github.io/xllamacpp/whl/cu132",)
+    assert plan.backend("xllamacpp").extra_index_urls == ("https://xorbitsai.github.io/xllamacpp/whl/cu128",)
 
 
 def test_mixed_gpus_vllm_names_the_card_left_out(recipes):
