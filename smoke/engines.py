@@ -49,6 +49,14 @@ class EngineAdapter:
                        gpu: bool = False) -> list[str]:
         raise NotImplementedError
 
+    def server_env(self, work_dir: Path) -> dict[str, str]:
+        """Environment variables the server process needs beyond offline_env(), given a scratch dir."""
+        return {}
+
+    def served_model(self, model: Path) -> str | None:
+        """The model name the server answers to when GET /v1/models does not list it."""
+        return None
+
     def probe_command(self, python: Path, model: Path, prompt_ids: list[int], new_tokens: int,
                       logits: bool, gpu: bool = False) -> list[str] | None:
         if self.probe is None:
@@ -60,6 +68,17 @@ class EngineAdapter:
 
 
 class TransformersAdapter(EngineAdapter):
+    def served_model(self, model: Path) -> str | None:
+        return str(model)  # it serves the positional model under its path
+
+    def server_env(self, work_dir: Path) -> dict[str, str]:
+        # `transformers serve` (5.17) answers GET /v1/models by scanning the hub cache and fails
+        # with CacheNotFound when it is missing (a fresh machine); an empty one of our own keeps
+        # it offline and answering.
+        hub_cache = work_dir / "hf-hub-cache"
+        hub_cache.mkdir(parents=True, exist_ok=True)
+        return {"HF_HUB_CACHE": str(hub_cache)}
+
     def server_command(self, python, model, host, port, api_key, gpu=False):
         # `transformers serve` (5.x) preloads the positional model and serves it under its path.
         # It has no API key option; supports_api_key is False so none is passed.

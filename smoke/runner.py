@@ -126,6 +126,8 @@ def _run_engine(adapter: EngineAdapter, python: Path, model_path: Path, profile:
         result.reason = "served and answered" + (" the reference answer" if adapter.float32 else "")
     except EngineFailed as e:
         result.status, result.reason, result.log_tail = "fail", str(e), e.log_tail or None
+    except Exception as e:  # noqa: BLE001 - one engine's surprise must not stop the others' reports
+        result.status, result.reason = "fail", f"unexpected {type(e).__name__}: {_one_line(e)}"
     return result, probe
 
 
@@ -166,14 +168,19 @@ def _serve_and_ask(adapter: EngineAdapter, python: Path, model_path: Path, gpu: 
     port = free_port(HOST)
     argv = adapter.server_command(python, model_path, HOST, port, api_key, gpu=gpu)
     server = ManagedServer(argv, host=HOST, port=port, log_path=work_dir / f"{adapter.name}-server.log",
-                           api_key=api_key, ready_timeout_s=READY_TIMEOUT_S)
+                           api_key=api_key, ready_timeout_s=READY_TIMEOUT_S,
+                           env=adapter.server_env(work_dir / adapter.name))
     result.log_path = str(server.log_path)
     try:
         with server:
             result.ready_s = server.ready_s
             client = openai.OpenAI(base_url=server.base_url, api_key=api_key or "none",
                                    timeout=REQUEST_TIMEOUT_S, max_retries=0)
-            _ask(client, server.models[0], dict(adapter.extra_body), expected_text, result)
+            # transformers serve 5.17 lists only hub-cache models, not the local one it serves.
+            served = server.models[0] if server.models else adapter.served_model(model_path)
+            if served is None:
+                raise AnswerError("GET /v1/models lists no model")
+            _ask(client, served, dict(adapter.extra_body), expected_text, result)
     except ServerError as e:
         raise EngineFailed(f"server: {e}", e.log_tail) from None
     except (openai.OpenAIError, AnswerError) as e:

@@ -339,6 +339,10 @@ class _Run:
         marker = f"/wheelhouse/{req.key}/"
         if dist is not None and dist.version == req.version and dist.direct_url and marker in dist.direct_url:
             rec.source = dist.direct_url
+            # The build is right; an extra asked for since ([server]) may still be missing.
+            wanted = f"{backend.name}{_extras_of(backend.packages, backend.name)}=={req.version}"
+            if state_mod.unmet([wanted], current):
+                return [f"{wanted.split('==')[0]} @ {dist.direct_url}"]
             return []
         wheel = wheelhouse.build(
             req,

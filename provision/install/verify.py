@@ -18,7 +18,9 @@ from provision.install.wheelhouse import backends_in_names
 # with a mismatched torchvision, `import transformers` works but every model import fails.
 IMPORT_CHECKS = {
     "xinference": "import xinference",
-    "transformers": "import transformers; transformers.LlamaConfig; transformers.AutoModelForCausalLM",
+    # LlamaForCausalLM loads modeling code, which imports audio/vision helpers (soundfile,
+    # torchvision) that `import transformers` and the lazy Auto classes never touch.
+    "transformers": "import transformers; transformers.LlamaConfig; transformers.LlamaForCausalLM",
     "vllm": "import vllm",
     "sglang": "import sglang",
     "llama-cpp-python": "import llama_cpp",

@@ -227,18 +227,16 @@ def _wait_forever(server, what: str) -> None:
 
 
 def _serve_native(req: ServeRequest, d: Decision, say: Callable[[str], None]) -> None:
+    from smoke.engines import ADAPTERS
     from smoke.server import ManagedServer, ServerError
 
     rd = run_dir(d.choice.engine, d.port)
     rd.mkdir(parents=True, exist_ok=True)
     listen_port = d.upstream_port or d.port
-    # `transformers serve` (5.17) lists models by scanning the hub cache and fails when it is
-    # missing; an empty one of our own keeps it offline and answering.
-    hub_cache = rd / "hf-hub-cache"
-    hub_cache.mkdir(exist_ok=True)
     server = ManagedServer(d.command, host="127.0.0.1" if d.upstream_port else d.host, port=listen_port,
                            log_path=rd / "server.log", api_key=None if d.upstream_port else req.api_key,
-                           env={"HF_HUB_CACHE": str(hub_cache)}, ready_timeout_s=NATIVE_READY_TIMEOUT_S)
+                           env=ADAPTERS[d.choice.engine].server_env(rd),
+                           ready_timeout_s=NATIVE_READY_TIMEOUT_S)
     say(f"engine: {d.choice.engine} ({d.choice.reason})")
     say(f"starting: {' '.join(d.command)}")
     say(f"log: {server.log_path}")
