@@ -124,10 +124,18 @@ def test_dry_run_with_another_machines_profile():
 
     if not hasattr(provision.planner, "make_plan"):
         pytest.skip("provision.planner.make_plan has not landed yet")
+    # An L40S on driver 580: plan --auto installs vLLM there (CUDA 13 wheel), so the tiny
+    # llama (pytorch format, no quantization, a vLLM family) goes to vLLM.
+    done = cli("serve", "tiny", "--dry-run", "--json", "--profile",
+               str(Path(__file__).parent / "profiles" / "linux-l40s-driver580.json"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["engine"] in ("vllm", "sglang")
+    # An RTX 3090 on driver 570: vllm 0.33.0 / sglang 0.5.23 need a CUDA 13 driver (>= 580), so
+    # plan --auto skips them there and the model goes to transformers.
     done = cli("serve", "tiny", "--dry-run", "--json", "--profile",
                str(FIX / "profiles" / "linux-rtx3090-driver570.json"))
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["engine"] in ("vllm", "sglang")
+    assert json.loads(done.stdout)["engine"] == "transformers"
 
 
 # ---------------------------------------------------------------- serving for real
