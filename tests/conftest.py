@@ -21,7 +21,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800, **kw) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 1800, **kw
+) -> subprocess.CompletedProcess:
     """Run the real `xinfer-setup` entry point of this checkout in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "provision", *args],
