@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 TOOL = [sys.executable, "-m", "provision"]
 SECTIONS = ("probe", "plan", "noop", "fresh", "llama", "smoke", "resolve")
 # A GPU-target profile resolved from this CPU machine (vllm in its own env, CUDA 13 torch).
-RESOLVE_PROFILE = REPO / "tests" / "profiles" / "linux-h100-driver580.json"
+RESOLVE_PROFILE = REPO / "tests" / "profiles" / "linux-h100-driver590.json"
 
 
 class Report:

@@ -58,3 +58,13 @@ def engine_env(provisioned_root) -> dict[str, Path]:
     for needed in ("transformers", "llama-cpp-python", "xllamacpp", "xinference"):
         assert needed in engines, f"install --auto did not provision {needed}: {sorted(engines)}"
     return engines
+
+
+@pytest.fixture(scope="module")
+def _engine_pythons(request) -> dict[str, Path]:
+    """{backend: python}: XINFER_TEST_ENGINE_PYTHON (one env with every CPU engine) when set, for
+    quick runs; otherwise the session's real `install --auto` (engine_env)."""
+    python = os.environ.get("XINFER_TEST_ENGINE_PYTHON")
+    if python:
+        return {name: Path(python) for name in ("transformers", "llama-cpp-python", "xllamacpp")}
+    return dict(request.getfixturevalue("engine_env"))

@@ -17,16 +17,6 @@ from smoke.reference import TinyReference
 from smoke.tiny_model import ensure_tiny_model
 
 
-@pytest.fixture(scope="module")
-def _engine_pythons(request) -> dict[str, Path]:
-    """{backend: python}: XINFER_TEST_ENGINE_PYTHON (one env with every CPU engine) when set, for
-    quick runs; otherwise the session's real `install --auto` (conftest's engine_env)."""
-    python = os.environ.get("XINFER_TEST_ENGINE_PYTHON")
-    if python:
-        return {name: Path(python) for name in ("transformers", "llama-cpp-python", "xllamacpp")}
-    return dict(request.getfixturevalue("engine_env"))
-
-
 def _probe(python: Path, backend: str, model_path: Path, prompt_ids: list[int]) -> dict:
     argv = ADAPTERS[backend].probe_command(python, model_path, prompt_ids, 12, logits=True)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,16 +16,6 @@ from smoke.runner import run_smoke
 from smoke.tiny_model import ensure_tiny_model
 
 FAST_ENGINES = ("llama-cpp-python", "xllamacpp")
-
-
-@pytest.fixture(scope="module")
-def _engine_pythons(request) -> dict[str, Path]:
-    """{backend: python}: XINFER_TEST_ENGINE_PYTHON (one env with every CPU engine) when set, for
-    quick runs; otherwise the session's real `install --auto` (conftest's engine_env)."""
-    python = os.environ.get("XINFER_TEST_ENGINE_PYTHON")
-    if python:
-        return {name: Path(python) for name in ("transformers", "llama-cpp-python", "xllamacpp")}
-    return dict(request.getfixturevalue("engine_env"))
 
 
 @pytest.fixture(scope="module")

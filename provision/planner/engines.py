@@ -161,6 +161,35 @@ def _cuda_engine_gate(profile: HostProfile, e: dict, engine: str, glibc_floor: s
     return None
 
 
+def _cuda_engine_install(
+    profile: HostProfile, recipes: Recipes, base: str, e: dict, name: str, what: str, env_reason: str
+) -> Decision:
+    """Install a CUDA engine (vLLM, SGLang) into its own environment, on the GPUs it can use."""
+    torch, left = engine_torch(profile, recipes, base, e["torch_variant"], e["torch"], name)
+    env_python, py_note = _python_for(profile, e, name)
+    warnings = tuple(
+        Warning_(
+            "engine-gpu-left-out",
+            f"{name} cannot use {gpu_label(g)} (needs compute capability "
+            f">= {e['sm_min'] / 10:.1f}): hide it with CUDA_VISIBLE_DEVICES",
+        )
+        for g in left
+    )
+    used = [g for g in profile.nvidia_gpus if g not in left]
+    return Decision(
+        BackendDecision(
+            name, "install",
+            f"{', '.join(map(gpu_label, used))} on driver {profile.nvidia.driver_version}: {what}{py_note}",
+            (f"{name}=={e['version']}",),
+            environment=name, version=e["version"],
+        ),
+        warnings,
+        torch=torch,
+        env_python=env_python,
+        env_reason=env_reason,
+    )
+
+
 def decide_vllm(profile: HostProfile, recipes: Recipes, base: str) -> Decision:
     e = recipes.engine("vllm")
     floor = e["glibc_aarch64"] if profile.os.arch == "aarch64" else e["glibc_x86_64"]
@@ -176,28 +205,9 @@ def decide_vllm(profile: HostProfile, recipes: Recipes, base: str) -> Decision:
         return skip("vllm", why_not)
     if not profile.nvidia_gpus:
         return _vllm_rocm(profile, e)
-    torch, left = engine_torch(profile, recipes, base, e["torch_variant"], e["torch"], "vllm")
-    env_python, py_note = _python_for(profile, e, "vllm")
-    warnings = tuple(
-        Warning_(
-            "engine-gpu-left-out",
-            f"vllm cannot use {gpu_label(g)} (needs compute capability "
-            f">= {e['sm_min'] / 10:.1f}): hide it with CUDA_VISIBLE_DEVICES",
-        )
-        for g in left
-    )
-    used = [g for g in profile.nvidia_gpus if g not in left]
-    reason = (
-        f"{', '.join(gpu_label(g) for g in used)} on driver {profile.nvidia.driver_version}: the CUDA 13 "
-        f"wheel of vllm {e['version']} (torch=={e['torch']})" + py_note
-    )
-    return Decision(
-        BackendDecision(
-            "vllm", "install", reason, (f"vllm=={e['version']}",), environment="vllm", version=e["version"]
-        ),
-        warnings,
-        torch=torch,
-        env_python=env_python,
+    return _cuda_engine_install(
+        profile, recipes, base, e, "vllm",
+        f"the CUDA 13 wheel of vllm {e['version']} (torch=={e['torch']})",
         env_reason=(
             f"vllm {e['version']} pins torch=={e['torch']} and needs huggingface-hub >= 1.31 "
             "(click >= 8.4.2): "
@@ -232,33 +242,9 @@ def decide_sglang(profile: HostProfile, recipes: Recipes, base: str) -> Decision
         return skip(
             "sglang", "AMD GPU: SGLang's ROCm builds ship as Docker images, there is no ROCm wheel on PyPI"
         )
-    torch, left = engine_torch(profile, recipes, base, e["torch_variant"], e["torch"], "sglang")
-    env_python, py_note = _python_for(profile, e, "sglang")
-    warnings = tuple(
-        Warning_(
-            "engine-gpu-left-out",
-            f"sglang cannot use {gpu_label(g)} (needs compute capability "
-            f">= {e['sm_min'] / 10:.1f}): hide it with CUDA_VISIBLE_DEVICES",
-        )
-        for g in left
-    )
-    used = [g for g in profile.nvidia_gpus if g not in left]
-    reason = (
-        f"{', '.join(gpu_label(g) for g in used)} on driver {profile.nvidia.driver_version}: sglang "
-        f"{e['version']} (torch=={e['torch']}, CUDA 13)" + py_note
-    )
-    return Decision(
-        BackendDecision(
-            "sglang",
-            "install",
-            reason,
-            (f"sglang=={e['version']}",),
-            environment="sglang",
-            version=e["version"],
-        ),
-        warnings,
-        torch=torch,
-        env_python=env_python,
+    return _cuda_engine_install(
+        profile, recipes, base, e, "sglang",
+        f"sglang {e['version']} (torch=={e['torch']}, CUDA 13)",
         env_reason=(
             f"sglang {e['version']} pins torch=={e['torch']} (vllm 0.33.0 pins 2.14.0) and needs "
             "huggingface-hub >= 1.31, which xinference 4.1.0's click<8.2.0 excludes"
