@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
-        click.echo("xinfer-setup: aborted", err=True)
+        # click turns Ctrl-C (KeyboardInterrupt) into Abort; we ask no questions, so that is all it is.
+        click.echo("xinfer-setup: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         # Usage errors: one line, exit 2 (click's own code for them).

@@ -123,8 +123,8 @@ def test_sigterm_mid_run_leaves_no_server(_engine_pythons, cache, tmp_path):
         if cli.poll() is None:
             cli.kill()
     assert cli.returncode == 130, err
-    # click turns the KeyboardInterrupt our SIGTERM handler raises into its Abort: "aborted".
-    assert "aborted" in err and "Traceback" not in err
+    # click turns the KeyboardInterrupt our SIGTERM handler raises into its Abort: "interrupted".
+    assert "interrupted" in err and "Traceback" not in err
     assert _processes_mentioning(marker) == []
 
 
