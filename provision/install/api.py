@@ -35,7 +35,7 @@ from provision.install.pipconfig import IndexConfig, read_index_config
 from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
 from provision.install.torch_source import TORCH_FAMILY, TorchSource, resolve_torch_source
-from provision.install.verify import EnvExpectation, collect_facts, evaluate
+from provision.install.verify import EnvExpectation, checks_fingerprint, collect_facts, evaluate
 from provision.plan import BackendDecision, Environment, Plan
 
 # Rough disk use per backend once installed (MB), with downloads and build trees; checked
@@ -401,6 +401,8 @@ class _Run:
         old_env = prev.environment(env.name) if prev else None
         if old_env is None or old_env.packages != self.env_records[env.name].packages:
             return False
+        if old_env.verify_checks != checks_fingerprint():
+            return False
         old = {b: prev.backend(b) for b in installed}
         if not all(
             r and r.status == "installed" and r.verify and all(c["ok"] for c in r.verify)
@@ -420,6 +422,7 @@ class _Run:
         self.env_records[env.name].packages = final.frozen()
         if not installed:
             return
+        self.env_records[env.name].verify_checks = checks_fingerprint()
         if self._reuse_verify(env, installed):
             self.reporter.say(f"[{env.name}] nothing changed since the last verified install")
             return

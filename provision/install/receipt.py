@@ -50,6 +50,8 @@ class EnvRecord:
     torch: dict[str, Any] | None = None  # requirement, source, installed version
     packages: list[str] = field(default_factory=list)  # name==version of everything installed
     notes: list[str] = field(default_factory=list)
+    # Which version of verify's checks passed here: results are reused only under the same checks.
+    verify_checks: str | None = None
 
 
 @dataclass

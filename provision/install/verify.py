@@ -68,6 +68,15 @@ print("\n@@FACTS@@" + json.dumps(facts))
 """
 
 
+def checks_fingerprint() -> str:
+    """Identifies the checks themselves, so results recorded by older checks are not reused."""
+    import hashlib
+
+    text = repr(sorted(IMPORT_CHECKS.items())) + _FACTS_SCRIPT
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+
 @dataclass(frozen=True)
 class Check:
     backend: str  # the backend it belongs to, or "torch" for environment-wide checks
