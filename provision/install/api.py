@@ -97,28 +97,29 @@ def _local_cpu_flags() -> tuple[str, ...]:
     return ()
 
 
-def _pinned_version(packages: tuple[str, ...], name: str) -> str:
+def _requirement_for(packages: tuple[str, ...], name: str) -> Requirement | None:
+    """The plan's requirement for distribution `name` among a backend's packages."""
     for p in packages:
         try:
             r = Requirement(p)
         except InvalidRequirement:
             continue
         if canonicalize_name(r.name) == canonicalize_name(name):
-            pins = [s.version for s in r.specifier if s.operator == "=="]
-            if pins:
-                return pins[0]
-    raise OperationFailed(f"{name}: the plan gives no exact version to build")
+            return r
+    return None
+
+
+def _pinned_version(packages: tuple[str, ...], name: str) -> str:
+    r = _requirement_for(packages, name)
+    pins = [s.version for s in r.specifier if s.operator == "=="] if r else []
+    if not pins:
+        raise OperationFailed(f"{name}: the plan gives no exact version to build")
+    return pins[0]
 
 
 def _extras_of(packages: tuple[str, ...], name: str) -> str:
-    for p in packages:
-        try:
-            r = Requirement(p)
-        except InvalidRequirement:
-            continue
-        if canonicalize_name(r.name) == canonicalize_name(name) and r.extras:
-            return "[" + ",".join(sorted(r.extras)) + "]"
-    return ""
+    r = _requirement_for(packages, name)
+    return "[" + ",".join(sorted(r.extras)) + "]" if r and r.extras else ""
 
 
 def estimate_disk_mb(plan: Plan, todo: list[str]) -> int:
