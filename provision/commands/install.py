@@ -7,42 +7,13 @@ stdout. Exit 0 only when every planned backend is installed and verified.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
+from provision.commands.plan import check_request, plan_from_flags
 from provision.errors import OperationFailed, UserError
-from provision.plan import BACKENDS, PlanRequest
-
-
-def _make_plan(
-    auto: bool,
-    backends: tuple[str, ...],
-    profile_path: str | None,
-    torch_index_url: str | None,
-    portable: bool,
-):
-    try:
-        from provision.planner import load_recipes, make_plan
-    except ImportError as e:
-        raise OperationFailed(f"the planner is not available ({e})") from None
-
-    if profile_path:
-        from provision.profile import load_profile
-
-        profile = load_profile(profile_path)
-    else:
-        from provision.probe import probe_host
-
-        profile = probe_host()
-    request = PlanRequest(
-        backends=None if auto else tuple(backends),
-        torch_index_base=torch_index_url or os.environ.get("XINFER_SETUP_TORCH_INDEX_URL") or None,
-        user_cmake_args=os.environ.get("CMAKE_ARGS") or None,
-        portable_cpu=portable,
-    )
-    return make_plan(profile, request, load_recipes())
+from provision.plan import plan_from_dict
 
 
 def _check_flags(
@@ -52,11 +23,8 @@ def _check_flags(
         raise UserError("--from-receipt replays a receipt's plan: it takes no --auto, --backend or --profile")
     if not from_receipt and not auto and not backends:
         raise UserError("say what to install: --auto, --backend NAME or --from-receipt FILE")
-    if auto and backends:
-        raise UserError("--auto and --backend contradict each other: use one")
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise UserError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKENDS)})")
+    if not from_receipt:
+        check_request(auto, backends)
     if profile and not dry_run:
         raise UserError("--profile describes another machine: use it only with --dry-run")
 
@@ -151,17 +119,13 @@ def install(
         from provision.install.receipt import read_receipt
 
         receipt = read_receipt(Path(from_receipt))
-        try:
-            from provision.plan import plan_from_dict
-        except ImportError as e:
-            raise OperationFailed(f"cannot replay: provision.plan has no plan_from_dict ({e})") from None
         plan = plan_from_dict(receipt.plan)
         built = {b.name for b in plan.backends if b.build is not None}
         replay_pins = {
             e.name: [p for p in e.packages if p.split("==")[0] not in built] for e in receipt.environments
         }
     else:
-        plan = _make_plan(auto, backends, profile_path, torch_index_url, portable)
+        plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable)
     if dry_run:
         report = _dry_run_report(plan, root)
         if as_json:

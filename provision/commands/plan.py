@@ -37,6 +37,29 @@ def build_request(
     )
 
 
+def plan_from_flags(
+    auto: bool,
+    backends: tuple[str, ...],
+    profile_path: str | None,
+    torch_index_url: str | None,
+    portable: bool,
+):
+    """The plan the command-line flags ask for (plan and install share it): checked, profiled, made."""
+    check_request(auto, backends)
+    request = build_request(auto, backends, torch_index_url, portable)
+    if profile_path:
+        from provision.profile import load_profile
+
+        profile = load_profile(profile_path)
+    else:
+        from provision.probe import probe_host
+
+        profile = probe_host()
+    from provision.planner import load_recipes, make_plan
+
+    return make_plan(profile, request, load_recipes())
+
+
 @click.command()
 @click.option("--auto", is_flag=True, help="Consider every backend for this machine.")
 @click.option(
@@ -64,19 +87,7 @@ def build_request(
 @click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of the arch, not -march=native.")
 def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portable):
     """Decide what to install, and why. CMAKE_ARGS in the environment reach llama-cpp-python's build."""
-    check_request(auto, backends)
-    request = build_request(auto, backends, torch_index_url, portable)
-    if profile_path:
-        from provision.profile import load_profile
-
-        profile = load_profile(profile_path)
-    else:
-        from provision.probe import probe_host
-
-        profile = probe_host()
-    from provision.planner import load_recipes, make_plan
-
-    the_plan = make_plan(profile, request, load_recipes())
+    the_plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable)
     report = None
     if resolve:
         from provision.planner.resolve import resolve_plan
