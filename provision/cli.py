@@ -1,6 +1,7 @@
 """The xinfer-setup command line.
 
-Each subcommand lives in provision/commands/<name>.py and is imported only when it
+Each subcommand lives in provision/commands/<name>.py (smoke's in smoke/command.py: the
+smoke test sits above the product and uses it, never the reverse) and is imported only when it
 runs, so `xinfer-setup probe` does not pay for the planner, the installer or click's
 help of every command. Errors a user can act on are one line on stderr, never a traceback.
 """
@@ -21,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("provision.commands.plan", "plan", "Decide what to install, and why."),
     "install": ("provision.commands.install", "install", "Carry a plan out, with a receipt."),
     "verify": ("provision.commands.install", "verify", "Check what is installed against its receipt."),
-    "smoke": ("provision.commands.smoke", "smoke", "Run a tiny local model on every installed engine."),
+    "smoke": ("smoke.command", "smoke", "Run a tiny local model on every installed engine."),
     "serve": ("provision.commands.serve", "serve", "Serve a model with the best engine here."),
 }
 

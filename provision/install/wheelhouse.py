@@ -28,6 +28,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision import paths
 from provision.errors import OperationFailed
 from provision.install.progress import Reporter, build_progress, run_logged
 
@@ -69,8 +70,7 @@ class BuildRequest:
 
 
 def cache_root(environ=os.environ) -> Path:
-    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "xinfer-setup"
+    return paths.cache_dir(environ)
 
 
 def split_cmake_args(text: str) -> tuple[str, ...]:

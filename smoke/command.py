@@ -20,7 +20,7 @@ def _installed_pythons(venv_root: Path | None) -> dict[str, Path]:
         from provision.install.receipt import installed_backends
     except ImportError:
         # No installer in this build: engines importable by this interpreter are all there is.
-        from smoke.engines import ADAPTERS
+        from provision.engines.adapters import ADAPTERS
 
         found = {}
         for backend in ADAPTERS:
@@ -74,7 +74,7 @@ def _raise_on_sigterm(signum, frame):
               help="Where tiny models are cached (default ~/.cache/xinfer-setup/models).")
 def smoke(venv_root: Path | None, backends: tuple[str, ...], as_json: bool, cache_dir: Path | None) -> None:
     """Run a tiny local model on every installed engine: load, generate, serve, answer, stop."""
-    from smoke.engines import ADAPTERS
+    from provision.engines.adapters import ADAPTERS
 
     unknown = [b for b in backends if b not in ADAPTERS]
     if unknown:
@@ -93,8 +93,8 @@ def smoke(venv_root: Path | None, backends: tuple[str, ...], as_json: bool, cach
         raise UserError("no engine is installed here; run `xinfer-setup install` first")
 
     from provision.probe import probe_host
+    from provision.tiny_model import ensure_tiny_model
     from smoke.runner import run_smoke
-    from smoke.tiny_model import ensure_tiny_model
 
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:

@@ -1,23 +1,25 @@
 """Engine adapters: how each backend is loaded in-process, served, and whether it can run here.
 
 One adapter per plan backend name. Every command starts with the python of the
-environment the engine was installed into, never ours. Served names are "tiny" where
-the server takes an alias (transformers serve names the model by its path).
+environment the engine was installed into, never ours. What a launch looks like (dtype,
+context, GPUs, memory share, KV-cache type, served name) comes in a LaunchSettings: serve
+fills it from the model and the hardware, smoke from its exactness needs. transformers serve
+takes no alias and names the model by its path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from provision.profile import HostProfile
-from smoke.tiny_model import TinyModel
+from provision.tiny_model import TinyModel
 
-SMOKE_DIR = Path(__file__).parent
-ENGINE_PROBE = SMOKE_DIR / "engine_probe.py"
-XLLAMACPP_SERVE = SMOKE_DIR / "xllamacpp_serve.py"
-SERVED_NAME = "tiny"
-N_CTX = 2048
+ENGINES_DIR = Path(__file__).parent
+ENGINE_PROBE = ENGINES_DIR / "engine_probe.py"
+XLLAMACPP_SERVE = ENGINES_DIR / "xllamacpp_serve.py"
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
 # vLLM and SGLang kernels need Turing or newer (their documented minimum).
 MIN_CUDA_SM_FOR_GPU_ONLY_ENGINES = 75
@@ -25,6 +27,24 @@ MIN_CUDA_SM_FOR_GPU_ONLY_ENGINES = 75
 
 def has_cuda_device(profile: HostProfile) -> bool:
     return bool(profile.nvidia_gpus) and profile.nvidia is not None
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How one server is launched. None means: the engine's own default."""
+
+    served_name: str
+    host: str
+    port: int
+    gpu: bool = False
+    dtype: Dtype = "auto"
+    context_length: int | None = None
+    tensor_parallel: int = 1
+    gpu_memory_fraction: float | None = None
+    # Skip CUDA-graph capture: only where start-up time matters more than speed (smoke).
+    enforce_eager: bool = False
+    # llama.cpp's KV cache in float32 rather than its float16 default: smoke compares exactly.
+    f32_kv_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,8 +65,8 @@ class EngineAdapter:
     def can_run(self, profile: HostProfile) -> tuple[bool, str]:
         return True, "runs on CPU" if not has_cuda_device(profile) else "runs on the CUDA device"
 
-    def server_command(self, python: Path, model: Path, host: str, port: int, api_key: str | None,
-                       gpu: bool = False) -> list[str]:
+    def server_command(self, python: Path, model: Path, launch: LaunchSettings,
+                       api_key: str | None) -> list[str]:
         raise NotImplementedError
 
     def server_env(self, work_dir: Path) -> dict[str, str]:
@@ -79,29 +99,34 @@ class TransformersAdapter(EngineAdapter):
         hub_cache.mkdir(parents=True, exist_ok=True)
         return {"HF_HUB_CACHE": str(hub_cache)}
 
-    def server_command(self, python, model, host, port, api_key, gpu=False):
+    def server_command(self, python, model, launch, api_key):
         # `transformers serve` (5.x) preloads the positional model and serves it under its path.
         # It has no API key option; supports_api_key is False so none is passed.
         return [str(python), "-m", "transformers.cli.transformers", "serve", str(model),
-                "--host", host, "--port", str(port), "--device", "cuda" if gpu else "cpu",
-                "--dtype", "float32", "--log-level", "info"]
+                "--host", launch.host, "--port", str(launch.port),
+                "--device", "cuda" if launch.gpu else "cpu",
+                "--dtype", launch.dtype, "--log-level", "info"]
 
 
 class LlamaCppPythonAdapter(EngineAdapter):
-    def server_command(self, python, model, host, port, api_key, gpu=False):
-        # type_k/type_v 0 = F32 KV cache, so the answer equals the float32 reference exactly;
+    def server_command(self, python, model, launch, api_key):
         # chat_format is left unset: the server then uses the GGUF's own Jinja template.
-        argv = [str(python), "-m", "llama_cpp.server", "--model", str(model), "--model_alias", SERVED_NAME,
-                "--host", host, "--port", str(port), "--n_ctx", str(N_CTX),
-                "--n_gpu_layers", "-1" if gpu else "0", "--type_k", "0", "--type_v", "0"]
+        # n_ctx 0 = the model's own trained context.
+        argv = [str(python), "-m", "llama_cpp.server", "--model", str(model),
+                "--model_alias", launch.served_name, "--host", launch.host, "--port", str(launch.port),
+                "--n_ctx", str(launch.context_length or 0), "--n_gpu_layers", "-1" if launch.gpu else "0"]
+        if launch.f32_kv_cache:
+            argv += ["--type_k", "0", "--type_v", "0"]  # ggml type 0 = F32
         return [*argv, "--api_key", api_key] if api_key else argv
 
 
 class XllamacppAdapter(EngineAdapter):
-    def server_command(self, python, model, host, port, api_key, gpu=False):
-        argv = [str(python), str(XLLAMACPP_SERVE), "--model", str(model), "--alias", SERVED_NAME,
-                "--host", host, "--port", str(port), "--n-ctx", str(N_CTX),
-                "--n-gpu-layers", "-1" if gpu else "0", "--f32-kv-cache"]
+    def server_command(self, python, model, launch, api_key):
+        argv = [str(python), str(XLLAMACPP_SERVE), "--model", str(model), "--alias", launch.served_name,
+                "--host", launch.host, "--port", str(launch.port), "--n-ctx", str(launch.context_length or 0),
+                "--n-gpu-layers", "-1" if launch.gpu else "0"]
+        if launch.f32_kv_cache:
+            argv.append("--f32-kv-cache")
         return [*argv, "--api-key", api_key] if api_key else argv
 
 
@@ -119,22 +144,34 @@ class _GpuOnlyAdapter(EngineAdapter):
 
 
 class VllmAdapter(_GpuOnlyAdapter):
-    def server_command(self, python, model, host, port, api_key, gpu=True):
-        # float16: vLLM's attention backends do not take float32; eager mode skips CUDA-graph
-        # capture, which would cost more than the whole smoke; a small memory share is plenty.
+    def server_command(self, python, model, launch, api_key):
         argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                "--served-model-name", SERVED_NAME, "--host", host, "--port", str(port),
-                "--dtype", "float16", "--max-model-len", str(N_CTX), "--enforce-eager",
-                "--gpu-memory-utilization", "0.2"]
+                "--served-model-name", launch.served_name, "--host", launch.host, "--port", str(launch.port),
+                "--dtype", launch.dtype]
+        if launch.context_length:
+            argv += ["--max-model-len", str(launch.context_length)]
+        if launch.tensor_parallel > 1:
+            argv += ["--tensor-parallel-size", str(launch.tensor_parallel)]
+        if launch.enforce_eager:
+            argv.append("--enforce-eager")
+        if launch.gpu_memory_fraction is not None:
+            argv += ["--gpu-memory-utilization", str(launch.gpu_memory_fraction)]
         return [*argv, "--api-key", api_key] if api_key else argv
 
 
 class SglangAdapter(_GpuOnlyAdapter):
-    def server_command(self, python, model, host, port, api_key, gpu=True):
+    def server_command(self, python, model, launch, api_key):
         argv = [str(python), "-m", "sglang.launch_server", "--model-path", str(model),
-                "--served-model-name", SERVED_NAME, "--host", host, "--port", str(port),
-                "--dtype", "float16", "--context-length", str(N_CTX), "--disable-cuda-graph",
-                "--mem-fraction-static", "0.2"]
+                "--served-model-name", launch.served_name, "--host", launch.host, "--port", str(launch.port),
+                "--dtype", launch.dtype]
+        if launch.context_length:
+            argv += ["--context-length", str(launch.context_length)]
+        if launch.tensor_parallel > 1:
+            argv += ["--tp", str(launch.tensor_parallel)]
+        if launch.enforce_eager:
+            argv.append("--disable-cuda-graph")
+        if launch.gpu_memory_fraction is not None:
+            argv += ["--mem-fraction-static", str(launch.gpu_memory_fraction)]
         return [*argv, "--api-key", api_key] if api_key else argv
 
 
