@@ -34,6 +34,8 @@ class PlanRequest:
     user_cmake_args: str | None = None
     # Build llama.cpp for any CPU of the arch (images, fleets) instead of -march=native.
     portable_cpu: bool = False
+    # Xinference model types to serve (provision.planner.model_types): llm, embedding, rerank, ...
+    model_types: tuple[str, ...] = ("llm",)
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
                 torch_index_base=request.get("torch_index_base"),
                 user_cmake_args=request.get("user_cmake_args"),
                 portable_cpu=bool(request.get("portable_cpu", False)),
+                model_types=tuple(request.get("model_types") or ("llm",)),
             ),
             torch=_torch_from(d["torch"]),
             backends=tuple(_backend_from(b) for b in d["backends"]),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from provision.commands.plan import check_request, plan_from_flags
+from provision.commands.plan import MODEL_TYPES_HELP, check_request, plan_from_flags
 from provision.errors import OperationFailed, UserError
 from provision.plan import plan_from_dict
 
@@ -92,6 +92,7 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
 @click.option("--index-url", metavar="URL", help="Package index (replaces pip's configured one).")
 @click.option("--find-links", multiple=True, metavar="DIR|URL", help="Extra wheel location (repeatable).")
 @click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of this arch, not -march=native.")
+@click.option("--model-types", metavar="TYPES", help=MODEL_TYPES_HELP)
 def install(
     auto,
     backends,
@@ -105,9 +106,12 @@ def install(
     index_url,
     find_links,
     portable,
+    model_types,
 ):
     """Carry a plan out: environments, torch, engines, verify, receipt."""
     _check_flags(auto, backends, profile_path, dry_run, from_receipt)
+    if from_receipt and model_types:
+        raise UserError("--from-receipt replays a receipt's plan: it takes no --model-types")
     from provision.install.api import InstallOptions, install_plan
     from provision.install.executor import choose_installer
     from provision.install.pipconfig import read_index_config
@@ -125,7 +129,7 @@ def install(
             e.name: [p for p in e.packages if p.split("==")[0] not in built] for e in receipt.environments
         }
     else:
-        plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable)
+        plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable, model_types)
     if dry_run:
         report = _dry_run_report(plan, root)
         if as_json:

@@ -9,8 +9,10 @@ import click
 
 from provision.errors import OperationFailed, UserError
 from provision.plan import BACKENDS, PlanRequest
+from provision.planner.model_types import parse_model_types
 
 TORCH_INDEX_ENV = "XINFER_SETUP_TORCH_INDEX_URL"
+MODEL_TYPES_HELP = "Xinference model types: llm,embedding,rerank,image,audio,video or all (default: llm)."
 
 
 def check_request(auto: bool, backends: tuple[str, ...]) -> None:
@@ -24,7 +26,12 @@ def check_request(auto: bool, backends: tuple[str, ...]) -> None:
 
 
 def build_request(
-    auto: bool, backends: tuple[str, ...], torch_index_url: str | None, portable: bool, environ=os.environ
+    auto: bool,
+    backends: tuple[str, ...],
+    torch_index_url: str | None,
+    portable: bool,
+    environ=os.environ,
+    model_types: str | None = None,
 ) -> PlanRequest:
     base = torch_index_url or environ.get(TORCH_INDEX_ENV) or None
     if base is not None and not base.startswith(("http://", "https://", "file:")):
@@ -34,6 +41,7 @@ def build_request(
         torch_index_base=base,
         user_cmake_args=environ.get("CMAKE_ARGS") or None,
         portable_cpu=portable,
+        model_types=parse_model_types(model_types),
     )
 
 
@@ -43,10 +51,11 @@ def plan_from_flags(
     profile_path: str | None,
     torch_index_url: str | None,
     portable: bool,
+    model_types: str | None = None,
 ):
     """The plan the command-line flags ask for (plan and install share it): checked, profiled, made."""
     check_request(auto, backends)
-    request = build_request(auto, backends, torch_index_url, portable)
+    request = build_request(auto, backends, torch_index_url, portable, model_types=model_types)
     if profile_path:
         from provision.profile import load_profile
 
@@ -85,9 +94,10 @@ def plan_from_flags(
     help=f"Mirror of https://download.pytorch.org/whl (also ${TORCH_INDEX_ENV}).",
 )
 @click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of the arch, not -march=native.")
-def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portable):
+@click.option("--model-types", metavar="TYPES", help=MODEL_TYPES_HELP)
+def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portable, model_types):
     """Decide what to install, and why. CMAKE_ARGS in the environment reach llama-cpp-python's build."""
-    the_plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable)
+    the_plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable, model_types)
     report = None
     if resolve:
         from provision.planner.resolve import resolve_plan

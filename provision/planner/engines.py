@@ -71,7 +71,7 @@ def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str])
         if extras
         else "the platform, no extras: no co-installable engine is planned"
     ]
-    why.append("not [all] (image/audio/video stacks; and [all] lacks sglang)")
+    # What [all] would pull and why not: provision.planner.model_types, from its recipe.
     if "vllm" in planned or "sglang" in planned:
         why.append(
             "not [vllm]/[sglang]: its click<8.2.0 pin cannot co-install with them, "

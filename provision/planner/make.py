@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from provision.errors import UserError
 from provision.plan import BACKENDS, PRIMARY_ENV, BackendDecision, Environment, Plan, PlanRequest, Warning_
-from provision.planner import engines
+from provision.planner import engines, model_types
 from provision.planner.recipes import Recipes
 from provision.planner.torch_choice import choose_torch
 from provision.profile import HostProfile
@@ -34,9 +34,16 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
         decided["vllm"] = engines.decide_vllm(profile, recipes, base)
     if "sglang" in asked:
         decided["sglang"] = engines.decide_sglang(profile, recipes, base)
+    if "llm" not in request.model_types:
+        decided = {n: model_types.leave_out_llm(n) for n in decided}
     if "xinference" in asked:
         planned = {n for n, d in decided.items() if d.backend.action == "install"}
-        decided["xinference"] = engines.decide_xinference(profile, recipes, planned)
+        decided["xinference"] = model_types.apply(
+            engines.decide_xinference(profile, recipes, planned),
+            request.model_types,
+            recipes.model_types,
+            torch,
+        )
 
     backends = tuple(decided[n].backend for n in BACKENDS if n in decided)
     for n in BACKENDS:

@@ -7,7 +7,7 @@ them types, so the decisions in provision.planner read attributes, not dictionar
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -85,6 +85,8 @@ class Recipes:
     engines: dict[str, dict[str, Any]]
     llama_cpp: LlamaCppRecipes
     resolve: ResolveRecipes
+    # recipes/model_types.toml: Xinference's extras per model type (provision.planner.model_types).
+    model_types: dict[str, Any] = field(default_factory=dict)
 
     def engine(self, name: str) -> dict[str, Any]:
         return self.engines[name]
@@ -102,7 +104,11 @@ def _read(name: str) -> dict[str, Any]:
 
 
 def recipes_from_dicts(
-    torch: dict[str, Any], engines: dict[str, Any], llama: dict[str, Any], resolve: dict[str, Any]
+    torch: dict[str, Any],
+    engines: dict[str, Any],
+    llama: dict[str, Any],
+    resolve: dict[str, Any],
+    model_types: dict[str, Any] | None = None,
 ) -> Recipes:
     try:
         return Recipes(
@@ -135,6 +141,7 @@ def recipes_from_dicts(
                     for s in resolve["same_files"]
                 ),
             ),
+            model_types=model_types or {},
         )
     except (KeyError, TypeError) as e:
         raise OperationFailed(f"recipes: a required entry is missing or malformed ({e})") from None
@@ -142,5 +149,9 @@ def recipes_from_dicts(
 
 def load_recipes() -> Recipes:
     return recipes_from_dicts(
-        _read("torch.toml"), _read("engines.toml"), _read("llama_cpp.toml"), _read("resolve.toml")
+        _read("torch.toml"),
+        _read("engines.toml"),
+        _read("llama_cpp.toml"),
+        _read("resolve.toml"),
+        _read("model_types.toml"),
     )
