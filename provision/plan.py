@@ -12,12 +12,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from provision.backends import names as backend_names
 from provision.profile import HostProfile
 
 SCHEMA_VERSION = 1
 
-# Backend names as the plan and the CLI spell them. Order is the order plans list them in.
-BACKENDS = ("xinference", "transformers", "vllm", "sglang", "llama-cpp-python", "xllamacpp")
+# Backend names as the plan and the CLI spell them, in the order plans list them in: a view of
+# the registry (recipes/backends.toml), kept under this name for the modules that import it.
+BACKENDS = backend_names()
 
 # The environment Xinference and everything that co-installs with it goes into.
 PRIMARY_ENV = "main"

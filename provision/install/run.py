@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision import __version__
+from provision.backends import backend as registry_backend
 from provision.errors import OperationFailed
 from provision.install import state as state_mod
 from provision.install import wheelhouse
@@ -381,9 +382,7 @@ def _previous_receipt(prefix: Path) -> Receipt | None:
 
 
 def _dist_name(backend: BackendDecision) -> str:
-    from provision.install.receipt import BACKEND_DISTS
-
-    return BACKEND_DISTS.get(backend.name, backend.name)
+    return registry_backend(backend.name).dist
 
 
 def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:

@@ -204,7 +204,7 @@ def llama_build(
     if version != rec.for_version:
         raise OperationFailed(
             f"recipes: llama_cpp.toml describes llama-cpp-python {rec.for_version}, "
-            f"engines.toml plans {version}"
+            f"backends.toml plans {version}"
         )
     warnings: list[PlanWarning] = []
     system, arch = profile.os.system, profile.os.arch

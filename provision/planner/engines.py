@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from provision.backends import RECIPE as BACKENDS_RECIPE
+from provision.backends import BackendRecipe
 from provision.plan import PRIMARY_ENV, BackendDecision, BuildSpec, PlanWarning, TorchChoice
 from provision.planner.cmake import llama_build
 from provision.planner.recipes import Recipes
@@ -357,7 +359,7 @@ class _XllamaChoice:
 
 @dataclass(frozen=True)
 class _CudaWheel:
-    """One CUDA index of xllamacpp (recipes/engines.toml [[xllamacpp.cuda]])."""
+    """One CUDA index of xllamacpp (recipes/backends.toml [[xllamacpp.cuda]])."""
 
     index: str
     cuda: str
@@ -518,4 +520,26 @@ def _xllamacpp_rocm(profile: HostProfile, e: dict) -> _XllamaChoice:
     return _cpu_wheel(
         f"no xllamacpp ROCm wheel runs {names} with {have} ({'; '.join(rejected)})",
         "install the ROCm version of a wheel that lists the GPU, or build llama.cpp from source",
+    )
+
+
+def decide_pinned(
+    profile: HostProfile, recipes: Recipes, backend: BackendRecipe, torch: TorchChoice
+) -> EngineOutcome:
+    """A backend with no rule of its own: its recipe's pin, where its environment rule puts it."""
+    if backend.needs_torch:
+        blocked = torch_installable(profile, recipes)
+        if blocked:
+            return skip(backend.name, f"{backend.name} {backend.version} requires torch, and {blocked}")
+    why = f"{backend.name} {backend.version}, as recipes/{BACKENDS_RECIPE} pins it"
+    if backend.environment == "primary":
+        return EngineOutcome(
+            BackendDecision(backend.name, "install", f"{why}; co-installs with xinference",
+                            (backend.requirement,), environment=PRIMARY_ENV, version=backend.version)
+        )
+    return EngineOutcome(
+        BackendDecision(backend.name, "install", why, (backend.requirement,), environment=backend.name,
+                        version=backend.version),
+        torch=torch if backend.needs_torch else None,
+        env_reason=f"{backend.name}: its own environment (its pins do not co-install with xinference)",
     )
