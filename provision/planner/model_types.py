@@ -17,7 +17,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from provision.errors import UserError
-from provision.plan import TorchChoice, Warning_
+from provision.plan import PlanWarning, TorchChoice
 
 ModelType = Literal["llm", "embedding", "rerank", "image", "audio", "video"]
 MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
@@ -122,7 +122,7 @@ def apply(decision, asked: tuple[str, ...], recipe: dict[str, Any], torch: Torch
     skipped_why = backend.reason if backend.action != "install" else None
     outcomes = decide_types(asked, recipe, torch, skipped_why)
     warnings = tuple(
-        Warning_("model-type-skipped", o.reason) for o in outcomes if o.extra is None
+        PlanWarning("model-type-skipped", o.reason) for o in outcomes if o.extra is None
     )
     if backend.action != "install":
         return replace(decision, warnings=(*decision.warnings, *warnings))
