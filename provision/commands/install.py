@@ -113,9 +113,6 @@ def install(
     if from_receipt and model_types:
         raise UserError("--from-receipt replays a receipt's plan: it takes no --model-types")
     from provision.install.executor import choose_installer
-    from provision.install.pipconfig import read_index_config
-    from provision.install.progress import Reporter
-    from provision.install.run import InstallOptions, install_plan
 
     root = Path(venv_root).expanduser() if venv_root else None
     replay_pins: dict[str, list[str]] = {}
@@ -141,6 +138,22 @@ def install(
             for e in report["environments"]:
                 click.echo(f"env {e['name']}: {e['prefix']} ({'exists' if e['exists'] else 'to create'})")
         return
+    if not from_receipt:
+        # The no-op re-run decides before the installer's own modules are even imported; an
+        # installer matters only when something is installed, so only an explicit one is compared.
+        from provision.install.noop import UNCHANGED_NOTE, unchanged_receipt
+
+        kept = unchanged_receipt(plan, root, installer)
+        if kept is not None:
+            click.echo(f"xinfer-setup: {UNCHANGED_NOTE}", err=True)
+            if as_json:
+                click.echo(json.dumps(kept.to_dict(), indent=2))
+            _raise_unless_ok(kept)
+            return
+    from provision.install.pipconfig import read_index_config
+    from provision.install.progress import Reporter
+    from provision.install.run import InstallOptions, install_plan
+
     index = read_index_config().with_cli(index_url, tuple(find_links))
     options = InstallOptions(installer=choose_installer(installer), index=index, replay_pins=replay_pins)
     receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())

@@ -11,9 +11,12 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provision.errors import UserError
-from provision.install.pipconfig import IndexConfig
+
+if TYPE_CHECKING:  # a type only here; pipconfig's parsing is not needed to name an installer
+    from provision.install.pipconfig import IndexConfig
 
 INSTALLERS = ("uv", "pip")
 

@@ -53,6 +53,16 @@ def build_progress(line: str) -> int | None:
     return None
 
 
+# Commands run_logged is running now (from any thread), so an interrupt can stop them all.
+_RUNNING: set[subprocess.Popen] = set()
+
+
+def kill_running() -> None:
+    """Stop every command run_logged is running (a background build, when the user pressed Ctrl-C)."""
+    for proc in list(_RUNNING):
+        proc.kill()
+
+
 @dataclass(frozen=True)
 class CommandResult:
     returncode: int
@@ -83,6 +93,7 @@ def run_logged(
             env={**os.environ, **(env or {})},
             cwd=cwd,
         )
+        _RUNNING.add(proc)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -96,5 +107,7 @@ def run_logged(
             proc.kill()
             proc.wait()
             raise
+        finally:
+            _RUNNING.discard(proc)
         log.write(f"[exit {rc}]\n")
     return CommandResult(rc, tuple(tail), log_path)

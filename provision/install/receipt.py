@@ -46,6 +46,9 @@ class EnvRecord:
     notes: list[str] = field(default_factory=list)
     # Which version of verify's checks passed here: results are reused only under the same checks.
     verify_checks: str | None = None
+    # provision.install.fingerprint of the installed set when this record was made: a no-op
+    # re-run skips the listing and verify while it is unchanged.
+    installed_fingerprint: str | None = None
 
 
 @dataclass

@@ -29,6 +29,9 @@ from provision.install import wheelhouse
 from provision.install.disk import check_free_disk, estimate_disk_mb
 from provision.install.envs import EnvLocation, ensure_env, locate
 from provision.install.executor import Installer
+from provision.install.fingerprint import installed_fingerprint
+from provision.install.noop import UNCHANGED_NOTE, previous_receipt, unchanged_receipt
+from provision.install.overlap import BackgroundBuilds
 from provision.install.pipconfig import IndexConfig, read_index_config
 from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
@@ -92,9 +95,10 @@ class _Run:
         self.env_records: dict[str, EnvRecord] = {}
         self.notes: list[str] = []
         self._states: dict[str, state_mod.EnvState] = {}
-        self.previous = _previous_receipt(self.primary.prefix)
+        self.previous = previous_receipt(self.primary.prefix)
         # env name -> where its torch came from, for a matching torchvision later.
         self._companions: dict[str, TorchSource] = {}
+        self.builds = BackgroundBuilds()
         for b in plan.backends:
             self.records[b.name] = BackendRecord(
                 name=b.name,
@@ -191,9 +195,43 @@ class _Run:
         self._companions[env.name] = source
         return [source.torch_requirement, *source.companions]
 
+    def start_builds(self) -> None:
+        """Start every source build that has no wheel yet, so it runs while the other steps install."""
+        for backend in self.plan.installs:
+            if backend.build is None:
+                continue
+            req = wheel_build_request(self.plan, backend)
+            if wheelhouse.built_wheel(req.key, self.cache) is not None:
+                continue
+            loc = self.locations[backend.environment or ""]
+            env = self.plan.environment(loc.name)
+            try:
+                if ensure_env(loc, self.installer, env.python if env else None):
+                    self._states.pop(loc.name, None)
+            except OperationFailed:
+                continue  # install_env reports it, in its place
+            if self._build_is_installed(backend, req, self.state(loc)):
+                continue
+            self.reporter.say(f"[{loc.name}] {backend.name}: building in the background meanwhile")
+            self.builds.start(
+                backend.name,
+                lambda req=req, loc=loc: wheelhouse.build(
+                    req,
+                    self.installer.kind,
+                    loc.python,
+                    self.installer.build_flags(),
+                    self.index.pip_flags(),
+                    self.reporter,
+                    self.cache,
+                ),
+            )
+
     def install_env(self, env: Environment) -> None:
         loc = self.locations[env.name]
-        backends = [b for b in self.plan.installs if b.environment == env.name]
+        # Source builds last: their wheel may still be building in the background.
+        backends = sorted(
+            (b for b in self.plan.installs if b.environment == env.name), key=lambda b: b.build is not None
+        )
         if not backends:
             return
         if ensure_env(loc, self.installer, env.python):
@@ -215,6 +253,8 @@ class _Run:
                 self.install_backend(env, loc, backend, constraints, extras if i == 0 else [])
         self.fix_torchvision(env, loc)
         self.verify_env(env, loc)
+        # After verify: nothing of ours touches the install markers past this point.
+        self.env_records[env.name].installed_fingerprint = installed_fingerprint(loc.prefix)
 
     def install_backend(
         self,
@@ -268,23 +308,27 @@ class _Run:
         dist = current.get(backend.name)
         rec = self.records[backend.name]
         rec.cmake_args = list(req.effective_args)
-        marker = f"/wheelhouse/{req.key}/"
-        if dist is not None and dist.version == req.version and dist.direct_url and marker in dist.direct_url:
+        if dist is not None and self._build_is_installed(backend, req, current):
+            assert dist.direct_url is not None
             rec.source = dist.direct_url
             # The build is right; an extra asked for since ([server]) may still be missing.
             wanted = f"{backend.name}{extras_of(backend.packages, backend.name)}=={req.version}"
             if state_mod.unmet([wanted], current):
                 return [f"{wanted.split('==')[0]} @ {dist.direct_url}"]
             return []
-        wheel = wheelhouse.build(
-            req,
-            self.installer.kind,
-            loc.python,
-            self.installer.build_flags(),
-            self.index.pip_flags(),
-            self.reporter,
-            self.cache,
-        )
+        if self.builds.started(backend.name):
+            self.reporter.say(f"[{loc.name}] {backend.name}: waiting for its background build")
+            wheel = self.builds.result(backend.name)
+        else:
+            wheel = wheelhouse.build(
+                req,
+                self.installer.kind,
+                loc.python,
+                self.installer.build_flags(),
+                self.index.pip_flags(),
+                self.reporter,
+                self.cache,
+            )
         rec.source = wheel.as_uri()
         if dist is not None:
             # Same version, other build: the installer would call it satisfied.
@@ -295,6 +339,15 @@ class _Run:
             if out.returncode != 0:
                 raise OperationFailed(self._fail_text(out))
         return [f"{backend.name}{extras_of(backend.packages, backend.name)} @ {wheel.as_uri()}"]
+
+    @staticmethod
+    def _build_is_installed(
+        backend: BackendDecision, req: wheelhouse.BuildRequest, current: state_mod.EnvState
+    ) -> bool:
+        """The environment already has this very build (same version, from our wheelhouse entry)."""
+        dist = current.get(backend.name)
+        marker = f"/wheelhouse/{req.key}/"
+        return bool(dist and dist.version == req.version and dist.direct_url and marker in dist.direct_url)
 
     def fix_torchvision(self, env: Environment, loc: EnvLocation) -> None:
         """A torchvision not built for this torch breaks transformers' imports: replace or remove it."""
@@ -372,15 +425,6 @@ class _Run:
             self.reporter.say(f"[{env.name}] verify FAILED {line}")
 
 
-def _previous_receipt(prefix: Path) -> Receipt | None:
-    from provision.install.receipt import RECEIPT_REL, read_receipt
-
-    try:
-        return read_receipt(prefix / RECEIPT_REL) if (prefix / RECEIPT_REL).exists() else None
-    except Exception:  # an unreadable old receipt only means verifying again
-        return None
-
-
 def _dist_name(backend: BackendDecision) -> str:
     return registry_backend(backend.name).dist
 
@@ -421,6 +465,10 @@ def install_plan(
     opts.venv_root = venv_root if venv_root is not None else opts.venv_root
     opts.installer = installer or opts.installer
     reporter = reporter or Reporter()
+    kept = unchanged_receipt(plan, opts.venv_root, opts.installer, bool(opts.replay_pins))
+    if kept is not None:
+        reporter.say(UNCHANGED_NOTE)
+        return kept
     run = _Run(plan, opts, reporter)
     if opts.check_disk:
         todo = [
@@ -432,9 +480,11 @@ def install_plan(
                 [run.locations[e.name].prefix for e in plan.environments] + [run.cache],
             )
     try:
+        run.start_builds()
         for env in plan.environments:
             run.install_env(env)
     finally:
+        run.builds.close()
         path = run.save()
         reporter.say(f"receipt: {path}")
     return run.receipt()

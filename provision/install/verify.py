@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from provision.backends import registry
-from provision.install.wheelhouse import backends_in_names
 
 # Backend -> the statements that prove it loads (the registry's import_check).
 IMPORT_CHECKS = {b.name: b.import_check for b in registry()}
@@ -191,6 +190,9 @@ def evaluate(expect: EnvExpectation, facts: dict) -> list[Check]:
             )
         )
     if "llama-cpp-python" in expect.backends and expect.llama_backends:
+        # Here, not at the top: the no-op fast path imports this module for checks_fingerprint.
+        from provision.install.wheelhouse import backends_in_names
+
         libs = facts.get("llama_cpp_libs")
         found = backends_in_names(libs or [])
         missing = [b for b in expect.llama_backends if b not in found]
