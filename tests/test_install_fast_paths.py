@@ -1,0 +1,121 @@
+"""The fast paths of install: the fingerprinted no-op re-run, and the source build overlapped
+with the other installs. Units on a scratch site-packages; the rest through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import cli
+
+from provision.install.executor import uv_bin
+from provision.install.fingerprint import installed_fingerprint, site_dirs
+from provision.install.noop import UNCHANGED_NOTE
+from provision.install.receipt import read_receipt
+
+
+def _site(prefix: Path) -> Path:
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    return site
+
+
+def test_fingerprint_follows_install_markers_only(tmp_path):
+    site = _site(tmp_path)
+    assert site_dirs(tmp_path) == [site]
+    (site / "numpy-2.3.0.dist-info").mkdir()
+    (site / "numpy").mkdir()
+    first = installed_fingerprint(tmp_path)
+    assert first is not None and first == installed_fingerprint(tmp_path)
+    # Running code writes caches and modules next to the markers: not an install.
+    (site / "__pycache__").mkdir()
+    (site / "numpy" / "extra.py").write_text("")
+    assert installed_fingerprint(tmp_path) == first
+    # An uninstall + reinstall of the same name (a new dist-info, a new mtime) is a change.
+    (site / "numpy-2.3.0.dist-info").rmdir()
+    (site / "numpy-2.3.0.dist-info").mkdir()
+    os.utime(site / "numpy-2.3.0.dist-info", ns=(1, 1))
+    assert installed_fingerprint(tmp_path) != first
+    second = installed_fingerprint(tmp_path)
+    (site / "_virtualenv.pth").write_text("")
+    assert installed_fingerprint(tmp_path) != second
+    assert installed_fingerprint(tmp_path / "nowhere") is None
+
+
+def _stderr_lines(done) -> list[str]:
+    return done.stderr.strip().splitlines()
+
+
+@pytest.mark.slow
+def test_no_op_rerun_and_drift(provisioned_root, tmp_path):
+    """provisioned_root: the session's install, which leaves this machine's llama-cpp-python wheel
+    in the wheelhouse, so this root installs in seconds."""
+    root = tmp_path / "envs"
+    args = ("install", "--backend", "llama-cpp-python", "--backend", "xllamacpp", "--venv", str(root))
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    receipt_file = root / "main" / "share" / "xinfer-setup" / "receipt.json"
+    before = receipt_file.stat().st_mtime_ns
+    recorded = read_receipt(receipt_file).environment("main").installed_fingerprint
+    assert recorded == installed_fingerprint(root / "main")
+
+    again = cli(*args, "--json")
+    assert again.returncode == 0, again.stderr
+    assert f"xinfer-setup: {UNCHANGED_NOTE}" in _stderr_lines(again)
+    assert json.loads(again.stdout)["ok"] is True
+    assert receipt_file.stat().st_mtime_ns == before  # nothing to rewrite
+
+    # Drift: a dependency removed behind our back. The fingerprint changes; the full run repairs it.
+    python = root / "main" / "bin" / "python"
+    out = subprocess.run([uv_bin(), "pip", "uninstall", "--python", str(python), "diskcache"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    repaired = cli(*args)
+    assert repaired.returncode == 0, repaired.stderr
+    assert f"xinfer-setup: {UNCHANGED_NOTE}" not in _stderr_lines(repaired)
+    assert subprocess.run([python, "-c", "import diskcache"]).returncode == 0
+    assert read_receipt(receipt_file).environment("main").installed_fingerprint == installed_fingerprint(
+        root / "main"
+    )
+
+    # Another plan for the same root is not a no-op either.
+    other = cli("install", "--backend", "xllamacpp", "--venv", str(root))
+    assert other.returncode == 0 and f"xinfer-setup: {UNCHANGED_NOTE}" not in _stderr_lines(other)
+
+    # A drift inside a package (no install marker touched) is past what the fingerprint sees:
+    # `verify` checks from scratch every time and finds it.
+    cli(*args)
+    lib = next(p for p in (root / "main").glob("lib/python3*/site-packages/llama_cpp/lib/libggml-cpu*"))
+    lib.unlink()
+    verified = cli("verify", "--venv", str(root), "--json")
+    assert verified.returncode == 1
+    failed = [c for c in json.loads(verified.stdout)["checks"] if not c["ok"]]
+    assert any(c["name"] == "llama.cpp backends" and "missing cpu" in c["detail"] for c in failed), failed
+
+
+@pytest.mark.slow
+def test_build_failure_in_the_background_reports_cleanly(tmp_path):
+    # A compiler that is not there: CMake's configure step fails in seconds, in the background
+    # build, while xllamacpp installs in the foreground.
+    root = tmp_path / "envs"
+    done = cli(
+        "install", "--backend", "llama-cpp-python", "--backend", "xllamacpp", "--venv", str(root),
+        env={"CMAKE_ARGS": "-DCMAKE_C_COMPILER=/nonexistent/cc"},
+    )
+    assert done.returncode == 1, done.stderr
+    lines = _stderr_lines(done)
+    assert "Traceback" not in done.stderr
+    assert lines[-1].startswith("xinfer-setup: not everything planned is installed and verified: ")
+    assert "llama-cpp-python failed" in lines[-1]
+    text = "\n".join(lines)
+    assert "llama-cpp-python: building in the background meanwhile" in text
+    assert text.index("installing xllamacpp") < text.index("llama-cpp-python FAILED")
+    receipt = read_receipt(root / "main" / "share" / "xinfer-setup" / "receipt.json")
+    llama, xl = receipt.backend("llama-cpp-python"), receipt.backend("xllamacpp")
+    assert llama.status == "failed" and "build failed" in llama.reason
+    assert llama.log and "/nonexistent/cc" in Path(llama.log).read_text()
+    assert xl.status == "installed" and all(c["ok"] for c in xl.verify)
+    assert cli("verify", "--venv", str(root)).returncode == 1
