@@ -139,9 +139,21 @@ def install(
         return
     index = read_index_config().with_cli(index_url, tuple(find_links))
     options = InstallOptions(installer=choose_installer(installer), index=index, replay_pins=replay_pins)
-    receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
+    # A backend the user named is a promise to install it: one this host cannot run is a failure,
+    # reported after the others are done. Under --auto a skip is information.
+    impossible = [b for b in plan.backends if b.name in backends and b.action == "skip"]
+    receipt = None
+    if plan.installs or not impossible:
+        receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
     if as_json:
-        click.echo(json.dumps(receipt.to_dict(), indent=2))
+        report = receipt.to_dict() if receipt else {
+            "ok": False,
+            "backends": [{"name": b.name, "status": "skipped", "reason": b.reason} for b in impossible],
+        }
+        click.echo(json.dumps(report, indent=2))
+    if impossible:
+        raise OperationFailed("; ".join(f"{b.name}: {b.reason}" for b in impossible))
+    assert receipt is not None
     _raise_unless_ok(receipt)
 
 

@@ -31,6 +31,7 @@ from provision.install import state as state_mod
 from provision.install import wheelhouse
 from provision.install.envs import EnvLocation, ensure_env, locate
 from provision.install.executor import Installer
+from provision.install.ledger import merge_receipts
 from provision.install.pipconfig import IndexConfig, read_index_config
 from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
@@ -192,12 +193,22 @@ class _Run:
             environments=list(self.env_records.values()),
             backends=list(self.records.values()),
             notes=self.notes,
-            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            created_at=_now(),
             tool_version=__version__,
         )
 
     def save(self) -> Path:
-        return write_receipt(self.receipt(), self.primary.prefix)
+        """Write what this run did into the root's receipt, keeping every entry still on disk."""
+        listings: dict[str, state_mod.EnvState | None] = {}
+
+        def present(rec: BackendRecord, env: EnvRecord) -> bool:
+            if env.python not in listings:
+                python = Path(env.python)
+                listings[env.python] = state_mod.read_state(python) if python.exists() else None
+            listing = listings[env.python]
+            return listing is not None and listing.get(_dist_name_of(rec.name)) is not None
+
+        return write_receipt(merge_receipts(self.previous, self.receipt(), present), self.primary.prefix)
 
     # ------------------------------------------------------------ steps
 
@@ -413,6 +424,7 @@ class _Run:
         for b in installed:
             self.records[b].verify = [dict(c) for c in old[b].verify]
         self.env_records[env.name].notes = list(old_env.notes)
+        self.env_records[env.name].verified_at = old_env.verified_at
         return True
 
     def verify_env(self, env: Environment, loc: EnvLocation) -> None:
@@ -427,6 +439,7 @@ class _Run:
         if self._reuse_verify(env, installed):
             self.reporter.say(f"[{env.name}] nothing changed since the last verified install")
             return
+        self.env_records[env.name].verified_at = _now()
         for check in verify_environment(self.plan, env, loc.python, installed):
             target = [check.backend] if check.backend in installed else list(installed)
             for b in target:
@@ -439,6 +452,10 @@ class _Run:
         ]
         for line in bad:
             self.reporter.say(f"[{env.name}] verify FAILED {line}")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _previous_receipt(prefix: Path) -> Receipt | None:
@@ -461,9 +478,13 @@ def _merge_pins(pins: list[str]) -> list[str]:
 
 
 def _dist_name(backend: BackendDecision) -> str:
+    return _dist_name_of(backend.name)
+
+
+def _dist_name_of(backend: str) -> str:
     from provision.install.receipt import BACKEND_DISTS
 
-    return BACKEND_DISTS.get(backend.name, backend.name)
+    return BACKEND_DISTS.get(backend, backend)
 
 
 def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:
