@@ -87,8 +87,9 @@ def test_uninstall_status_drift_and_install_brings_it_back(root):
     assert rows["transformers"]["status"] == "pass" and rows["xllamacpp"]["status"] == "pass"
 
     # A change behind the tool's back: status names it, exit 1.
-    uv = subprocess.run([uv_bin() or "uv", "pip", "uninstall", "--python", str(root / "main" / "bin" / "python"),
-                         "xllamacpp"], capture_output=True, text=True)
+    main_python = str(root / "main" / "bin" / "python")
+    uv = subprocess.run([uv_bin() or "uv", "pip", "uninstall", "--python", main_python, "xllamacpp"],
+                        capture_output=True, text=True)
     assert uv.returncode == 0, uv.stderr
     st = cli("status", "--venv", str(root), "--json")
     assert st.returncode == 1, st.stderr

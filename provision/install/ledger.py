@@ -20,10 +20,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt
+from provision.install.requirements import requirement_name
 
 # Is this recorded backend still installed in this recorded environment?
 PresentCheck = Callable[[BackendRecord, EnvRecord], bool]
@@ -132,9 +130,5 @@ def drop_backend(receipt: Receipt, name: str, env_gone: bool, env_after: EnvReco
 def _union_requirements(old: list[str], new: list[str]) -> list[str]:
     seen: dict[str, str] = {}
     for r in [*new, *old]:  # the newer requirement for a project wins
-        try:
-            key = canonicalize_name(Requirement(r).name)
-        except InvalidRequirement:
-            key = r
-        seen.setdefault(key, r)
+        seen.setdefault(requirement_name(r) or r, r)
     return list(seen.values())
