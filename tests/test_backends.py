@@ -99,3 +99,37 @@ def test_recipes_are_read_from_a_source_checkout_without_install(tmp_path):
     out = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("xinference,transformers")
+
+
+def _recipe(**kw):
+    base = dict(name="newengine", version="1.2.3", dist="newengine", import_check="import newengine",
+                disk_mb=100, environment="primary", needs_torch=False, extras=("server",))
+    return backends.BackendRecipe(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("profile", "recipe", "action", "environment", "reason"),
+    [
+        ("linux-h100-driver590", _recipe(), "install", "main", "newengine 1.2.3, as recipes/backends.toml"),
+        ("linux-h100-driver590", _recipe(environment="own", needs_torch=True), "install", "newengine",
+         "pins"),
+        ("linux-8x-a100-driver450", _recipe(python_min="3.10"), "skip", None, "needs Python >= 3.10"),
+        ("centos7-glibc2.17-cpu", _recipe(needs_torch=True), "skip", None,
+         "requires torch, and torch wheels"),
+    ],
+)
+def test_a_backend_without_its_own_rule_installs_its_recipe_pin(profile, recipe, action, environment, reason):
+    from provision.planner import load_recipes
+    from provision.planner.engines import decide_pinned
+    from provision.planner.torch_choice import choose_torch
+    from provision.profile import load_profile
+
+    p = load_profile(PROFILES / f"{profile}.json")
+    recipes = load_recipes()
+    torch = choose_torch(p, recipes, recipes.torch.index_base).choice
+    out = decide_pinned(p, recipes, recipe, torch)
+    assert (out.backend.action, out.backend.environment) == (action, environment)
+    assert reason in out.backend.reason + out.env_reason
+    if action == "install":
+        assert out.backend.packages == ("newengine[server]==1.2.3",)
+        assert (out.torch is not None) == (recipe.environment == "own")

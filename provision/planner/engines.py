@@ -527,6 +527,12 @@ def decide_pinned(
     profile: HostProfile, recipes: Recipes, backend: BackendRecipe, torch: TorchChoice
 ) -> EngineOutcome:
     """A backend with no rule of its own: its recipe's pin, where its environment rule puts it."""
+    if backend.python_min and not at_least(py(profile), backend.python_min):
+        return skip(
+            backend.name,
+            f"{backend.name} {backend.version} needs Python >= {backend.python_min}, "
+            f"this environment has {profile.python.version}",
+        )
     if backend.needs_torch:
         blocked = torch_installable(profile, recipes)
         if blocked:
