@@ -37,7 +37,6 @@ def no_gpu_engines(vllm="", sglang=""):
     return {"vllm": vllm, "sglang": sglang}
 
 
-ALL = ("xinference", "transformers", "vllm", "sglang", "llama-cpp-python", "xllamacpp")
 GPU_ENVS = ("main", "vllm", "sglang")
 
 EXPECTED = {
@@ -72,7 +71,7 @@ EXPECTED = {
     # Driver 450 and Python 3.8: nothing installs; every reason says why.
     "linux-8x-a100-driver450": row(
         "cpu",
-        {**dict.fromkeys(ALL, ""), "xinference": "Python >= 3.10", "llama-cpp-python": "gcc 7.5.0"},
+        {**dict.fromkeys(BACKENDS, ""), "xinference": "Python >= 3.10", "llama-cpp-python": "gcc 7.5.0"},
         None,
         warnings=("nvidia-driver-too-old",),
         reasons={"torch": "upgrade the driver"},
