@@ -318,3 +318,23 @@ def test_plan_json_round_trips_through_plan_from_dict(recipes):
         plan = make_plan(load_profile(PROFILES / f"{name}.json"), PlanRequest(), recipes)
         again = plan_from_dict(json.loads(plan.to_json()))
         assert again == plan
+
+
+def test_reasons_follow_the_recipe_pins(recipes):
+    """A pin bumped in recipes/backends.toml shows in every reason that quotes it."""
+    from copy import deepcopy
+    from dataclasses import replace
+
+    engines = deepcopy(dict(recipes.engines))
+    engines["xinference"].update(version="9.9.0", click_pin="click<9.1", hub_ceiling="7.7")
+    engines["vllm"].update(version="0.99.0", torch="2.98.0")
+    engines["sglang"].update(torch="2.97.0")
+    engines["transformers"].update(python_min="3.9")
+    bumped = replace(recipes, engines=engines)
+    plan = make_plan(load_profile(PROFILES / "linux-h100-driver590.json"), PlanRequest(), bumped)
+    text = " ".join([*(b.reason for b in plan.backends), *(e.reason for e in plan.environments)])
+    for old in ("4.1.0", "click<8.2.0", "1.31", "0.33.0", "2.14.0", "2.14.1"):
+        assert old not in text, old
+    assert "xinference 9.9.0 (click<9.1 keeps huggingface-hub < 7.7)" in plan.backend("transformers").reason
+    assert "(vllm 0.99.0 pins 2.98.0)" in plan.environment("sglang").reason
+    assert "nor sglang's (torch==2.97.0)" in plan.environment("vllm").reason

@@ -76,7 +76,7 @@ def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str])
     why.append("not [all] (image/audio/video stacks; and [all] lacks sglang)")
     if "vllm" in planned or "sglang" in planned:
         why.append(
-            "not [vllm]/[sglang]: its click<8.2.0 pin cannot co-install with them, "
+            f"not [vllm]/[sglang]: its {e['click_pin']} pin cannot co-install with them, "
             "so they get their own environments"
         )
     return EngineOutcome(
@@ -89,10 +89,10 @@ def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str])
 
 def decide_transformers(profile: HostProfile, recipes: Recipes, torch: TorchChoice) -> EngineOutcome:
     e = recipes.engine("transformers")
-    if not at_least(py(profile), "3.10"):
+    if not at_least(py(profile), e["python_min"]):
         return skip(
             "transformers",
-            f"transformers {e['version']} needs Python >= 3.10, this environment has "
+            f"transformers {e['version']} needs Python >= {e['python_min']}, this environment has "
             f"{profile.python.version}",
         )
     blocked = torch_installable(profile, recipes)
@@ -114,12 +114,17 @@ def decide_transformers(profile: HostProfile, recipes: Recipes, torch: TorchChoi
             "transformers",
             "install",
             f"runs on torch {torch.variant}; {e['version']} is the newest transformers that co-installs "
-            "with xinference 4.1.0 (click<8.2.0 keeps huggingface-hub < 1.31)",
+            f"with xinference {_xinference_keeps_hub_low(recipes)}",
             (f"transformers{_extras(e)}=={e['version']}",),
             environment=PRIMARY_ENV,
             version=e["version"],
         ),
     )
+
+
+def _xinference_keeps_hub_low(recipes: Recipes) -> str:
+    x = recipes.engine("xinference")
+    return f"{x['version']} ({x['click_pin']} keeps huggingface-hub < {x['hub_ceiling']})"
 
 
 def _python_for(profile: HostProfile, e: dict, engine: str) -> tuple[str | None, str]:
@@ -202,18 +207,19 @@ def decide_vllm(profile: HostProfile, recipes: Recipes, base: str) -> EngineOutc
         and not at_least(profile.nvidia.driver_version, e["driver_min"])
         and "driver >=" in why_not
     ):
-        why_not += f", or install a CUDA 12.9 build of vLLM yourself: {e['cuda12_hint']}"
+        why_not += f", or install a CUDA {e['cuda12_build']} build of vLLM yourself: {e['cuda12_hint']}"
     if why_not:
         return skip("vllm", why_not)
     if not profile.nvidia_gpus:
         return _vllm_rocm(profile, e)
+    x = recipes.engine("xinference")
     return _cuda_engine_install(
         profile, recipes, base, e, "vllm",
-        f"the CUDA 13 wheel of vllm {e['version']} (torch=={e['torch']})",
+        f"the CUDA {e['wheel_cuda']} wheel of vllm {e['version']} (torch=={e['torch']})",
         env_reason=(
-            f"vllm {e['version']} pins torch=={e['torch']} and needs huggingface-hub >= 1.31 "
-            "(click >= 8.4.2): "
-            "it cannot share xinference 4.1.0's environment (click<8.2.0) nor sglang's (torch==2.14.1)"
+            f"vllm {e['version']} pins torch=={e['torch']} and needs huggingface-hub >= {x['hub_ceiling']} "
+            f"(click >= {x['hub_click_min']}): it cannot share xinference {x['version']}'s environment "
+            f"({x['click_pin']}) nor sglang's (torch=={recipes.engine('sglang')['torch']})"
         ),
     )
 
@@ -231,7 +237,8 @@ def _vllm_rocm(profile: HostProfile, e: dict) -> EngineOutcome:
         "vllm",
         f"{', '.join(supported)}: vLLM's ROCm wheels (Python {e['rocm_python']} only, glibc >= "
         f"{e['rocm_glibc']}, their own bundled torch) come from {e['rocm_index']}, not PyPI; not planned "
-        "automatically: install them into a Python 3.12 environment following vLLM's ROCm guide",
+        f"automatically: install them into a Python {e['rocm_python']} environment following vLLM's ROCm "
+        "guide",
     )
 
 
@@ -240,16 +247,18 @@ def decide_sglang(profile: HostProfile, recipes: Recipes, base: str) -> EngineOu
     why_not = _cuda_engine_gate(profile, e, "sglang", e["glibc"])
     if why_not:
         return skip("sglang", why_not)
+    x, v = recipes.engine("xinference"), recipes.engine("vllm")
     if not profile.nvidia_gpus:
         return skip(
             "sglang", "AMD GPU: SGLang's ROCm builds ship as Docker images, there is no ROCm wheel on PyPI"
         )
     return _cuda_engine_install(
         profile, recipes, base, e, "sglang",
-        f"sglang {e['version']} (torch=={e['torch']}, CUDA 13)",
+        f"sglang {e['version']} (torch=={e['torch']}, CUDA {e['wheel_cuda']})",
         env_reason=(
-            f"sglang {e['version']} pins torch=={e['torch']} (vllm 0.33.0 pins 2.14.0) and needs "
-            "huggingface-hub >= 1.31, which xinference 4.1.0's click<8.2.0 excludes"
+            f"sglang {e['version']} pins torch=={e['torch']} (vllm {v['version']} pins {v['torch']}) and "
+            f"needs huggingface-hub >= {x['hub_ceiling']}, which xinference {x['version']}'s "
+            f"{x['click_pin']} excludes"
         ),
     )
 
