@@ -69,9 +69,14 @@ def read_recipe_text(name: str) -> str:
 
 
 def recipes_from_table(tables: Mapping[str, Any]) -> tuple[BackendRecipe, ...]:
-    """Typed records from backends.toml's tables; OperationFailed names the first bad entry."""
+    """Typed records from backends.toml's tables; OperationFailed names the first bad entry.
+
+    A table without `dist` is not a backend but planner facts of one (a variant such as a CPU
+    build of a GPU engine); the planner reads it by name."""
     out = []
     for name, t in tables.items():
+        if "dist" not in t:
+            continue
         try:
             env = t["environment"]
             if env not in _ENVIRONMENT_RULES:

@@ -69,6 +69,8 @@ def test_unknown_backend_is_one_error_with_one_wording():
     [
         ({"x": {"version": "1", "dist": "x", "import_check": "import x", "disk_mb": 1, "needs_torch": False}},
          "environment"),
+        ({"x": {"dist": "x", "import_check": "import x", "disk_mb": 1, "needs_torch": False,
+                "environment": "own"}}, "version"),
         ({"x": {"version": "1", "dist": "x", "import_check": "import x", "disk_mb": 1, "needs_torch": False,
                 "environment": "shared"}}, "environment must be one of primary, own"),
         ({"x": {"version": "1", "dist": "x", "import_check": "i", "disk_mb": "lots", "needs_torch": False,
@@ -133,3 +135,10 @@ def test_a_backend_without_its_own_rule_installs_its_recipe_pin(profile, recipe,
     if action == "install":
         assert out.backend.packages == ("newengine[server]==1.2.3",)
         assert (out.torch is not None) == (recipe.environment == "own")
+
+
+def test_a_table_without_dist_is_planner_facts_not_a_backend():
+    tables = {"a": {"version": "1", "dist": "a", "import_check": "import a", "disk_mb": 1,
+                    "environment": "primary", "needs_torch": False},
+              "a-cpu": {"distribution": "a-cpu", "version": "2"}}
+    assert [b.name for b in backends.recipes_from_table(tables)] == ["a"]
