@@ -7,8 +7,10 @@ import os
 
 import click
 
+from provision.backends import check_known
+from provision.backends import names as backend_names
 from provision.errors import OperationFailed, UserError
-from provision.plan import BACKENDS, PlanRequest
+from provision.plan import PlanRequest
 
 TORCH_INDEX_ENV = "XINFER_SETUP_TORCH_INDEX_URL"
 
@@ -18,9 +20,7 @@ def check_request(auto: bool, backends: tuple[str, ...]) -> None:
         raise UserError("--auto and --backend contradict each other: use one")
     if not auto and not backends:
         raise UserError("say what to plan: --auto (every backend) or --backend NAME (repeatable)")
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise UserError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKENDS)})")
+    check_known(backends)
 
 
 def request_from_flags(
@@ -67,7 +67,7 @@ def plan_from_flags(
     "backends",
     multiple=True,
     metavar="NAME",
-    help=f"Plan this backend (repeatable): {', '.join(BACKENDS)}.",
+    help=f"Plan this backend (repeatable): {', '.join(backend_names())}.",
 )
 @click.option(
     "--profile", "profile_path", metavar="FILE", help="Plan for this host profile instead of probing."

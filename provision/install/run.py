@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision import __version__
+from provision.backends import backend as registry_backend
 from provision.errors import OperationFailed
 from provision.install import state as state_mod
 from provision.install import wheelhouse
@@ -402,9 +403,7 @@ def _dist_name(backend: BackendDecision) -> str:
 
 
 def _dist_name_of(backend: str) -> str:
-    from provision.install.receipt import BACKEND_DISTS
-
-    return BACKEND_DISTS.get(backend, backend)
+    return registry_backend(backend).dist
 
 
 def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:
