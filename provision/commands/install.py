@@ -14,6 +14,7 @@ import click
 from provision.commands.plan import check_request, plan_from_flags
 from provision.errors import OperationFailed, UserError
 from provision.plan import plan_from_dict
+from provision.redact import drop_masked_credentials, redact_obj
 
 
 def _check_flags(
@@ -119,7 +120,7 @@ def install(
         from provision.install.receipt import read_receipt
 
         receipt = read_receipt(Path(from_receipt))
-        plan = plan_from_dict(receipt.plan)
+        plan = plan_from_dict(drop_masked_credentials(receipt.plan))
         built = {b.name for b in plan.backends if b.build is not None}
         replay_pins = {
             e.name: [p for p in e.packages if p.split("==")[0] not in built] for e in receipt.environments
@@ -129,7 +130,7 @@ def install(
     if dry_run:
         report = _dry_run_report(plan, root)
         if as_json:
-            click.echo(json.dumps(report, indent=2))
+            click.echo(json.dumps(redact_obj(report), indent=2))
         else:
             for b in report["backends"]:
                 where = f" -> {b['environment']}" if b["environment"] else ""

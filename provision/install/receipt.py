@@ -18,6 +18,7 @@ from typing import Any
 
 from provision.errors import UserError
 from provision.plan import PRIMARY_ENV
+from provision.redact import redact_obj
 
 SCHEMA_VERSION = 1
 RECEIPT_REL = Path("share") / "xinfer-setup" / "receipt.json"
@@ -93,7 +94,8 @@ class Receipt:
         return next((e for e in self.environments if e.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The receipt as stored and printed: redacted, so no credential reaches a file or a screen."""
+        d = redact_obj(asdict(self))
         d["ok"] = self.ok
         return d
 

@@ -12,7 +12,9 @@ The PyPI default build (no local tag) is right only where the plan says index_ur
 
 from __future__ import annotations
 
+import base64
 import html.parser
+import http.client
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,6 +26,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 
 from provision.errors import OperationFailed
+from provision.redact import strip_userinfo
 
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
 
@@ -42,16 +45,33 @@ class TorchSource:
     reason: str
 
 
+def _request(url: str, method: str = "GET") -> urllib.request.Request:
+    """A request for an index URL; credentials in its userinfo go as Basic auth, as pip sends them.
+
+    urllib cannot open `https://user:pw@host/...` (http.client takes `pw@host` for a port and
+    raises InvalidURL), which crashed install for anyone with a credentialed mirror in pip.conf.
+    """
+    bare, creds = strip_userinfo(url)
+    req = urllib.request.Request(bare, method=method)
+    if creds is not None:
+        token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    return req
+
+
+# Everything opening an index may raise when the index is down, refuses us or is misspelt.
+_NET_ERRORS = (urllib.error.URLError, OSError, ValueError, http.client.HTTPException)
+
+
 def index_reachable(url: str, timeout: float = 3.0) -> bool:
     """A HEAD of the index page for torch: cheap, and enough to know whether pip/uv could use it."""
     probe = url.rstrip("/") + "/torch/"
     if probe.startswith("file:"):
         return Path(urllib.request.url2pathname(urllib.parse.urlparse(probe).path)).exists()
     try:
-        req = urllib.request.Request(probe, method="HEAD")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (user-configured index)
+        with urllib.request.urlopen(_request(probe, "HEAD"), timeout=timeout) as resp:  # noqa: S310
             return resp.status < 400
-    except (urllib.error.URLError, OSError, ValueError):
+    except _NET_ERRORS:
         return False
 
 
@@ -85,9 +105,9 @@ def _read_url(url: str, timeout: float) -> str | None:
             return index.read_text(encoding="utf-8", errors="replace") if index.exists() else None
         return None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(_request(url), timeout=timeout) as resp:  # noqa: S310
             return resp.read().decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError, ValueError):
+    except _NET_ERRORS:
         return None
 
 
