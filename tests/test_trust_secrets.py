@@ -55,7 +55,14 @@ def test_plan_text_and_json_never_echo_the_torch_index_password():
     assert as_json.returncode == 0
     assert json.loads(as_json.stdout)["torch"]["index_url"] == "https://user:****@mirror.example/whl/cu130"
     dry = cli(
-        "install", "--auto", "--profile", PROFILE, "--dry-run", "--json", "--torch-index-url", url,
+        "install",
+        "--auto",
+        "--profile",
+        PROFILE,
+        "--dry-run",
+        "--json",
+        "--torch-index-url",
+        url,
         env={"HF_TOKEN": HF},
     )
     assert dry.returncode == 0, dry.stderr
