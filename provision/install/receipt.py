@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from provision.backends import registry
 from provision.errors import UserError
 from provision.plan import PRIMARY_ENV
 from provision.redact import redact_obj
@@ -23,15 +24,8 @@ from provision.redact import redact_obj
 SCHEMA_VERSION = 1
 RECEIPT_REL = Path("share") / "xinfer-setup" / "receipt.json"
 
-# Backend name -> the distribution that carries it.
-BACKEND_DISTS = {
-    "xinference": "xinference",
-    "transformers": "transformers",
-    "vllm": "vllm",
-    "sglang": "sglang",
-    "llama-cpp-python": "llama-cpp-python",
-    "xllamacpp": "xllamacpp",
-}
+# Backend name -> the distribution that carries it (the registry's dist).
+BACKEND_DISTS = {b.name: b.dist for b in registry()}
 
 
 @dataclass(frozen=True)
