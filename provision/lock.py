@@ -22,6 +22,9 @@ from provision import paths
 from provision.errors import OperationFailed
 
 LOCK_NAME = ".xinfer-setup.lock"
+# Locks this process holds (path -> depth): bundle or fleet holding a root may call install, which
+# locks it again; a second flock on a new descriptor would wait for ourselves forever.
+_HELD: dict[str, int] = {}
 
 
 class RootBusy(OperationFailed):
@@ -84,6 +87,14 @@ def root_lock(
     import fcntl  # POSIX; the environments this tool makes live on Linux and macOS hosts
 
     path = lock_path(root)
+    key = str(path.resolve())
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -119,9 +130,11 @@ def root_lock(
             ).encode(),
             0,
         )
+        _HELD[key] = 1
         try:
             yield path
         finally:
+            _HELD.pop(key, None)
             # Clear the holder before unlocking, so nobody reads a finished run as stale.
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -64,3 +64,11 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     with root_lock(tmp_path, wait=False, say=said.append):
         assert time.monotonic() - started < 1
     assert any(f"pid {proc.pid}" in s and "no longer running" in s for s in said)
+
+
+def test_the_same_process_may_lock_a_root_it_holds(tmp_path):
+    """bundle/fleet hold a root and call install, which locks it again: no self-deadlock."""
+    with root_lock(tmp_path, wait=False), root_lock(tmp_path, wait=False):
+        assert read_holder(lock_path(tmp_path)).pid == os.getpid()
+    proc = _holder(tmp_path, 0)  # released: another process gets it at once
+    proc.wait()

@@ -93,6 +93,7 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
 @click.option("--index-url", metavar="URL", help="Package index (replaces pip's configured one).")
 @click.option("--find-links", multiple=True, metavar="DIR|URL", help="Extra wheel location (repeatable).")
 @click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of this arch, not -march=native.")
+@click.option("--no-wait", is_flag=True, help="Fail (exit 1) instead of waiting when another run holds ROOT.")
 def install(
     auto,
     backends,
@@ -106,6 +107,7 @@ def install(
     index_url,
     find_links,
     portable,
+    no_wait=False,
 ):
     """Carry a plan out: environments, torch, engines, verify, receipt."""
     _check_flags(auto, backends, profile_path, dry_run, from_receipt)
@@ -139,7 +141,9 @@ def install(
                 click.echo(f"env {e['name']}: {e['prefix']} ({'exists' if e['exists'] else 'to create'})")
         return
     index = read_index_config().with_cli(index_url, tuple(find_links))
-    options = InstallOptions(installer=choose_installer(installer), index=index, replay_pins=replay_pins)
+    options = InstallOptions(
+        installer=choose_installer(installer), index=index, replay_pins=replay_pins, wait=not no_wait
+    )
     receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
     if as_json:
         click.echo(json.dumps(receipt.to_dict(), indent=2))

@@ -14,6 +14,7 @@ environment plus verify.
 from __future__ import annotations
 
 import datetime
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ from provision.install.pipconfig import IndexConfig, read_index_config
 from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
 from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
-from provision.install.torch_source import TORCH_FAMILY, TorchSource, resolve_torch_source
+from provision.install.torch_source import TORCH_FAMILY, TorchSource, is_torch_family, resolve_torch_source
 from provision.install.verify import EnvExpectation, checks_fingerprint, collect_facts, evaluate
 from provision.plan import BackendDecision, Environment, Plan
 
@@ -47,6 +48,8 @@ class InstallOptions:
     replay_pins: dict[str, list[str]] = field(default_factory=dict)
     cache_dir: Path | None = None
     check_disk: bool = True
+    # Another run holding the root: wait for it (saying so), or fail at once naming its pid.
+    wait: bool = True
 
 
 def env_extras(env: Environment, plan: Plan) -> list[str]:
@@ -92,7 +95,7 @@ class _Run:
         self.env_records: dict[str, EnvRecord] = {}
         self.notes: list[str] = []
         self._states: dict[str, state_mod.EnvState] = {}
-        self.previous = _previous_receipt(self.primary.prefix)
+        self.previous = _previous_receipt(self.primary.prefix, reporter)
         # env name -> where its torch came from, for a matching torchvision later.
         self._companions: dict[str, TorchSource] = {}
         for b in plan.backends:
@@ -128,7 +131,13 @@ class _Run:
         )
 
     def save(self) -> Path:
-        return write_receipt(self.receipt(), self.primary.prefix)
+        try:
+            return write_receipt(self.receipt(), self.primary.prefix)
+        except OSError as e:
+            # Written by rename: the previous receipt, if any, is still whole.
+            raise OperationFailed(
+                f"cannot write the receipt under {self.primary.prefix}: {e.strerror or e}"
+            ) from None
 
     # ------------------------------------------------------------ steps
 
@@ -141,7 +150,10 @@ class _Run:
     def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
         self.reporter.say(what)
         self._states.clear()
-        return subprocess.run(argv, capture_output=True, text=True)
+        # pip's cert/proxy settings reach uv as variables (uv does not read pip.conf).
+        return subprocess.run(
+            argv, capture_output=True, text=True, env={**os.environ, **self.installer.env()}
+        )
 
     def _fail_text(self, out: subprocess.CompletedProcess) -> str:
         lines = [ln for ln in (out.stderr or out.stdout or "").strip().splitlines() if ln.strip()]
@@ -160,6 +172,7 @@ class _Run:
             tv = current.get("torchvision")
             if tv and tv.local_tag == torch.local_tag:
                 pins.append(f"torchvision=={tv.version}")
+            pins += family_pins(current)
             self.env_records[env.name].torch = {
                 "requirement": pins[0],
                 "source": "already installed",
@@ -173,8 +186,12 @@ class _Run:
         )
         self.reporter.say(f"[{env.name}] torch: {source.torch_requirement} ({source.reason})")
         extra = (source.index_url,) if source.index_url else ()
+        # The torch family comes from the planned index only: for uv it is asked first (first-index),
+        # for pip it is the only index.
         out = self._run(
-            self.installer.install_argv(loc.python, [source.torch_requirement], extra_index_urls=extra),
+            self.installer.install_argv(
+                loc.python, [source.torch_requirement], extra_index_urls=extra, exclusive=True
+            ),
             f"[{env.name}] installing {source.torch_requirement}",
         )
         if out.returncode != 0:
@@ -189,7 +206,7 @@ class _Run:
             "version": source.torch_requirement.split("==", 1)[-1],
         }
         self._companions[env.name] = source
-        return [source.torch_requirement, *source.companions]
+        return [source.torch_requirement, *source.companions, *family_pins(self.state(loc))]
 
     def install_env(self, env: Environment) -> None:
         loc = self.locations[env.name]
@@ -372,12 +389,28 @@ class _Run:
             self.reporter.say(f"[{env.name}] verify FAILED {line}")
 
 
-def _previous_receipt(prefix: Path) -> Receipt | None:
+def family_pins(state: state_mod.EnvState) -> list[str]:
+    """Exact pins for the torch family the torch step installed (triton, nvidia-*, ...): later steps
+    resolve against other indexes and must not swap any of them for another index's build."""
+    return [
+        f"{d.name}=={d.version}"
+        for d in state.dists.values()
+        if is_torch_family(d.name) and d.name not in TORCH_FAMILY  # those three: torch_pins decides
+    ]
+
+
+def _previous_receipt(prefix: Path, reporter: Reporter) -> Receipt | None:
+    from provision.errors import UserError
     from provision.install.receipt import RECEIPT_REL, read_receipt
 
+    path = prefix / RECEIPT_REL
+    if not path.exists():
+        return None
     try:
-        return read_receipt(prefix / RECEIPT_REL) if (prefix / RECEIPT_REL).exists() else None
-    except Exception:  # an unreadable old receipt only means verifying again
+        return read_receipt(path)
+    except UserError as e:
+        # Truncated or not ours: nothing in it can be trusted; this run verifies afresh and rewrites it.
+        reporter.say(f"ignoring the unreadable receipt ({e}); this run writes a new one")
         return None
 
 
@@ -421,6 +454,13 @@ def install_plan(
     opts.venv_root = venv_root if venv_root is not None else opts.venv_root
     opts.installer = installer or opts.installer
     reporter = reporter or Reporter()
+    from provision.lock import root_lock
+
+    with root_lock(opts.venv_root, wait=opts.wait, say=reporter.say):
+        return _install_locked(plan, opts, reporter)
+
+
+def _install_locked(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Receipt:
     run = _Run(plan, opts, reporter)
     if opts.check_disk:
         todo = [

@@ -29,6 +29,14 @@ from provision.errors import OperationFailed
 from provision.redact import strip_userinfo
 
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
+# What PyTorch's indexes ship for a torch build besides the family itself: the compiler and the
+# CUDA runtime pieces. These come from the planned torch index only (torchtriton showed why).
+_FAMILY_PREFIXES = ("triton", "pytorch-triton", "nvidia-")
+
+
+def is_torch_family(name: str) -> bool:
+    n = canonicalize_name(name)
+    return n in TORCH_FAMILY or n.startswith(_FAMILY_PREFIXES)
 
 
 @dataclass(frozen=True)
