@@ -118,6 +118,7 @@ def install(
 
     root = Path(venv_root).expanduser() if venv_root else None
     replay_pins: dict[str, list[str]] = {}
+    replay_hashes: dict[str, dict[str, str]] = {}
     if from_receipt:
         from provision.install.receipt import read_receipt
 
@@ -127,6 +128,7 @@ def install(
         replay_pins = {
             e.name: [p for p in e.packages if p.split("==")[0] not in built] for e in receipt.environments
         }
+        replay_hashes = {b.name: dict(b.hashes) for b in receipt.backends if b.hashes}
     else:
         plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable)
     if dry_run:
@@ -142,7 +144,11 @@ def install(
         return
     index = read_index_config().with_cli(index_url, tuple(find_links))
     options = InstallOptions(
-        installer=choose_installer(installer), index=index, replay_pins=replay_pins, wait=not no_wait
+        installer=choose_installer(installer),
+        index=index,
+        replay_pins=replay_pins,
+        replay_hashes=replay_hashes,
+        wait=not no_wait,
     )
     receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
     if as_json:

@@ -62,6 +62,8 @@ class BackendRecord:
     reason: str | None = None  # why skipped, or the error
     log: str | None = None
     verify: list[dict[str, Any]] = field(default_factory=list)
+    # dist -> "sha256=<hex>" of the file installed, where the installer records one (direct_url.json).
+    hashes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

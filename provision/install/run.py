@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from provision.install import wheelhouse
 from provision.install.disk import check_free_disk, estimate_disk_mb
 from provision.install.envs import EnvLocation, ensure_env, locate
 from provision.install.executor import Installer
-from provision.install.pipconfig import IndexConfig, read_index_config
+from provision.install.pipconfig import PYPI_SIMPLE, IndexConfig, read_index_config
 from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
 from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
@@ -46,6 +48,8 @@ class InstallOptions:
     index: IndexConfig | None = None
     # env name -> exact pins (name==version) from a receipt being replayed.
     replay_pins: dict[str, list[str]] = field(default_factory=dict)
+    # backend -> {dist: "sha256=<hex>"} from a receipt being replayed: those files and no others.
+    replay_hashes: dict[str, dict[str, str]] = field(default_factory=dict)
     cache_dir: Path | None = None
     check_disk: bool = True
     # Another run holding the root: wait for it (saying so), or fail at once naming its pid.
@@ -274,6 +278,9 @@ class _Run:
             dist = self.state(loc).get(_dist_name(backend))
             rec.status = "installed" if dist else "failed"
             rec.version = dist.version if dist else rec.version
+            # The installer's own record of the file it installed (direct_url.json's archive hash).
+            if dist and dist.archive_hash:
+                rec.hashes[dist.name] = dist.archive_hash
             rec.reason = None if dist else f"{_dist_name(backend)} is not installed after the step"
         finally:
             rec.duration_s = round(time.monotonic() - started, 1)
@@ -288,6 +295,9 @@ class _Run:
         marker = f"/wheelhouse/{req.key}/"
         if dist is not None and dist.version == req.version and dist.direct_url and marker in dist.direct_url:
             rec.source = dist.direct_url
+            wheel_file = Path(urllib.request.url2pathname(urllib.parse.urlparse(dist.direct_url).path))
+            if wheel_file.is_file():
+                self._record_wheel_hash(backend, wheel_file)
             # The build is right; an extra asked for since ([server]) may still be missing.
             wanted = f"{backend.name}{extras_of(backend.packages, backend.name)}=={req.version}"
             if state_mod.unmet([wanted], current):
@@ -301,8 +311,10 @@ class _Run:
             self.index.pip_flags(),
             self.reporter,
             self.cache,
+            sources=self._hash_sources(),
         )
         rec.source = wheel.as_uri()
+        self._record_wheel_hash(backend, wheel)
         if dist is not None:
             # Same version, other build: the installer would call it satisfied.
             out = self._run(
@@ -312,6 +324,24 @@ class _Run:
             if out.returncode != 0:
                 raise OperationFailed(self._fail_text(out))
         return [f"{backend.name}{extras_of(backend.packages, backend.name)} @ {wheel.as_uri()}"]
+
+    def _record_wheel_hash(self, backend: BackendDecision, wheel: Path) -> None:
+        """The wheelhouse wheel's sha256 into the receipt; on a replay it must be the receipt's."""
+        name = _dist_name(backend)
+        actual = f"sha256={wheelhouse.sha256_file(wheel)}"
+        wanted = self.opts.replay_hashes.get(backend.name, {}).get(name)
+        if wanted and wanted != actual:
+            raise OperationFailed(
+                f"--from-receipt: the {name} wheel at hand ({actual[:23]}…) is not the file the receipt "
+                f"installed ({wanted[:23]}…); remove {wheel.parent} to build it again, then compare"
+            )
+        self.records[backend.name].hashes[name] = actual
+
+    def _hash_sources(self) -> tuple[str, ...]:
+        """The indexes pip would ask, PyPI when none is configured: where the sdist's sha256 is read."""
+        if self.index.no_index:
+            return ()
+        return (self.index.index_url or PYPI_SIMPLE, *self.index.extra_index_urls)
 
     def fix_torchvision(self, env: Environment, loc: EnvLocation) -> None:
         """A torchvision not built for this torch breaks transformers' imports: replace or remove it."""

@@ -87,11 +87,16 @@ class _Anchors(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.names: list[str] = []
+        self.sha256: dict[str, str] = {}  # file name -> the index's #sha256= fragment
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
             href = dict(attrs).get("href") or ""
-            self.names.append(urllib.parse.unquote(href.split("#")[0].rsplit("/", 1)[-1]))
+            url, _, fragment = href.partition("#")
+            name = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+            self.names.append(name)
+            if fragment.startswith("sha256="):
+                self.sha256[name] = fragment.split("=", 1)[1].lower()
 
 
 def wheel_names_in_html(text: str) -> list[str]:
@@ -117,6 +122,21 @@ def _read_url(url: str, timeout: float) -> str | None:
             return resp.read().decode("utf-8", errors="replace")
     except _NET_ERRORS:
         return None
+
+
+def index_sha256(sources: tuple[str, ...], project: str, filename: str, timeout: float = 10.0) -> str | None:
+    """The sha256 the first index that lists `filename` gives for it (its #sha256= link fragment)."""
+    for src in sources:
+        if "://" not in src:
+            continue  # a find-links directory publishes no hashes
+        page = _read_url(f"{src.rstrip('/')}/{canonicalize_name(project)}/", timeout)
+        if page is None:
+            continue
+        parser = _Anchors()
+        parser.feed(page)
+        if filename in parser.sha256:
+            return parser.sha256[filename]
+    return None
 
 
 def list_wheels(sources: tuple[str, ...], project: str, timeout: float = 5.0) -> list[str]:

@@ -7,6 +7,7 @@ the right Authorization header, so a client that drops or mangles credentials fa
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.server
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @contextmanager
@@ -48,7 +53,7 @@ def auth_index(wheels: list[Path], user: str, password: str) -> Iterator[tuple[s
                 files = by_project.get(canonicalize_name(parts[1]))
                 if files is None:
                     return None
-                links = "".join(f'<a href="/files/{f.name}">{f.name}</a>\n' for f in files)
+                links = "".join(f'<a href="/files/{f.name}#sha256={_sha(f)}">{f.name}</a>\n' for f in files)
                 return f"<html><body>{links}</body></html>".encode()
             if len(parts) == 2 and parts[0] == "files":
                 match = [f for ws in by_project.values() for f in ws if f.name == parts[1]]
