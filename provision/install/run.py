@@ -71,6 +71,7 @@ def wheel_build_request(plan: Plan, backend: BackendDecision) -> wheelhouse.Buil
         expected_backends=tuple(backend.build.expected_backends),
         cpu_features=wheelhouse.isa_features(plan.profile.cpu.flags or _local_cpu_flags()),
         arch=plan.profile.os.arch,
+        nvcc_version=plan.profile.toolchain.nvcc,
     )
 
 

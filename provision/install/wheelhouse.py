@@ -14,6 +14,7 @@ Facts this design follows (measured on a 2-core box):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -55,6 +56,8 @@ class BuildRequest:
     expected_backends: tuple[str, ...]
     cpu_features: tuple[str, ...]
     arch: str
+    # The nvcc version the plan was made with (CUDA builds); not part of the key, checked at build.
+    nvcc_version: str | None = None
 
     @property
     def effective_args(self) -> tuple[str, ...]:
@@ -277,6 +280,42 @@ def compiler_launchers(args: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
+def cuda_build_env(
+    req: BuildRequest, environ: dict[str, str] | None = None, root: Path | None = None
+) -> dict[str, str]:
+    """For a CUDA build: CUDACXX and PATH for the planned nvcc, so CMake finds that compiler (the
+    classic "No CMAKE_CUDA_COMPILER could be found" when nvcc is off PATH). {} for other builds."""
+    if cmake_option(req.effective_args, "GGML_CUDA") not in ("ON", "1", "TRUE", "YES"):
+        return {}
+    from provision.probe.system import System
+    from provision.probe.toolchain import find_nvcc, parse_nvcc_version
+
+    system = System.current()
+    if environ is not None:
+        system = dataclasses.replace(system, env=dict(environ))
+    if root is not None:  # tests: /usr/local/cuda under another root
+        system = dataclasses.replace(system, root=root)
+    nvcc = find_nvcc(system)
+    if nvcc is None:
+        raise BuildFailed(
+            f"{PROJECT} {req.version}: a CUDA build is planned but no nvcc is on PATH, in $CUDA_HOME/bin "
+            "or in /usr/local/cuda/bin (install the CUDA toolkit, or set CUDA_HOME)"
+        )
+    if req.nvcc_version:
+        out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=30)
+        found = parse_nvcc_version(out.stdout + out.stderr)
+        if found and found.split(".")[:2] != req.nvcc_version.split(".")[:2]:
+            raise BuildFailed(
+                f"{PROJECT} {req.version}: the plan was made for nvcc {req.nvcc_version}, "
+                f"but {nvcc} is {found}"
+            )
+    bin_dir = str(Path(nvcc).parent)
+    path = (environ if environ is not None else os.environ).get("PATH", "")
+    env = {"CUDACXX": str(nvcc), "PATH": bin_dir + (os.pathsep + path if path else "")}
+    env["CUDAToolkit_ROOT"] = str(Path(os.path.realpath(nvcc)).parent.parent)
+    return env
+
+
 def build(
     req: BuildRequest,
     builder: str,
@@ -304,6 +343,7 @@ def build(
         "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
         # A fixed build tree per key (scikit-build-core's setting): ccache sees the same paths.
         "SKBUILD_BUILD_DIR": str(root / "build" / req.key),
+        **cuda_build_env(req),
     }
     out_dir = root / "wheelhouse" / f".tmp-{req.key}-{os.getpid()}"
     shutil.rmtree(out_dir, ignore_errors=True)
