@@ -52,6 +52,13 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from provision.redact import RedactingStream
+
+    # Every line any layer prints leaves through one redaction (URL passwords, API keys, tokens).
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout = RedactingStream(sys.stdout)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr)  # type: ignore[assignment]
     try:
         cli.main(args=argv, prog_name="xinfer-setup", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -11,6 +11,7 @@ from provision.backends import check_known
 from provision.backends import names as backend_names
 from provision.errors import OperationFailed, UserError
 from provision.plan import PlanRequest
+from provision.redact import redact, redact_obj
 
 TORCH_INDEX_ENV = "XINFER_SETUP_TORCH_INDEX_URL"
 
@@ -97,11 +98,11 @@ def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portab
         d = the_plan.to_dict()
         if report is not None:
             d["resolution"] = report.to_dict()
-        click.echo(json.dumps(d, indent=2))
+        click.echo(json.dumps(redact_obj(d), indent=2))
     else:
         from provision.planner.render import render_plan
 
-        click.echo(render_plan(the_plan))
+        click.echo(redact(render_plan(the_plan)))
         if report is not None:
             click.echo("")
             click.echo(report.render())

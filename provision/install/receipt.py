@@ -19,6 +19,7 @@ from typing import Any
 from provision.backends import registry
 from provision.errors import UserError
 from provision.plan import PRIMARY_ENV
+from provision.redact import redact_obj
 
 SCHEMA_VERSION = 1
 RECEIPT_REL = Path("share") / "xinfer-setup" / "receipt.json"
@@ -63,6 +64,8 @@ class BackendRecord:
     reason: str | None = None  # why skipped, or the error
     log: str | None = None
     verify: list[dict[str, Any]] = field(default_factory=list)
+    # dist -> "sha256=<hex>" of the file installed, where the installer records one (direct_url.json).
+    hashes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,7 +92,8 @@ class Receipt:
         return next((e for e in self.environments if e.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The receipt as stored and printed: redacted, so no credential reaches a file or a screen."""
+        d = redact_obj(asdict(self))
         d["ok"] = self.ok
         return d
 
