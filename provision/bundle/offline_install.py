@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from provision.bundle.fetch import place
-from provision.bundle.manifest import Manifest, Target, verify_manifest
+from provision.bundle.manifest import Manifest, Target, check_files, read_manifest
 from provision.errors import UserError
 from provision.install import wheelhouse
 from provision.install.pipconfig import IndexConfig
@@ -130,9 +130,10 @@ def install_from_bundle(
 
     root = Path(bundle_dir).expanduser().absolute()
     reporter = reporter or Reporter()
-    manifest = verify_manifest(root)
+    manifest = read_manifest(root)
+    check_fits_here(manifest)  # before hashing hundreds of MB for a bundle that cannot install here
+    check_files(root, manifest)
     reporter.say(f"bundle {root}: {len(manifest.files)} files match {root.name}/MANIFEST.json")
-    check_fits_here(manifest)
     plan = plan_from_dict(manifest.plan)
     wheels = root / "wheels"
     seed_cache(root, manifest, wheelhouse.cache_root())
