@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("provision.commands.status", "status", "What is recorded, last verified, and changed since."),
     "smoke": ("smoke.command", "smoke", "Run a tiny local model on every installed engine."),
     "serve": ("provision.commands.serve", "serve", "Serve a model with the best engine here."),
+    "bundle": ("provision.commands.bundle", "bundle", "Download what a plan installs, for offline installs."),
 }
 
 

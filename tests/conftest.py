@@ -98,3 +98,16 @@ def _engine_pythons(request) -> dict[str, Path]:
     if python:
         return {name: Path(python) for name in ("transformers", "llama-cpp-python", "xllamacpp")}
     return dict(request.getfixturevalue("engine_env"))
+
+
+@pytest.fixture(scope="session")
+def host_bundle(tmp_path_factory) -> Path:
+    """The real `xinfer-setup bundle -o DIR --auto` for this machine, network on, made once per
+    session (about a minute with the llama-cpp-python wheel already in the wheelhouse; it is built
+    otherwise). Tests that change a bundle work on a copy or a symlink farm of it."""
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    done = cli("bundle", "-o", str(out), "--auto", "--json")
+    if done.returncode != 0:
+        pytest.fail(f"bundle --auto failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    (out.parent / "report.json").write_text(done.stdout)
+    return out
