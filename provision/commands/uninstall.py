@@ -20,6 +20,7 @@ def uninstall(backends: tuple[str, ...], venv_root: str | None) -> None:
     from provision.install.pipconfig import read_index_config
     from provision.install.receipt import primary_prefix, read_receipt, receipt_path
     from provision.install.uninstall import uninstall_backend
+    from provision.lock import root_lock
 
     root = Path(venv_root).expanduser() if venv_root else None
     path = receipt_path(root)
@@ -27,8 +28,13 @@ def uninstall(backends: tuple[str, ...], venv_root: str | None) -> None:
         raise UserError(f"no receipt at {path}: nothing was installed under this root")
     installer = Installer(choose_installer(None), read_index_config())
     managed = root if root is not None else paths.env_root()
-    for name in backends:
-        removal = uninstall_backend(read_receipt(path), name, installer, primary_prefix(root), managed)
-        where = f"the environment {removal.prefix}" if removal.env_removed else removal.prefix
-        click.echo(f"xinfer-setup: removed {name} {removal.version or ''} from {where}".replace("  ", " "),
-                   err=True)
+
+    def say(message: str) -> None:
+        click.echo(f"xinfer-setup: {message}", err=True)
+
+    # The same lock as install: the receipt is read, changed and written by one run at a time.
+    with root_lock(root, wait=True, say=say):
+        for name in backends:
+            removal = uninstall_backend(read_receipt(path), name, installer, primary_prefix(root), managed)
+            where = f"the environment {removal.prefix}" if removal.env_removed else removal.prefix
+            say(f"removed {name} {removal.version or ''} from {where}".replace("  ", " "))
