@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from provision.backends import registry
 from provision.plan import BACKENDS, PlanRequest
 from provision.planner import load_recipes, make_plan
 from provision.profile import load_profile
@@ -36,7 +37,6 @@ def no_gpu_engines(vllm="", sglang=""):
     return {"vllm": vllm, "sglang": sglang}
 
 
-ALL = ("xinference", "transformers", "vllm", "sglang", "llama-cpp-python", "xllamacpp")
 GPU_ENVS = ("main", "vllm", "sglang")
 
 EXPECTED = {
@@ -71,7 +71,7 @@ EXPECTED = {
     # Driver 450 and Python 3.8: nothing installs; every reason says why.
     "linux-8x-a100-driver450": row(
         "cpu",
-        {**dict.fromkeys(ALL, ""), "xinference": "Python >= 3.10", "llama-cpp-python": "gcc 7.5.0"},
+        {**dict.fromkeys(BACKENDS, ""), "xinference": "Python >= 3.10", "llama-cpp-python": "gcc 7.5.0"},
         None,
         warnings=("nvidia-driver-too-old",),
         reasons={"torch": "upgrade the driver"},
@@ -242,7 +242,9 @@ def test_gpu_engines_get_their_own_environments_with_pinned_torch(recipes):
     assert sglang.requirements == ("sglang==0.5.23",) and sglang.torch.version_spec == "==2.14.1"
     assert vllm.torch.variant == sglang.torch.variant == "cu130"
     assert "click<8.2.0" in vllm.reason and "torch==2.14.1" in vllm.reason
-    assert main.backends == ("xinference", "transformers", "llama-cpp-python", "xllamacpp")
+    primary = tuple(b.name for b in registry() if b.environment == "primary")
+    assert main.backends == primary
+    assert primary[:4] == ("xinference", "transformers", "llama-cpp-python", "xllamacpp")
     xinf = plan.backend("xinference")
     assert xinf.packages == ("xinference[transformers]==4.1.0",)
     assert "not [vllm]/[sglang]" in xinf.reason and "[all]" in xinf.reason
@@ -316,3 +318,23 @@ def test_plan_json_round_trips_through_plan_from_dict(recipes):
         plan = make_plan(load_profile(PROFILES / f"{name}.json"), PlanRequest(), recipes)
         again = plan_from_dict(json.loads(plan.to_json()))
         assert again == plan
+
+
+def test_reasons_follow_the_recipe_pins(recipes):
+    """A pin bumped in recipes/backends.toml shows in every reason that quotes it."""
+    from copy import deepcopy
+    from dataclasses import replace
+
+    engines = deepcopy(dict(recipes.engines))
+    engines["xinference"].update(version="9.9.0", click_pin="click<9.1", hub_ceiling="7.7")
+    engines["vllm"].update(version="0.99.0", torch="2.98.0")
+    engines["sglang"].update(torch="2.97.0")
+    engines["transformers"].update(python_min="3.9")
+    bumped = replace(recipes, engines=engines)
+    plan = make_plan(load_profile(PROFILES / "linux-h100-driver590.json"), PlanRequest(), bumped)
+    text = " ".join([*(b.reason for b in plan.backends), *(e.reason for e in plan.environments)])
+    for old in ("4.1.0", "click<8.2.0", "1.31", "0.33.0", "2.14.0", "2.14.1"):
+        assert old not in text, old
+    assert "xinference 9.9.0 (click<9.1 keeps huggingface-hub < 7.7)" in plan.backend("transformers").reason
+    assert "(vllm 0.99.0 pins 2.98.0)" in plan.environment("sglang").reason
+    assert "nor sglang's (torch==2.97.0)" in plan.environment("vllm").reason

@@ -19,6 +19,7 @@ from typing import Any
 from provision.backends import registry
 from provision.errors import UserError
 from provision.plan import PRIMARY_ENV
+from provision.redact import redact_obj
 
 SCHEMA_VERSION = 1
 RECEIPT_REL = Path("share") / "xinfer-setup" / "receipt.json"
@@ -49,6 +50,8 @@ class EnvRecord:
     # provision.install.fingerprint of the installed set when this record was made: a no-op
     # re-run skips the listing and verify while it is unchanged.
     installed_fingerprint: str | None = None
+    # When verify last ran on this environment (UTC, ISO 8601); `status` reports it.
+    verified_at: str | None = None
 
 
 @dataclass
@@ -64,6 +67,8 @@ class BackendRecord:
     reason: str | None = None  # why skipped, or the error
     log: str | None = None
     verify: list[dict[str, Any]] = field(default_factory=list)
+    # dist -> "sha256=<hex>" of the file installed, where the installer records one (direct_url.json).
+    hashes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,7 +95,8 @@ class Receipt:
         return next((e for e in self.environments if e.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The receipt as stored and printed: redacted, so no credential reaches a file or a screen."""
+        d = redact_obj(asdict(self))
         d["ok"] = self.ok
         return d
 
@@ -140,9 +146,13 @@ def write_receipt(receipt: Receipt, primary_prefix: Path) -> Path:
     return path
 
 
+def primary_prefix(venv_root: Path | None = None) -> Path:
+    """The environment that holds a root's receipt: ROOT/main, or this interpreter's."""
+    return Path(venv_root) / PRIMARY_ENV if venv_root is not None else Path(sys.prefix)
+
+
 def receipt_path(venv_root: Path | None = None) -> Path:
-    prefix = Path(venv_root) / PRIMARY_ENV if venv_root is not None else Path(sys.prefix)
-    return prefix / RECEIPT_REL
+    return primary_prefix(venv_root) / RECEIPT_REL
 
 
 def installed_backends(venv_root: Path | None = None) -> dict[str, InstalledBackend]:
