@@ -47,7 +47,7 @@ def test_cpu_host_all_types(recipes):
     plan = plan_for("linux-cpu-debian12-nvcc-no-cublas", ALL, recipes)
     spec = xinference_spec(plan)
     assert spec.extras == {"transformers", "embedding", "rerank", "image", "video"}
-    assert str(spec.specifier) == f"=={recipes.model_types['xinference_version']}"
+    assert str(spec.specifier) == f"=={recipes.engine('xinference')['version']}"
     reason = plan.backend("xinference").reason
     t = recipes.model_types["types"]
     # Reasons come from the recipe's facts.
@@ -62,7 +62,7 @@ def test_cpu_host_all_types(recipes):
     for extra in recipes.model_types["all_extras"]:
         assert f"{extra}" in reason.split("not [all] (= [", 1)[1]
     for why in recipes.model_types["not_from_all"].values():
-        assert why in reason
+        assert why.format(**recipes.engine("xinference")) in reason
     # The LLM engines are unchanged by the extra types.
     assert [b.name for b in plan.installs] == ["xinference", "transformers", "llama-cpp-python", "xllamacpp"]
     assert plan_for("linux-cpu-debian12-nvcc-no-cublas", ("llm",), recipes).installs[1:] == plan.installs[1:]
@@ -116,7 +116,7 @@ def test_recipe_matches_installed_xinference_metadata(recipes, engine_env):
         capture_output=True, text=True, timeout=60, check=True,
     )
     version, requires = json.loads(done.stdout)
-    assert version == recipes.model_types["xinference_version"]
+    assert version == recipes.model_types["for_version"] == recipes.engine("xinference")["version"]
     by_extra: dict[str, set[str]] = {}
     for text in requires:
         r = Requirement(text)

@@ -46,6 +46,7 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
             engines.decide_xinference(profile, recipes, planned),
             request.model_types,
             recipes.model_types,
+            recipes.engine("xinference"),
             torch,
         )
 

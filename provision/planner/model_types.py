@@ -99,20 +99,24 @@ def decide_types(
     return out
 
 
-def not_all_reason(recipe: dict[str, Any], taken: list[str]) -> str:
+def not_all_reason(recipe: dict[str, Any], xinference: dict[str, Any], taken: list[str]) -> str:
     """What `xinference[all]` would have pulled, and why it is not taken as it is."""
     all_extras = recipe["all_extras"]
-    parts = [f"[{x}] {why}" for x, why in recipe["not_from_all"].items() if x in all_extras]
+    parts = [
+        f"[{x}] {why.format(**xinference)}" for x, why in recipe["not_from_all"].items() if x in all_extras
+    ]
     left = [x for x in all_extras if x not in taken and x not in recipe["not_from_all"]]
     if left:
         parts.append(f"[{','.join(left)}] not asked for (--model-types)")
     return (
-        f"not [all] (= [{','.join(all_extras)}] in xinference {recipe['xinference_version']}): "
+        f"not [all] (= [{','.join(all_extras)}] in xinference {xinference['version']}): "
         + "; ".join(parts)
     )
 
 
-def apply(decision, asked: tuple[str, ...], recipe: dict[str, Any], torch: TorchChoice):
+def apply(
+    decision, asked: tuple[str, ...], recipe: dict[str, Any], xinference: dict[str, Any], torch: TorchChoice
+):
     """The xinference decision with the asked model types' extras added, their reasons and skips.
 
     `decision` is provision.planner.engines.Decision; a skipped xinference gets each asked type
@@ -132,7 +136,7 @@ def apply(decision, asked: tuple[str, ...], recipe: dict[str, Any], torch: Torch
     # decide_xinference's own "not [all]" clause is replaced by the one made from the recipe.
     own = [p for p in backend.reason.split("; ") if not p.startswith("not [all]")]
     reason = "; ".join(
-        [*own, *(o.reason for o in outcomes), not_all_reason(recipe, extras)]
+        [*own, *(o.reason for o in outcomes), not_all_reason(recipe, xinference, extras)]
     )
     packages = (spec, *backend.packages[1:])
     return replace(
