@@ -87,3 +87,25 @@ def time_callable(name: str, fn, runs: int) -> Sample:
 
 def ratio(numerator: Sample, denominator: Sample) -> float:
     return numerator.median / denominator.median if denominator.median else float("inf")
+
+
+def timeline(
+    name: str, argv: list[str], env: dict[str, str] | None = None
+) -> tuple[Sample, list[tuple[float, str]]]:
+    """One run of argv with each stderr line stamped (seconds since start): the critical path of a
+    long command, from its own progress lines. Fails loudly on a non-zero exit."""
+    sample = Sample(name)
+    lines: list[tuple[float, str]] = []
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append((round(time.perf_counter() - started, 1), line.rstrip("\n")))
+    rc = proc.wait()
+    sample.walls.append(time.perf_counter() - started)
+    if rc != 0:
+        tail = "\n".join(text for _, text in lines[-10:])
+        raise CommandFailed(f"{name}: {' '.join(argv)} exited {rc}:\n{tail}")
+    return sample, lines

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/run.py [--runs 5] [--root DIR] [--skip NAME ...] [--json FILE]
 
 Each row is a ratio against a baseline measured in the same run (median of several runs,
-min–max beside it), plus peak RSS. Sections: probe, plan, noop, fresh, llama, smoke, resolve.
+min–max beside it, n runs), plus peak RSS. Sections: probe, plan, noop, fresh, llama, smoke, vllm,
+resolve. Minute-long rows (fresh installs, cold builds) run once: their n=1 is in the table.
 `--root` reuses an environment root made by `xinfer-setup install --auto --venv ROOT`;
 without it one is provisioned first (and timed). Exits non-zero only if a measured command
 fails: these are measurements, not tests.
@@ -25,11 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import CommandFailed, Sample, ratio, run_command, time_callable  # noqa: E402
+from measure import CommandFailed, Sample, ratio, run_command, time_callable, timeline  # noqa: E402
+
+from provision.install.executor import uv_bin  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TOOL = [sys.executable, "-m", "provision"]
-SECTIONS = ("probe", "plan", "noop", "fresh", "llama", "smoke", "resolve")
+SECTIONS = ("probe", "plan", "noop", "fresh", "llama", "smoke", "vllm", "resolve")
 # A GPU-target profile resolved from this CPU machine (vllm in its own env, CUDA 13 torch).
 RESOLVE_PROFILE = REPO / "tests" / "profiles" / "linux-h100-driver590.json"
 
@@ -104,37 +107,38 @@ def _receipt(root: Path) -> dict:
     return json.loads((root / "main" / "share" / "xinfer-setup" / "receipt.json").read_text())
 
 
-def _requirement_set(root: Path) -> list[str]:
-    """What a user would hand pip for the same environment: the plan's main-env requirements."""
-    plan = _receipt(root)["plan"]
-    main = next(e for e in plan["environments"] if e["name"] == "main")
-    reqs = [
-        r
-        for b in plan["backends"]
-        if b["action"] == "install" and b.get("environment") == "main"
-        for r in b["packages"]
-    ]
-    return list(dict.fromkeys([*reqs, *main["requirements"]]))
+def _pinned_set(root: Path) -> list[str]:
+    """The main environment exactly as the receipt records it (name==version of everything installed):
+    what a pip or uv baseline is handed, so it has precisely nothing to do."""
+    env = next(e for e in _receipt(root)["environments"] if e["name"] == "main")
+    return list(env["packages"])
 
 
 def bench_noop(rep: Report, runs: int, root: Path) -> None:
+    python = str(root / "main" / "bin" / "python")
+    pinned = _pinned_set(root)
     ours = run_command(
         "install --auto (provisioned, no-op)", _tool("install", "--auto", "--venv", str(root)), runs, warmup=1
     )
+    # --dry-run: the baselines resolve the same pinned set against the same environment and change
+    # nothing in it (a real `pip install` would put back the torchvision our install removed).
+    # uv-made environments have no pip of their own: pip drives them through --python.
     pip = run_command(
-        "pip install <same requirements>",
-        # uv-made environments have no pip of their own: pip drives them through --python.
-        [sys.executable, "-m", "pip", "--python", str(root / "main" / "bin" / "python"), "install", "-q",
-         *_requirement_set(root)],
+        f"pip install --dry-run <same {len(pinned)} pins>",
+        [sys.executable, "-m", "pip", "--python", python, "install", "--dry-run", "-q", *pinned],
         runs,
-        warmup=0,
+        warmup=1,
     )
-    # pip's first run puts back the torchvision our install removed (xinference -> timm pulls it,
-    # and no build matching torch +cpu exists here), which breaks transformers: ours repairs it
-    # before the sections that run engines. Later pip runs are true no-ops.
-    run_command("repair after pip", _tool("install", "--auto", "--venv", str(root)), 1)
+    uv = run_command(
+        f"uv pip install --dry-run <same {len(pinned)} pins>",
+        [uv_bin(), "pip", "install", "--python", python, "--dry-run", "-q", *pinned],
+        runs,
+        warmup=1,
+    )
     rep.add("noop", pip)
-    rep.add("noop", ours, pip, target=">= 10x faster (ratio <= 0.1)")
+    rep.add("noop", uv)
+    rep.add("noop", ours, pip, target="<= 0.2 s here (0.51 s before the fingerprint)")
+    rep.add("noop", ours, uv, target="within 10x of uv's own no-op")
 
 
 def bench_fresh(rep: Report, runs: int, scratch: Path) -> None:
@@ -156,28 +160,77 @@ def bench_fresh(rep: Report, runs: int, scratch: Path) -> None:
     rep.add("fresh", samples["uv"], samples["pip"], target=">= 3x faster (ratio <= 0.33)")
 
 
-def bench_llama(rep: Report, scratch: Path) -> None:
-    cache = scratch / "xdg-cache"
-    env = {
+def _cold_env(cache: Path) -> dict[str, str]:
+    return {
         "XDG_CACHE_HOME": str(cache),
         "CCACHE_DISABLE": "1",
-        # Keep uv's own cache warm: only the llama.cpp wheelhouse should be cold.
+        # Keep uv's own cache warm: only the llama.cpp wheelhouse (and its sdist) should be cold.
         "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv")),
     }
+
+
+def _build_seconds(cache: Path) -> float:
+    """What the wheelhouse recorded for the build itself (compile + package), without the install."""
+    found = sorted((cache / "xinfer-setup" / "wheelhouse").glob("*/build.json"))
+    return float(json.loads(found[-1].read_text())["build_s"])
+
+
+def bench_llama(rep: Report, scratch: Path) -> dict:
+    """Cold llama-cpp-python alone, then a cold `install --auto` (the build overlapped with the other
+    installs) on another cold wheelhouse; each minute-long run once (n=1). Returns the timeline."""
+    alone_cache = scratch / "xdg-cache"
     cold = run_command(
         "llama-cpp-python cold build + install",
         _tool("install", "--backend", "llama-cpp-python", "--venv", str(scratch / "llama-a")),
         1,
-        env=env,
+        env=_cold_env(alone_cache),
     )
+    build = Sample("llama-cpp-python build alone (wheelhouse build_s)", walls=[_build_seconds(alone_cache)])
     warm = run_command(
         "llama-cpp-python reinstall from wheelhouse",
         _tool("install", "--backend", "llama-cpp-python", "--venv", str(scratch / "llama-b")),
         1,
-        env=env,
+        env=_cold_env(alone_cache),
     )
     rep.add("llama", cold)
+    rep.add("llama", build)
     rep.add("llama", warm, cold, target="reinstall < 10 s")
+    auto_root = scratch / "auto-cold"
+    auto, lines = timeline(
+        "install --auto, cold wheelhouse (build overlapped)",
+        _tool("install", "--auto", "--venv", str(auto_root)),
+        env=_cold_env(scratch / "xdg-cache-auto"),
+    )
+    rep.add("llama", auto, build, target="<= 1.15x the build alone")
+    verified = subprocess.run(_tool("verify", "--venv", str(auto_root)), capture_output=True, text=True)
+    print(f"llama    verify after the overlapped cold install: exit {verified.returncode}", flush=True)
+    for t, text in lines:
+        print(f"llama    {t:7.1f} s  {text}", flush=True)
+    shutil.rmtree(auto_root, ignore_errors=True)
+    return {"timeline": lines, "verify_exit": verified.returncode,
+            "build_alone_s": build.median, "auto_cold_s": auto.median}
+
+
+def bench_vllm(rep: Report, runs: int, root: Path) -> dict:
+    """vLLM-CPU start-to-ready and first token, from smoke's own report of the vllm engine, when the
+    root has vllm installed (`install --backend vllm` after --auto); else a note that it was not."""
+    receipt = _receipt(root)
+    if not any(b["name"] == "vllm" and b["status"] == "installed" for b in receipt["backends"]):
+        print("vllm     skipped: vllm is not installed under this root (install --backend vllm)", flush=True)
+        return {"skipped": "vllm is not installed under the benchmarked root"}
+    ready, ttft = Sample("vLLM-CPU start to ready (smoke)"), Sample("vLLM-CPU first token (smoke)")
+    for _ in range(runs):
+        out = subprocess.run(
+            _tool("smoke", "--venv", str(root), "--backend", "vllm", "--json"), capture_output=True, text=True
+        )
+        if out.returncode != 0:
+            raise CommandFailed(f"smoke --backend vllm exited {out.returncode}: {out.stderr.strip()[-500:]}")
+        row = next(e for e in json.loads(out.stdout)["engines"] if e["backend"] == "vllm")
+        ready.walls.append(float(row["ready_s"]))
+        ttft.walls.append(float(row["ttft_s"]))
+    rep.add("vllm", ready)
+    rep.add("vllm", ttft)
+    return {}
 
 
 class _RssSampler(threading.Thread):
@@ -318,7 +371,9 @@ def main() -> int:
                 elif section == "fresh":
                     bench_fresh(rep, max(1, args.runs // 3), scratch)
                 elif section == "llama":
-                    bench_llama(rep, scratch)
+                    extra["llama"] = bench_llama(rep, scratch)
+                elif section == "vllm":
+                    extra["vllm"] = bench_vllm(rep, max(3, args.runs // 2), root)
                 elif section == "smoke":
                     extra["smoke"] = bench_smoke(rep, max(1, args.runs // 2), root)
                 elif section == "resolve":

@@ -1,9 +1,11 @@
 """The no-op re-run: nothing to do when the last receipt already is this plan, verified, untouched.
 
 All of these must hold, or the full run (listing, requirement walk, verify) happens:
-- the previous receipt is ok (every planned backend installed and verified);
-- it was made by this version of the tool (with the installer asked for, if one is), for the same plan
-  (profile, request and decisions compare equal), and no receipt is being replayed;
+- it was made by this version of the tool (with the installer asked for, if one is), on the same
+  profile, and no receipt is being replayed;
+- every backend this plan installs is recorded installed, verified with every check passing, under
+  the very same decision (packages, flags, environment); every environment it uses has the same
+  torch and already records each of its requirements (the receipt is a ledger: it may hold more);
 - every environment that holds a planned backend is where the receipt says, has the same
   installed-set fingerprint (provision.install.fingerprint) and was verified by the same checks.
 Kept free of the installer's heavy imports: this is the whole cost of a no-op `install`.
@@ -36,14 +38,13 @@ def why_not_unchanged(
         return "no previous receipt"
     if replaying:
         return "replaying a receipt"
-    if not previous.ok:
-        return "the last install did not pass"
     if previous.tool_version != __version__:
         return "another version of xinfer-setup made the last receipt"
     if installer is not None and previous.installer != installer:
         return f"the last install used {previous.installer}"
-    if previous.plan != json.loads(json.dumps(plan.to_dict())):
-        return "the plan changed"
+    why = _why_not_same_decisions(json.loads(json.dumps(plan.to_dict())), previous)
+    if why:
+        return why
     checks = checks_fingerprint()
     for env in plan.environments:
         if not any(b.environment == env.name for b in plan.installs):
@@ -75,4 +76,28 @@ def unchanged_receipt(
     previous = previous_receipt(primary.prefix)
     if why_not_unchanged(plan, previous, locations, installer, replaying) is None:
         return previous
+    return None
+
+
+def _why_not_same_decisions(plan: dict, previous: Receipt) -> str | None:
+    if plan["profile"] != previous.profile:
+        return "the machine's profile changed"
+    recorded = {b["name"]: b for b in previous.plan.get("backends", [])}
+    for b in plan["backends"]:
+        if b["action"] != "install":
+            continue
+        rec = previous.backend(b["name"])
+        if recorded.get(b["name"]) != b or rec is None:
+            return f"{b['name']}: a new decision"
+        if rec.status != "installed" or not rec.verify or not all(c.get("ok") for c in rec.verify):
+            return f"{b['name']}: not installed and verified last time"
+    envs = {e["name"]: e for e in previous.plan.get("environments", [])}
+    for env in plan["environments"]:
+        if not env["backends"]:
+            continue
+        old = envs.get(env["name"])
+        if old is None or old.get("torch") != env["torch"]:
+            return f"[{env['name']}] another torch"
+        if not set(env["requirements"]) <= set(old.get("requirements") or ()):
+            return f"[{env['name']}] new requirements"
     return None
