@@ -93,6 +93,9 @@ def smoke(venv_root: Path | None, backends: tuple[str, ...], as_json: bool, cach
                 EngineResult(name, "skip", f"not installed (`xinfer-setup install --backend {name}{hint}`)")
                 for name in ADAPTERS if name not in installed
             ]
+            from smoke.model_types import installed_type_results  # embedding/rerank via Xinference
+
+            report.results += installed_type_results(venv_root, work_dir)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

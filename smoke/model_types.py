@@ -168,3 +168,13 @@ def _check_rerank(api: XinferenceApi, base_url: str, expected: dict) -> str:
     order = [r["index"] for r in results]
     assert order == sorted(range(len(want)), key=lambda i: -want[i]), f"rerank order {order}"
     return f"/v1/rerank scores equal sigmoid(logit) of the direct computation (max |diff| {worst:.1e})"
+
+
+def installed_type_results(venv_root: Path | None, work_dir: Path) -> list:
+    """smoke's rows (EngineResult) for the model types installed under venv_root; [] when none are."""
+    from smoke.runner import EngineResult
+
+    types, python = installed_types(venv_root)
+    if python is None or not types:
+        return []
+    return [EngineResult(**row) for row in check_model_types(python, types, work_dir / "model-types")]

@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import cli
 
+from provision.install.envs import locate
 from provision.install.executor import uv_bin
 from provision.install.fingerprint import installed_fingerprint, site_dirs
-from provision.install.noop import UNCHANGED_NOTE
+from provision.install.noop import UNCHANGED_NOTE, why_not_unchanged
 from provision.install.receipt import read_receipt
+from provision.plan import plan_from_dict
 
 
 def _site(prefix: Path) -> Path:
@@ -81,9 +84,20 @@ def test_no_op_rerun_and_drift(provisioned_root, tmp_path):
         root / "main"
     )
 
-    # Another plan for the same root is not a no-op either.
-    other = cli("install", "--backend", "xllamacpp", "--venv", str(root))
-    assert other.returncode == 0 and f"xinfer-setup: {UNCHANGED_NOTE}" not in _stderr_lines(other)
+    # A plan that asks for less, all of it recorded as installed and verified, is a no-op too;
+    # a decision that differs from the recorded one (other CMake flags) is not.
+    subset = cli("install", "--backend", "xllamacpp", "--venv", str(root))
+    assert subset.returncode == 0 and f"xinfer-setup: {UNCHANGED_NOTE}" in _stderr_lines(subset)
+    receipt = read_receipt(receipt_file)
+    plan = plan_from_dict(receipt.plan)
+    locations = locate(plan, root)
+    assert why_not_unchanged(plan, receipt, locations, None, False) is None
+    llama = plan.backend("llama-cpp-python")
+    other = replace(llama, build=replace(llama.build, cmake_args=("-DGGML_NATIVE=OFF",)))
+    changed = replace(plan, backends=tuple(other if b is llama else b for b in plan.backends))
+    assert why_not_unchanged(changed, receipt, locations, None, False) == "llama-cpp-python: a new decision"
+    assert why_not_unchanged(plan, receipt, locations, "pip", False) == "the last install used uv"
+    assert why_not_unchanged(plan, receipt, locations, None, True) == "replaying a receipt"
 
     # A drift inside a package (no install marker touched) is past what the fingerprint sees:
     # `verify` checks from scratch every time and finds it.
