@@ -78,13 +78,18 @@ def translate_user_args(text: str, rec: LlamaCppRecipes) -> tuple[tuple[str, ...
 
 
 def effective_args(args: tuple[str, ...]) -> tuple[str, ...]:
-    """One -D per variable, the last one given winning, in first-seen order."""
+    """The arguments CMake acts on: other arguments as given, then one -D per variable, the last
+    value given winning (as in CMake), in first-seen order. The plan's build args and the
+    wheelhouse key both come from this one rule."""
     last: dict[str, str] = {}
+    others: list[str] = []
     for a in args:
         m = _DEFINE.match(a)
         if m:
             last[m.group(1)] = a
-    return tuple(last.values())
+        else:
+            others.append(a)
+    return tuple(others) + tuple(last.values())
 
 
 def option(args: tuple[str, ...], name: str) -> str | None:
