@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision import __version__
-from provision.backends import backend as registry_backend
 from provision.errors import OperationFailed
 from provision.install import state as state_mod
 from provision.install import wheelhouse
@@ -34,7 +33,7 @@ from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
 from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
 from provision.install.torch_source import TORCH_FAMILY, TorchSource, resolve_torch_source
-from provision.install.verify import EnvExpectation, checks_fingerprint, collect_facts, evaluate
+from provision.install.verify import EnvExpectation, checks_fingerprint, collect_facts, evaluate, gpu_archs
 from provision.plan import BackendDecision, Environment, Plan
 
 
@@ -382,20 +381,18 @@ def _previous_receipt(prefix: Path) -> Receipt | None:
 
 
 def _dist_name(backend: BackendDecision) -> str:
-    return registry_backend(backend.name).dist
+    from provision.install.receipt import BACKEND_DISTS
+
+    return BACKEND_DISTS.get(backend.name, backend.name)
 
 
 def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:
-    archs = []
-    if env.torch is not None and env.torch.variant.startswith("cu"):
-        archs = [f"sm_{g.sm}" for g in plan.profile.nvidia_gpus if g.sm]
-    elif env.torch is not None and env.torch.variant.startswith("rocm"):
-        archs = [g.gfx for g in plan.profile.amd_gpus if g.gfx]
+    variant = env.torch.variant if env.torch else None
     llama = plan.backend("llama-cpp-python")
     return EnvExpectation(
         backends=backends,
-        torch_variant=env.torch.variant if env.torch else None,
-        gpu_archs=tuple(dict.fromkeys(archs)),
+        torch_variant=variant,
+        gpu_archs=gpu_archs(plan.profile, variant),
         llama_backends=tuple(llama.build.expected_backends) if llama and llama.build else (),
     )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from provision.backends import registry
 from provision.install.wheelhouse import backends_in_names
+from provision.profile import HostProfile
 
 # Backend -> the statements that prove it loads (the registry's import_check).
 IMPORT_CHECKS = {b.name: b.import_check for b in registry()}
@@ -87,6 +88,17 @@ class EnvExpectation:
     torch_variant: str | None  # None: the environment has no torch planned
     gpu_archs: tuple[str, ...] = ()  # "sm_90" / "gfx942" of the GPUs present
     llama_backends: tuple[str, ...] = ()  # ggml backends the llama-cpp-python build must contain
+
+
+def gpu_archs(profile: HostProfile, torch_variant: str | None) -> tuple[str, ...]:
+    """The GPU archs a torch build of this variant must cover here: sm_XY for a CUDA build,
+    gfxNNN for a ROCm one, none otherwise (install's expectation and verify's share it)."""
+    archs: list[str] = []
+    if torch_variant and torch_variant.startswith("cu"):
+        archs = [f"sm_{g.sm}" for g in profile.nvidia_gpus if g.sm]
+    elif torch_variant and torch_variant.startswith("rocm"):
+        archs = [g.gfx for g in profile.amd_gpus if g.gfx]
+    return tuple(dict.fromkeys(archs))
 
 
 def collect_facts(python: Path, backends: tuple[str, ...], timeout_s: int = 600) -> dict:

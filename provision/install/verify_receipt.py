@@ -10,7 +10,7 @@ from pathlib import Path
 
 from provision.install import state as state_mod
 from provision.install.receipt import BACKEND_DISTS, Receipt
-from provision.install.verify import EnvExpectation, collect_facts, evaluate
+from provision.install.verify import EnvExpectation, collect_facts, evaluate, gpu_archs
 from provision.profile import profile_from_dict
 
 
@@ -26,12 +26,7 @@ def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
         )
         torch = env.get("torch")
         variant = torch["variant"] if torch else None
-        archs: list[str] = []
-        if variant and variant.startswith("cu"):
-            archs = [f"sm_{g.sm}" for g in profile.nvidia_gpus if g.sm]
-        elif variant and variant.startswith("rocm"):
-            archs = [g.gfx for g in profile.amd_gpus if g.gfx]
-        out[env["name"]] = EnvExpectation(installed, variant, tuple(dict.fromkeys(archs)), llama_backends)
+        out[env["name"]] = EnvExpectation(installed, variant, gpu_archs(profile, variant), llama_backends)
     return out
 
 
