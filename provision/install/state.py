@@ -18,6 +18,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from provision.errors import OperationFailed
+from provision.install.requirements import local_tag
 
 # Runs inside the target environment; stdlib only.
 _LIST_SCRIPT = r"""
@@ -48,10 +49,7 @@ class Dist:
 
     @property
     def local_tag(self) -> str | None:
-        try:
-            return Version(self.version).local
-        except InvalidVersion:
-            return None
+        return local_tag(self.version)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from provision.backends import registry
+from provision.install.requirements import local_tag
 from provision.install.wheelhouse import backends_in_names
 from provision.profile import HostProfile
 
@@ -126,7 +127,7 @@ def torch_variant_of(version: str, cuda: str | None, hip: str | None) -> str:
     ("2.11.0", "13.0", None) -> cu130 (PyPI's default Linux build has no tag);
     ("2.5.1+rocm6.2", None, "6.2.41133-dd7f95766") -> rocm6.2.
     """
-    local = version.split("+", 1)[1] if "+" in version else None
+    local = local_tag(version)
     if local:
         return local
     if cuda:
@@ -192,7 +193,7 @@ def evaluate(expect: EnvExpectation, facts: dict) -> list[Check]:
     tv = facts.get("torchvision")
     if tv and torch and "version" in torch:
         t_tag = torch_variant_of(torch["version"], torch.get("cuda"), torch.get("hip"))
-        tv_local = tv["version"].split("+", 1)[1] if "+" in tv["version"] else None
+        tv_local = local_tag(tv["version"])
         mismatch = tv["error"] or (tv_local is not None and tv_local != t_tag)
         checks.append(
             Check(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from provision.plan import PlanWarning, TorchChoice
 from provision.planner.recipes import CudaBuild, Recipes
-from provision.planner.versions import at_least, sm_label
+from provision.planner.versions import at_least, sm_label, vtuple
 from provision.profile import GPU, HostProfile
 
 
@@ -168,9 +168,7 @@ def _choose_nvidia(profile: HostProfile, recipes: Recipes, base: str) -> TorchOu
     ]
     allowed = cuda_builds_allowed(profile, recipes)
     if not allowed:
-        floor = min(
-            (driver_floor(b, system) for b in recipes.torch.cuda), key=lambda v: tuple(map(int, v.split(".")))
-        )
+        floor = min((driver_floor(b, system) for b in recipes.torch.cuda), key=vtuple)
         msg = (
             f"NVIDIA driver {driver} is older than {floor}, the oldest any current CUDA build of torch "
             f"accepts: upgrade the driver (>= 580 for CUDA 13 builds, >= {floor} for cu126); "
