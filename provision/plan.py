@@ -199,6 +199,9 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
         backends_req = request.get("backends")
         codes = d.get("warning_codes") or []
         messages = d.get("warnings") or []
+        torch = _torch_from(d["torch"])
+        if torch is None:
+            raise TypeError("the plan has no torch choice")
         return Plan(
             profile=profile_from_dict(d["profile"]),
             request=PlanRequest(
@@ -207,7 +210,7 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
                 user_cmake_args=request.get("user_cmake_args"),
                 portable_cpu=bool(request.get("portable_cpu", False)),
             ),
-            torch=_torch_from(d["torch"]),
+            torch=torch,
             backends=tuple(_backend_from(b) for b in d["backends"]),
             environments=tuple(
                 Environment(

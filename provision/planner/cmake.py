@@ -145,13 +145,14 @@ def _cuda(profile: HostProfile, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], 
                 "assumed present for the CUDA build of llama-cpp-python",
             )
         )
-    driver_cuda = profile.nvidia.cuda_driver_version if profile.nvidia else None
-    if driver_cuda and vtuple(tc.nvcc)[:1] > vtuple(driver_cuda)[:1]:
+    nvidia = profile.nvidia
+    driver_cuda = nvidia.cuda_driver_version if nvidia else None
+    if nvidia and driver_cuda and vtuple(tc.nvcc)[:1] > vtuple(driver_cuda)[:1]:
         return (
             (),
             (
                 f"CPU build: nvcc {tc.nvcc} makes CUDA {vtuple(tc.nvcc)[0]} binaries, but driver "
-                f"{profile.nvidia.driver_version} runs CUDA <= {driver_cuda}: install a CUDA "
+                f"{nvidia.driver_version} runs CUDA <= {driver_cuda}: install a CUDA "
                 f"{vtuple(driver_cuda)[0]}.x toolkit, or a driver >= 580"
             ),
             warnings,
@@ -219,8 +220,8 @@ def llama_build(
     elif system == "darwin":
         args, reason = (f"-D{rec.flags['metal']}=off",), "CPU build (Intel Mac: Metal is for Apple Silicon)"
     elif profile.nvidia_gpus and profile.nvidia is not None:
-        args, reason, w = _cuda(profile, rec)
-        warnings += w
+        args, reason, cuda_warnings = _cuda(profile, rec)
+        warnings.extend(cuda_warnings)
     elif profile.nvidia_gpus:
         reason = "CPU build: the NVIDIA GPU has no driver answering (install it, then plan again)"
     elif profile.amd_gpus and system == "linux":
@@ -233,8 +234,8 @@ def llama_build(
     elif system != "darwin":
         reason += "; CPU code for this machine's CPU (-march=native; --portable for images)"
     if user_args:
-        extra, w = translate_user_args(user_args, rec)
-        warnings += w
+        extra, user_warnings = translate_user_args(user_args, rec)
+        warnings.extend(user_warnings)
         args = args + extra
         reason += f"; with your CMAKE_ARGS ({' '.join(extra)})"
         if option(extra, rec.flags["cuda"]) and not profile.toolchain.nvcc:

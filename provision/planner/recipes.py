@@ -7,6 +7,7 @@ them types, so the decisions in provision.planner read attributes, not dictionar
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,9 @@ else:  # pragma: no cover - Python 3.10
 
 from provision.backends import backend_tables, read_recipe_text
 from provision.errors import OperationFailed
+
+# One backend's table of recipes/backends.toml, for the planner rule that reads its own keys.
+EngineTable = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,13 @@ class ResolveRecipes:
 @dataclass(frozen=True)
 class Recipes:
     torch: TorchRecipes
-    engines: dict[str, dict[str, Any]]
+    # Each backend's table in recipes/backends.toml as written: the keys every backend has are
+    # typed in provision.backends.BackendRecipe; the rest are the facts its own planner rule reads.
+    engines: Mapping[str, EngineTable]
     llama_cpp: LlamaCppRecipes
     resolve: ResolveRecipes
 
-    def engine(self, name: str) -> dict[str, Any]:
+    def engine(self, name: str) -> EngineTable:
         return self.engines[name]
 
     def version(self, name: str) -> str:
@@ -95,7 +101,8 @@ class Recipes:
 
 def _read(name: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(read_recipe_text(name))
+        table: dict[str, Any] = tomllib.loads(read_recipe_text(name))
+        return table
     except tomllib.TOMLDecodeError as e:
         raise OperationFailed(f"recipes/{name} cannot be read: {e}") from None
 

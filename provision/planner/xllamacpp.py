@@ -6,14 +6,18 @@ xllamacpp's README), the host is the profile.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from provision.plan import PRIMARY_ENV, BackendDecision, PlanWarning
 from provision.planner.engines import EngineOutcome, glibc, py, skip
-from provision.planner.recipes import Recipes
+from provision.planner.recipes import EngineTable, Recipes
 from provision.planner.torch_choice import gpu_label
 from provision.planner.versions import at_least, vtuple
-from provision.profile import HostProfile, NvidiaDriver
+from provision.profile import GPU, HostProfile, NvidiaDriver
+
+# recipes/backends.toml [xllamacpp] driver_cuda: [driver branch, the CUDA it supports], newest first.
+DriverCudaTable = Sequence[Sequence[str]]
 
 
 def decide_xllamacpp(profile: HostProfile, recipes: Recipes) -> EngineOutcome:
@@ -90,11 +94,11 @@ def _cpu_wheel(why: str, fix: str) -> _XllamaChoice:
     )
 
 
-def _labels(gpus) -> list[str]:
+def _labels(gpus: Iterable[GPU]) -> list[str]:
     return list(dict.fromkeys(gpu_label(g) for g in gpus))
 
 
-def _driver_cuda(driver: NvidiaDriver, table: list) -> str | None:
+def _driver_cuda(driver: NvidiaDriver, table: DriverCudaTable) -> str | None:
     """The CUDA version the driver supports natively: as reported, else its driver branch's.
 
     NVML's cudaDriverGetVersion / nvidia-smi's "CUDA Version: 13.1" is the profile's
@@ -106,7 +110,7 @@ def _driver_cuda(driver: NvidiaDriver, table: list) -> str | None:
     return next((cuda for floor, cuda in table if branch and branch[0] >= int(floor)), None)
 
 
-def _branch_for_cuda(cuda: str, table: list) -> str | None:
+def _branch_for_cuda(cuda: str, table: DriverCudaTable) -> str | None:
     """The oldest driver branch that natively supports CUDA `cuda` (13.2 -> 595)."""
     fits = [int(floor) for floor, c in table if at_least(c, cuda)]
     return str(min(fits)) if fits else None
@@ -119,17 +123,22 @@ def _how_it_runs(sm: int, w: _CudaWheel) -> str:
 
 
 def _wheel_problems(
-    w: _CudaWheel, gpus, driver: str, driver_cuda: str | None, system: str, table: list
+    w: _CudaWheel,
+    gpus: Sequence[GPU],
+    driver: str,
+    driver_cuda: str | None,
+    system: str,
+    table: DriverCudaTable,
 ) -> tuple[list[str], str | None]:
     """Why this index cannot run every GPU here, and the driver that would fix it (None: none)."""
     problems: list[str] = []
-    needs = []
+    needs: list[str] = []
     floor = w.driver_windows if system == "windows" else w.driver_linux
     if not at_least(driver, floor):
         problems.append(f"driver {driver} is older than its floor {floor}")
         needs.append(floor)
     fixable = True
-    for label, sm in dict.fromkeys((gpu_label(g), g.sm) for g in gpus):
+    for label, sm in dict.fromkeys((gpu_label(g), g.sm) for g in gpus if g.sm is not None):
         if sm in w.sass:
             continue
         if not any(p <= sm for p in w.ptx):
@@ -148,7 +157,7 @@ def _wheel_problems(
     return problems, (max(needs, key=vtuple) if fixable and needs else None)
 
 
-def _xllamacpp_cuda(profile: HostProfile, e: dict) -> _XllamaChoice:
+def _xllamacpp_cuda(profile: HostProfile, e: EngineTable) -> _XllamaChoice:
     gpus = profile.nvidia_gpus
     names = ", ".join(_labels(gpus))
     if profile.nvidia is None:
@@ -190,7 +199,7 @@ def _xllamacpp_cuda(profile: HostProfile, e: dict) -> _XllamaChoice:
             continue
         runs = "; ".join(
             f"{label} runs its {_how_it_runs(sm, w)}"
-            for label, sm in dict.fromkeys((gpu_label(g), g.sm) for g in known)
+            for label, sm in dict.fromkeys((gpu_label(g), g.sm) for g in known if g.sm is not None)
         )
         why = (
             f"{w.index} wheel from xllamacpp's GPU index: {runs or names} "
@@ -206,7 +215,7 @@ def _xllamacpp_cuda(profile: HostProfile, e: dict) -> _XllamaChoice:
     return _XllamaChoice(None, choice.why, (*warnings, *choice.warnings))
 
 
-def _xllamacpp_rocm(profile: HostProfile, e: dict) -> _XllamaChoice:
+def _xllamacpp_rocm(profile: HostProfile, e: EngineTable) -> _XllamaChoice:
     gpus = profile.amd_gpus
     names = ", ".join(dict.fromkeys(f"{g.name} ({g.gfx or 'gfx unknown'})" for g in gpus))
     rocm = profile.rocm.version if profile.rocm else None
