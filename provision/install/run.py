@@ -154,7 +154,7 @@ class _Run:
         spec = choice.version_spec or ""
         # A build from the default index (index_url None) carries no variant tag to compare.
         same_build = torch is not None and (choice.index_url is None or torch.local_tag == choice.variant)
-        if same_build and not state_mod.unmet([f"torch{spec}"], current):
+        if torch is not None and same_build and not state_mod.unmet([f"torch{spec}"], current):
             pins = [f"torch=={torch.version}"]
             tv = current.get("torchvision")
             if tv and tv.local_tag == torch.local_tag:
@@ -247,7 +247,8 @@ class _Run:
                 self.reporter.say(f"[{env.name}] {backend.name}: already installed")
         except OperationFailed as e:
             rec.status, rec.reason = "failed", str(e)
-            rec.log = getattr(e, "log_path", None) and str(e.log_path)
+            log_path = getattr(e, "log_path", None)  # a failed source build names its log
+            rec.log = str(log_path) if log_path else None
             self.reporter.say(f"[{env.name}] {backend.name} FAILED: {e}")
         except KeyboardInterrupt:
             rec.status, rec.reason = "failed", "interrupted"
@@ -330,18 +331,19 @@ class _Run:
         """Verify's findings depend only on what is installed: same packages, same passing results."""
         prev = self.previous
         old_env = prev.environment(env.name) if prev else None
-        if old_env is None or old_env.packages != self.env_records[env.name].packages:
+        if prev is None or old_env is None or old_env.packages != self.env_records[env.name].packages:
             return False
         if old_env.verify_checks != checks_fingerprint():
             return False
         old = {b: prev.backend(b) for b in installed}
-        if not all(
-            r and r.status == "installed" and r.verify and all(c["ok"] for c in r.verify)
-            for r in old.values()
-        ):
+        passed = {
+            b: r for b, r in old.items()
+            if r and r.status == "installed" and r.verify and all(c["ok"] for c in r.verify)
+        }
+        if len(passed) != len(old):
             return False
-        for b in installed:
-            self.records[b].verify = [dict(c) for c in old[b].verify]
+        for b, r in passed.items():
+            self.records[b].verify = [dict(c) for c in r.verify]
         self.env_records[env.name].notes = list(old_env.notes)
         return True
 
@@ -421,7 +423,9 @@ def install_plan(
     run = _Run(plan, opts, reporter)
     if opts.check_disk:
         todo = [
-            b.name for b in plan.installs if not run.state(run.locations[b.environment]).get(_dist_name(b))
+            b.name
+            for b in plan.installs
+            if b.environment is not None and not run.state(run.locations[b.environment]).get(_dist_name(b))
         ]
         if todo:
             check_free_disk(

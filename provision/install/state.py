@@ -11,6 +11,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
@@ -65,8 +66,8 @@ class EnvState:
         return sorted(f"{d.name}=={d.version}" for d in self.dists.values())
 
 
-def parse_listing(data: dict) -> EnvState:
-    dists = {}
+def parse_listing(data: dict[str, Any]) -> EnvState:
+    dists: dict[str, Dist] = {}
     for name, d in data["dists"].items():
         key = canonicalize_name(name)
         direct = None
@@ -100,7 +101,8 @@ def unmet(
     own interpreter, so `xinference[transformers]` counts as met only when the extra's
     packages are there too. An empty list means a re-install would change nothing.
     """
-    markers = {**default_environment(), **state.markers}
+    # packaging's marker environment, overlaid with the target's own (all strings).
+    markers: dict[str, str] = {**cast("dict[str, str]", default_environment()), **state.markers}
     missing: list[str] = []
     seen: set[tuple[str, frozenset[str]]] = set()
     todo = [(r, "") for r in requirements]

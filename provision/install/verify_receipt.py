@@ -54,7 +54,7 @@ def verify_receipt(receipt: Receipt) -> list[dict]:
             dist = current.get(BACKEND_DISTS.get(name, name))
             ok = dist is not None and (rec is None or rec.version is None or dist.version == rec.version)
             detail = f"{name} {dist.version}" if dist else f"{name} is no longer installed in {env.prefix}"
-            if dist and not ok:
+            if dist and not ok and rec is not None:
                 detail += f", the receipt says {rec.version}"
             findings.append({"backend": name, "name": "version", "ok": ok, "detail": detail})
             if rec is not None:

@@ -223,8 +223,11 @@ def build(
     if builder == "uv":
         from provision.install.executor import uv_bin
 
+        uv = uv_bin()
+        if uv is None:
+            raise OperationFailed("uv is not installed: build with pip (--installer pip) or install uv")
         argv = [
-            uv_bin(),
+            uv,
             "build",
             "--wheel",
             "--python",
