@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from provision.install.receipt import BACKEND_DISTS, BackendRecord, EnvRecord, Receipt, write_receipt
-from tests.conftest import REPO, cli
+from tests.support.cli import REPO, cli
 
 FIX = Path(__file__).parent / "fixtures" / "models"
 PROFILES = Path(__file__).parent / "profiles"
