@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from provision.backends import check_known
 from provision.commands import options
 from provision.errors import UserError
 
@@ -21,6 +22,7 @@ def uninstall(backends: tuple[str, ...], venv_root: str | None) -> None:
     from provision.install.uninstall import uninstall_backend
     from provision.lock import root_lock
 
+    check_known(backends)
     root = Path(venv_root).expanduser() if venv_root else None
     path = receipt_path(root)
     if not path.exists():
