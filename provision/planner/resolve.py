@@ -180,11 +180,10 @@ def _failure_text(stderr: str) -> str:
 
 
 def uv_binary() -> str:
-    try:
-        from uv import find_uv_bin
-    except ImportError as e:
-        raise OperationFailed(f"plan --resolve needs uv (a dependency of xinfer-setup): {e}") from None
-    return find_uv_bin()
+    from uv import find_uv_bin  # uv is a dependency of xinfer-setup: it ships with it
+
+    found: str = find_uv_bin()
+    return found
 
 
 def resolve_environment(
