@@ -461,7 +461,17 @@ def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvE
         torch_variant=env.torch.variant if env.torch else None,
         gpu_archs=tuple(dict.fromkeys(archs)),
         llama_backends=tuple(llama.build.expected_backends) if llama and llama.build else (),
+        xllamacpp_build=_xllamacpp_build(plan),
     )
+
+
+def _xllamacpp_build(plan: Plan) -> str | None:
+    """The xllamacpp build planned, from the wheel index chosen: .../whl/cu128 -> cuda, .../rocm* -> hip."""
+    xl = plan.backend("xllamacpp")
+    if xl is None or xl.action != "install":
+        return None
+    leaf = xl.extra_index_urls[-1].rstrip("/").rsplit("/", 1)[-1] if xl.extra_index_urls else ""
+    return "cuda" if leaf.startswith("cu") else "hip" if leaf.startswith("rocm") else "cpu"
 
 
 def verify_environment(plan: Plan, env: Environment, python: Path, backends: tuple[str, ...]):
