@@ -39,6 +39,7 @@ class BackendRecipe:
     extras: tuple[str, ...] = ()
     xinference_engine: str | None = None
     adapter: str | None = None
+    python_min: str | None = None  # the oldest Python its wheels install on
     # The rest of the table: facts only the planner's rule for this backend reads.
     rules: Mapping[str, Any] = field(default_factory=dict)
 
@@ -50,7 +51,7 @@ class BackendRecipe:
 
 
 _COMMON = ("version", "dist", "import_check", "disk_mb", "environment", "needs_torch", "extras",
-           "xinference_engine", "adapter")
+           "xinference_engine", "adapter", "python_min")
 
 
 def read_recipe_text(name: str) -> str:
@@ -68,9 +69,14 @@ def read_recipe_text(name: str) -> str:
 
 
 def recipes_from_table(tables: Mapping[str, Any]) -> tuple[BackendRecipe, ...]:
-    """Typed records from backends.toml's tables; OperationFailed names the first bad entry."""
+    """Typed records from backends.toml's tables; OperationFailed names the first bad entry.
+
+    A table without `dist` is not a backend but planner facts of one (a variant such as a CPU
+    build of a GPU engine); the planner reads it by name."""
     out = []
     for name, t in tables.items():
+        if "dist" not in t:
+            continue
         try:
             env = t["environment"]
             if env not in _ENVIRONMENT_RULES:
@@ -87,6 +93,7 @@ def recipes_from_table(tables: Mapping[str, Any]) -> tuple[BackendRecipe, ...]:
                     extras=tuple(t.get("extras") or ()),
                     xinference_engine=t.get("xinference_engine"),
                     adapter=t.get("adapter"),
+                    python_min=t.get("python_min"),
                     rules={k: v for k, v in t.items() if k not in _COMMON},
                 )
             )

@@ -22,8 +22,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("provision.commands.plan", "plan", "Decide what to install, and why."),
     "install": ("provision.commands.install", "install", "Carry a plan out, with a receipt."),
     "verify": ("provision.commands.install", "verify", "Check what is installed against its receipt."),
+    "uninstall": ("provision.commands.uninstall", "uninstall", "Remove a backend; the receipt follows."),
+    "status": ("provision.commands.status", "status", "What is recorded, last verified, and changed since."),
     "smoke": ("smoke.command", "smoke", "Run a tiny local model on every installed engine."),
     "serve": ("provision.commands.serve", "serve", "Serve a model with the best engine here."),
+    "bundle": ("provision.commands.bundle", "bundle", "Download what a plan installs, for offline installs."),
 }
 
 

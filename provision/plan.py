@@ -1,8 +1,8 @@
 """The install plan (schema v1): what to install where, and why.
 
-The contract is ../shared/schemas/plan.v1.md. A plan is made by the pure function
-provision.planner.make_plan(profile, request, recipes) and carried out by
-provision.install. Beyond the v1 fields it says which *environment* each backend goes
+The schema is the dataclasses below, in the JSON form to_dict() writes (`plan --json`). A
+plan is made by the pure function provision.planner.make_plan(profile, request, recipes) and
+carried out by provision.install. Beyond the v1 fields it says which *environment* each backend goes
 into: engines whose pins conflict (vllm vs sglang vs xinference) never share one.
 """
 

@@ -79,13 +79,20 @@ def smoke(venv_root: Path | None, backends: tuple[str, ...], as_json: bool, cach
 
     from provision.probe import probe_host
     from provision.tiny_model import ensure_tiny_model
-    from smoke.runner import run_smoke
+    from smoke.runner import EngineResult, run_smoke
 
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         model = ensure_tiny_model(cache_dir)
         work_dir = Path(tempfile.mkdtemp(prefix="xinfer-smoke-"))
         report = run_smoke(installed, probe_host(), model, work_dir)
+        if not backends:
+            # An engine that is not installed (never, or uninstalled since) is a skip with its reason.
+            hint = f" --venv {venv_root}" if venv_root else ""
+            report.results += [
+                EngineResult(name, "skip", f"not installed (`xinfer-setup install --backend {name}{hint}`)")
+                for name in ADAPTERS if name not in installed
+            ]
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -10,10 +10,12 @@ hand-made ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,19 @@ TEST_SECRETS = ("s3cret-pw-4711", "tok3n-0815-xyz", "hf_test_token_2718")
 def assert_no_secret(text: str, where: str) -> None:
     leaked = [s for s in TEST_SECRETS if s in text]
     assert not leaked, f"{where} contains the test secret(s) {leaked}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest's default base temp (/tmp/pytest-of-USER/pytest-N) keeps the last three runs and deletes
+    # older ones: a second checkout's run deletes this run's provisioned environments under it. One
+    # base per checkout, emptied by pytest at the start of each run, keeps runs of different
+    # checkouts apart and the disk bounded (each provisioned root is a few GB).
+    if config.option.basetemp is None:
+        tag = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+        parent = Path(tempfile.gettempdir()) / "xinfer-setup-tests"
+        parent.mkdir(parents=True, exist_ok=True)
+        config.option.basetemp = str(parent / tag)
 
 
 def cli(
@@ -83,3 +98,16 @@ def _engine_pythons(request) -> dict[str, Path]:
     if python:
         return {name: Path(python) for name in ("transformers", "llama-cpp-python", "xllamacpp")}
     return dict(request.getfixturevalue("engine_env"))
+
+
+@pytest.fixture(scope="session")
+def host_bundle(tmp_path_factory) -> Path:
+    """The real `xinfer-setup bundle -o DIR --auto` for this machine, network on, made once per
+    session (about a minute with the llama-cpp-python wheel already in the wheelhouse; it is built
+    otherwise). Tests that change a bundle work on a copy or a symlink farm of it."""
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    done = cli("bundle", "-o", str(out), "--auto", "--json")
+    if done.returncode != 0:
+        pytest.fail(f"bundle --auto failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    (out.parent / "report.json").write_text(done.stdout)
+    return out

@@ -18,7 +18,8 @@ PROFILES = Path(__file__).parent / "profiles"
 
 def test_the_registry_lists_the_plan_backends_in_plan_order():
     expected = ("xinference", "transformers", "vllm", "sglang", "llama-cpp-python", "xllamacpp")
-    assert backends.names() == expected
+    assert backends.names()[: len(expected)] == expected  # a new backend goes after these
+    assert len(set(backends.names())) == len(backends.names())
     for b in backends.registry():
         assert b.version and b.dist and b.import_check and b.disk_mb > 0
         assert b.environment in ("primary", "own")
@@ -68,6 +69,8 @@ def test_unknown_backend_is_one_error_with_one_wording():
     [
         ({"x": {"version": "1", "dist": "x", "import_check": "import x", "disk_mb": 1, "needs_torch": False}},
          "environment"),
+        ({"x": {"dist": "x", "import_check": "import x", "disk_mb": 1, "needs_torch": False,
+                "environment": "own"}}, "version"),
         ({"x": {"version": "1", "dist": "x", "import_check": "import x", "disk_mb": 1, "needs_torch": False,
                 "environment": "shared"}}, "environment must be one of primary, own"),
         ({"x": {"version": "1", "dist": "x", "import_check": "i", "disk_mb": "lots", "needs_torch": False,
@@ -94,6 +97,48 @@ def test_recipes_are_read_from_a_source_checkout_without_install(tmp_path):
         f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
         "from provision.backends import names; print(','.join(names()))"
     )
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    argv = [sys.executable, "-I", "-S", "-c", code]
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("xinference,transformers")
+
+
+def _recipe(**kw):
+    base = dict(name="newengine", version="1.2.3", dist="newengine", import_check="import newengine",
+                disk_mb=100, environment="primary", needs_torch=False, extras=("server",))
+    return backends.BackendRecipe(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("profile", "recipe", "action", "environment", "reason"),
+    [
+        ("linux-h100-driver590", _recipe(), "install", "main", "newengine 1.2.3, as recipes/backends.toml"),
+        ("linux-h100-driver590", _recipe(environment="own", needs_torch=True), "install", "newengine",
+         "pins"),
+        ("linux-8x-a100-driver450", _recipe(python_min="3.10"), "skip", None, "needs Python >= 3.10"),
+        ("centos7-glibc2.17-cpu", _recipe(needs_torch=True), "skip", None,
+         "requires torch, and torch wheels"),
+    ],
+)
+def test_a_backend_without_its_own_rule_installs_its_recipe_pin(profile, recipe, action, environment, reason):
+    from provision.planner import load_recipes
+    from provision.planner.engines import decide_pinned
+    from provision.planner.torch_choice import choose_torch
+    from provision.profile import load_profile
+
+    p = load_profile(PROFILES / f"{profile}.json")
+    recipes = load_recipes()
+    torch = choose_torch(p, recipes, recipes.torch.index_base).choice
+    out = decide_pinned(p, recipes, recipe, torch)
+    assert (out.backend.action, out.backend.environment) == (action, environment)
+    assert reason in out.backend.reason + out.env_reason
+    if action == "install":
+        assert out.backend.packages == ("newengine[server]==1.2.3",)
+        assert (out.torch is not None) == (recipe.environment == "own")
+
+
+def test_a_table_without_dist_is_planner_facts_not_a_backend():
+    tables = {"a": {"version": "1", "dist": "a", "import_check": "import a", "disk_mb": 1,
+                    "environment": "primary", "needs_torch": False},
+              "a-cpu": {"distribution": "a-cpu", "version": "2"}}
+    assert [b.name for b in backends.recipes_from_table(tables)] == ["a"]

@@ -94,6 +94,9 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
 @click.option("--find-links", multiple=True, metavar="DIR|URL", help="Extra wheel location (repeatable).")
 @click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of this arch, not -march=native.")
 @click.option("--no-wait", is_flag=True, help="Fail (exit 1) instead of waiting when another run holds ROOT.")
+@click.option(
+    "--from-bundle", metavar="DIR", help="Install a bundle's plan from it alone, with no network (bundle -o)."
+)
 def install(
     auto,
     backends,
@@ -108,8 +111,12 @@ def install(
     find_links,
     portable,
     no_wait=False,
+    from_bundle=None,
 ):
     """Carry a plan out: environments, torch, engines, verify, receipt."""
+    if from_bundle:
+        _install_from_bundle(from_bundle, venv_root, installer, as_json, locals())
+        return
     _check_flags(auto, backends, profile_path, dry_run, from_receipt)
     from provision.install.executor import choose_installer
     from provision.install.pipconfig import read_index_config
@@ -150,7 +157,46 @@ def install(
         replay_hashes=replay_hashes,
         wait=not no_wait,
     )
-    receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
+    # A backend the user named is a promise to install it: one this host cannot run is a failure,
+    # reported after the others are done. Under --auto a skip is information.
+    impossible = [b for b in plan.backends if b.name in backends and b.action == "skip"]
+    receipt = None
+    if plan.installs or not impossible:
+        receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
+    if as_json:
+        report = receipt.to_dict() if receipt else {
+            "ok": False,
+            "backends": [{"name": b.name, "status": "skipped", "reason": b.reason} for b in impossible],
+        }
+        click.echo(json.dumps(report, indent=2))
+    if impossible:
+        raise OperationFailed("; ".join(f"{b.name}: {b.reason}" for b in impossible))
+    assert receipt is not None
+    _raise_unless_ok(receipt)
+
+
+def _install_from_bundle(bundle_dir: str, venv_root, installer, as_json: bool, flags: dict) -> None:
+    """The bundle carries its plan: flags that would make another plan or use an index are refused."""
+    given = {
+        "--auto": flags.get("auto"),
+        "--backend": flags.get("backends"),
+        "--profile": flags.get("profile_path"),
+        "--from-receipt": flags.get("from_receipt"),
+        "--dry-run": flags.get("dry_run"),
+        "--torch-index-url": flags.get("torch_index_url"),
+        "--index-url": flags.get("index_url"),
+        "--find-links": flags.get("find_links"),
+        "--portable": flags.get("portable"),
+    }
+    clash = [name for name, value in given.items() if value]
+    if clash:
+        raise UserError(f"--from-bundle installs the bundle's own plan: it takes no {', '.join(clash)}")
+    from provision.bundle.offline_install import install_from_bundle
+    from provision.install.executor import choose_installer
+    from provision.install.progress import Reporter
+
+    root = Path(venv_root).expanduser() if venv_root else None
+    receipt = install_from_bundle(bundle_dir, root, choose_installer(installer), Reporter())
     if as_json:
         click.echo(json.dumps(receipt.to_dict(), indent=2))
     _raise_unless_ok(receipt)

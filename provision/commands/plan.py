@@ -86,9 +86,19 @@ def plan_from_flags(
     help=f"Mirror of https://download.pytorch.org/whl (also ${TORCH_INDEX_ENV}).",
 )
 @click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of the arch, not -march=native.")
-def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portable):
+@click.option(
+    "--cache-key", "cache_key", is_flag=True, help="Print one stable line for CI caches."
+)
+def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portable, cache_key):
     """Decide what to install, and why. CMAKE_ARGS in the environment reach llama-cpp-python's build."""
+    if cache_key and (as_json or resolve):
+        raise UserError("--cache-key prints one line: it takes no --json or --resolve")
     the_plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable)
+    if cache_key:
+        from provision.bundle.cache_key import cache_key as key_of
+
+        click.echo(key_of(the_plan))
+        return
     report = None
     if resolve:
         from provision.planner.resolve import resolve_plan

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from provision.backends import registry
+from provision.backends import backend, registry
 from provision.errors import OperationFailed
 from provision.profile import HostProfile
 from provision.tiny_model import TinyModel
@@ -24,10 +24,6 @@ ENGINES_DIR = Path(__file__).parent
 ENGINE_PROBE = ENGINES_DIR / "engine_probe.py"
 XLLAMACPP_SERVE = ENGINES_DIR / "xllamacpp_serve.py"
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
-
-# vLLM and SGLang kernels need Turing or newer (their documented minimum).
-MIN_CUDA_SM_FOR_GPU_ONLY_ENGINES = 75
-
 
 def has_cuda_device(profile: HostProfile) -> bool:
     return bool(profile.nvidia_gpus) and profile.nvidia is not None
@@ -157,10 +153,13 @@ class _GpuOnlyAdapter(EngineAdapter):
             return False, f"{self.name} runs on Linux only (this is {profile.os.system})"
         if not has_cuda_device(profile):
             return False, f"{self.name} needs a CUDA device; none found"
+        # The oldest GPU generation its kernels run on: the recipe's sm_min (its documented minimum).
+        sm_min = int(backend(self.name).rules["sm_min"])
         sms = [g.sm for g in profile.nvidia_gpus if g.sm is not None]
-        if sms and max(sms) < MIN_CUDA_SM_FOR_GPU_ONLY_ENGINES:
+        if sms and max(sms) < sm_min:
             cc = max(g.compute_capability for g in profile.nvidia_gpus if g.compute_capability)
-            return False, f"{self.name} needs compute capability >= 7.5; the best GPU here has {cc}"
+            return False, (f"{self.name} needs compute capability >= {sm_min // 10}.{sm_min % 10}; "
+                           f"the best GPU here has {cc}")
         return True, "runs on the CUDA device"
 
 

@@ -47,6 +47,8 @@ class EnvRecord:
     notes: list[str] = field(default_factory=list)
     # Which version of verify's checks passed here: results are reused only under the same checks.
     verify_checks: str | None = None
+    # When verify last ran on this environment (UTC, ISO 8601); `status` reports it.
+    verified_at: str | None = None
 
 
 @dataclass
@@ -141,9 +143,13 @@ def write_receipt(receipt: Receipt, primary_prefix: Path) -> Path:
     return path
 
 
+def primary_prefix(venv_root: Path | None = None) -> Path:
+    """The environment that holds a root's receipt: ROOT/main, or this interpreter's."""
+    return Path(venv_root) / PRIMARY_ENV if venv_root is not None else Path(sys.prefix)
+
+
 def receipt_path(venv_root: Path | None = None) -> Path:
-    prefix = Path(venv_root) / PRIMARY_ENV if venv_root is not None else Path(sys.prefix)
-    return prefix / RECEIPT_REL
+    return primary_prefix(venv_root) / RECEIPT_REL
 
 
 def installed_backends(venv_root: Path | None = None) -> dict[str, InstalledBackend]:

@@ -32,6 +32,7 @@ from provision.install import wheelhouse
 from provision.install.disk import check_free_disk, estimate_disk_mb
 from provision.install.envs import EnvLocation, ensure_env, locate
 from provision.install.executor import Installer
+from provision.install.ledger import merge_receipts
 from provision.install.pipconfig import PYPI_SIMPLE, IndexConfig, read_index_config
 from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
@@ -54,6 +55,8 @@ class InstallOptions:
     check_disk: bool = True
     # Another run holding the root: wait for it (saying so), or fail at once naming its pid.
     wait: bool = True
+    # Installing from a bundle: no index is asked, not even whether the torch index answers.
+    offline: bool = False
 
 
 def env_extras(env: Environment, plan: Plan) -> list[str]:
@@ -131,13 +134,23 @@ class _Run:
             environments=list(self.env_records.values()),
             backends=list(self.records.values()),
             notes=self.notes,
-            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            created_at=_now(),
             tool_version=__version__,
         )
 
     def save(self) -> Path:
+        """Write what this run did into the root's receipt, keeping every entry still on disk."""
+        listings: dict[str, state_mod.EnvState | None] = {}
+
+        def present(rec: BackendRecord, env: EnvRecord) -> bool:
+            if env.python not in listings:
+                python = Path(env.python)
+                listings[env.python] = state_mod.read_state(python) if python.exists() else None
+            listing = listings[env.python]
+            return listing is not None and listing.get(_dist_name_of(rec.name)) is not None
+
         try:
-            return write_receipt(self.receipt(), self.primary.prefix)
+            return write_receipt(merge_receipts(self.previous, self.receipt(), present), self.primary.prefix)
         except OSError as e:
             # Written by rename: the previous receipt, if any, is still whole.
             raise OperationFailed(
@@ -187,7 +200,13 @@ class _Run:
         py_version = current.markers.get("python_version") or f"{sys.version_info[0]}.{sys.version_info[1]}"
         py_tag = "cp" + py_version.replace(".", "")
         source: TorchSource = resolve_torch_source(
-            choice.variant, choice.index_url, spec, self.index.sources, py_tag, self.plan.profile.os.arch
+            choice.variant,
+            choice.index_url,
+            spec,
+            self.index.sources,
+            py_tag,
+            self.plan.profile.os.arch,
+            **({"reachable": lambda _url: False} if self.opts.offline else {}),
         )
         self.reporter.say(f"[{env.name}] torch: {source.torch_requirement} ({source.reason})")
         extra = (source.index_url,) if source.index_url else ()
@@ -392,6 +411,7 @@ class _Run:
         for b in installed:
             self.records[b].verify = [dict(c) for c in old[b].verify]
         self.env_records[env.name].notes = list(old_env.notes)
+        self.env_records[env.name].verified_at = old_env.verified_at
         return True
 
     def verify_env(self, env: Environment, loc: EnvLocation) -> None:
@@ -406,6 +426,7 @@ class _Run:
         if self._reuse_verify(env, installed):
             self.reporter.say(f"[{env.name}] nothing changed since the last verified install")
             return
+        self.env_records[env.name].verified_at = _now()
         for check in verify_environment(self.plan, env, loc.python, installed):
             target = [check.backend] if check.backend in installed else list(installed)
             for b in target:
@@ -418,6 +439,10 @@ class _Run:
         ]
         for line in bad:
             self.reporter.say(f"[{env.name}] verify FAILED {line}")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def family_pins(state: state_mod.EnvState) -> list[str]:
@@ -446,7 +471,11 @@ def _previous_receipt(prefix: Path, reporter: Reporter) -> Receipt | None:
 
 
 def _dist_name(backend: BackendDecision) -> str:
-    return registry_backend(backend.name).dist
+    return _dist_name_of(backend.name)
+
+
+def _dist_name_of(backend: str) -> str:
+    return registry_backend(backend).dist
 
 
 def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:

@@ -37,8 +37,8 @@ class LlamaBuild:
 def translate_user_args(text: str, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], tuple[PlanWarning, ...]]:
     """A user's CMAKE_ARGS with legacy names replaced by today's; UserError for what has no translation.
 
-    Sample (the seed's ROCm line): '-DLLAMA_HIPBLAS=on' -> ('-DGGML_HIP=on',) and a warning that,
-    passed through, it would have built CPU-only.
+    Sample (a ROCm line from older install guides): '-DLLAMA_HIPBLAS=on' -> ('-DGGML_HIP=on',)
+    and a warning that, passed through, it would have built CPU-only.
     """
     try:
         tokens = shlex.split(text)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from provision import backends as registry
 from provision.errors import UserError
 from provision.plan import PRIMARY_ENV, BackendDecision, Environment, Plan, PlanRequest, PlanWarning
-from provision.planner import engines
+from provision.planner import engines, xllamacpp
 from provision.planner.recipes import Recipes
 from provision.planner.torch_choice import choose_torch
 from provision.profile import HostProfile
@@ -27,7 +27,7 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
         "llama-cpp-python": lambda: engines.decide_llama_cpp_python(
             profile, recipes, request.user_cmake_args, request.portable_cpu
         ),
-        "xllamacpp": lambda: engines.decide_xllamacpp(profile, recipes),
+        "xllamacpp": lambda: xllamacpp.decide_xllamacpp(profile, recipes),
         "vllm": lambda: engines.decide_vllm(profile, recipes, base),
         "sglang": lambda: engines.decide_sglang(profile, recipes, base),
     }
