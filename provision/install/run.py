@@ -38,7 +38,13 @@ from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
 from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
 from provision.install.torch_source import TORCH_FAMILY, TorchSource, is_torch_family, resolve_torch_source
-from provision.install.verify import EnvExpectation, checks_fingerprint, collect_facts, evaluate
+from provision.install.verify import (
+    EnvExpectation,
+    checks_fingerprint,
+    collect_facts,
+    evaluate,
+    xllamacpp_build_of,
+)
 from provision.plan import BackendDecision, Environment, Plan
 
 
@@ -499,8 +505,7 @@ def _xllamacpp_build(plan: Plan) -> str | None:
     xl = plan.backend("xllamacpp")
     if xl is None or xl.action != "install":
         return None
-    leaf = xl.extra_index_urls[-1].rstrip("/").rsplit("/", 1)[-1] if xl.extra_index_urls else ""
-    return "cuda" if leaf.startswith("cu") else "hip" if leaf.startswith("rocm") else "cpu"
+    return xllamacpp_build_of(tuple(xl.extra_index_urls))
 
 
 def verify_environment(plan: Plan, env: Environment, python: Path, backends: tuple[str, ...]):

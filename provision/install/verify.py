@@ -293,6 +293,12 @@ _GPU_LIBS = {
 }
 
 
+def xllamacpp_build_of(extra_index_urls: tuple[str, ...]) -> str:
+    """The xllamacpp build a plan chose, from its wheel index: .../whl/cu128 -> cuda, .../rocm* -> hip."""
+    leaf = extra_index_urls[-1].rstrip("/").rsplit("/", 1)[-1] if extra_index_urls else ""
+    return "cuda" if leaf.startswith("cu") else "hip" if leaf.startswith("rocm") else "cpu"
+
+
 def build_kind_of(loaded: list[str]) -> str:
     """cpu / cuda / hip from the shared libraries an extension module loaded on import."""
     for kind, prefixes in _GPU_LIBS.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from provision.install import state as state_mod
 from provision.install.receipt import BACKEND_DISTS, Receipt
-from provision.install.verify import EnvExpectation, collect_facts, evaluate
+from provision.install.verify import EnvExpectation, collect_facts, evaluate, xllamacpp_build_of
 from provision.profile import profile_from_dict
 
 
@@ -19,6 +19,12 @@ def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
     profile = profile_from_dict(receipt.profile)
     llama = next((b for b in plan.get("backends", []) if b["name"] == "llama-cpp-python"), None)
     llama_backends = tuple((llama.get("build") or {}).get("expected_backends") or ()) if llama else ()
+    xl = next((b for b in plan.get("backends", []) if b["name"] == "xllamacpp"), None)
+    xl_build = (
+        xllamacpp_build_of(tuple(xl.get("extra_index_urls") or ()))
+        if xl and xl.get("action") == "install"
+        else None
+    )
     out = {}
     for env in plan.get("environments", []):
         installed = tuple(
@@ -31,7 +37,9 @@ def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
             archs = [f"sm_{g.sm}" for g in profile.nvidia_gpus if g.sm]
         elif variant and variant.startswith("rocm"):
             archs = [g.gfx for g in profile.amd_gpus if g.gfx]
-        out[env["name"]] = EnvExpectation(installed, variant, tuple(dict.fromkeys(archs)), llama_backends)
+        out[env["name"]] = EnvExpectation(
+            installed, variant, tuple(dict.fromkeys(archs)), llama_backends, xl_build
+        )
     return out
 
 
