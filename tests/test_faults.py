@@ -59,6 +59,14 @@ def _one_line_error(stderr: str) -> str:
     return last
 
 
+def _rewrite(path: Path, change) -> None:
+    """Change an installed file as a new file: uv hardlinks installs to its cache, so writing in
+    place would change the cache and every other environment linked to it."""
+    tmp = path.with_name(path.name + ".drift")
+    tmp.write_text(change(path.read_text()))
+    os.replace(tmp, path)
+
+
 def _install(root: Path, *extra: str, **kw) -> subprocess.CompletedProcess:
     return cli("install", *BACKENDS, "--venv", str(root), *extra, **kw)
 
@@ -91,14 +99,16 @@ def test_drift_of_the_torch_build_is_named_and_repaired(root):
     lowest honest layer: the installed torch's own metadata and version module say +cu126, as a
     `pip install torch` from another index would leave them."""
     site = next((root / "main" / "lib").glob("python3*/site-packages"))
-    dist_info = next(site.glob("torch-*.dist-info"))
-    meta = dist_info / "METADATA"
-    meta.write_text(re.sub(r"(?m)^Version: .*$", "Version: 2.13.0+cu126", meta.read_text()))
-    version_py = site / "torch" / "version.py"
-    text = version_py.read_text()
-    text = re.sub(r"__version__ = .*", "__version__ = '2.13.0+cu126'", text)
-    text = re.sub(r"(?m)^cuda(: Optional\[str\])? = .*$", "cuda: Optional[str] = '12.6'", text)
-    version_py.write_text(text)
+    meta = next(site.glob("torch-*.dist-info")) / "METADATA"
+    _rewrite(meta, lambda t: re.sub(r"(?m)^Version: .*$", "Version: 2.13.0+cu126", t))
+    _rewrite(
+        site / "torch" / "version.py",
+        lambda t: re.sub(
+            r"(?m)^cuda(: Optional\[str\])? = .*$",
+            "cuda: Optional[str] = '12.6'",
+            re.sub(r"__version__ = .*", "__version__ = '2.13.0+cu126'", t),
+        ),
+    )
     verified = cli("verify", "--venv", str(root), "--json")
     assert verified.returncode == 1
     failed = [c for c in json.loads(verified.stdout)["checks"] if not c["ok"]]
