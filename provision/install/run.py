@@ -338,6 +338,7 @@ class _Run:
             self.reporter,
             self.cache,
             sources=self._hash_sources(),
+            installer_env=self.installer.env(),
         )
         rec.source = wheel.as_uri()
         self._record_wheel_hash(backend, wheel)
