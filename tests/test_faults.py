@@ -99,8 +99,13 @@ def test_drift_of_the_torch_build_is_named_and_repaired(root):
     lowest honest layer: the installed torch's own metadata and version module say +cu126, as a
     `pip install torch` from another index would leave them."""
     site = next((root / "main" / "lib").glob("python3*/site-packages"))
-    meta = next(site.glob("torch-*.dist-info")) / "METADATA"
-    _rewrite(meta, lambda t: re.sub(r"(?m)^Version: .*$", "Version: 2.13.0+cu126", t))
+    old_info = next(site.glob("torch-*.dist-info"))
+    new_info = site / "torch-2.13.0+cu126.dist-info"
+    # What another build's install leaves: its version in the metadata, the dist-info's name
+    # (what uv reads) and the RECORD's paths; torch.version says what the library was built for.
+    _rewrite(old_info / "METADATA", lambda t: re.sub(r"(?m)^Version: .*$", "Version: 2.13.0+cu126", t))
+    _rewrite(old_info / "RECORD", lambda t: t.replace(old_info.name, new_info.name))
+    old_info.rename(new_info)
     _rewrite(
         site / "torch" / "version.py",
         lambda t: re.sub(
