@@ -181,17 +181,19 @@ def test_sigkill_mid_step_then_the_rerun_repairs(root):
 
 
 def test_two_installs_on_one_root_one_waits_both_end_valid(root):
-    _remove(root, "xllamacpp")
+    for dist in ("xllamacpp", "llama-cpp-python", "transformers"):
+        _remove(root, dist)  # enough work that the first run holds the root for a while
     first = _start_install(root)
-    _wait_for(first, "installing xllamacpp")
+    _wait_for(first, "installing transformers")
+    second = _start_install(root)
     busy = cli("install", *BACKENDS, "--venv", str(root), "--no-wait")
     assert busy.returncode == 1
     assert f"in use by pid {first.pid}" in _one_line_error(busy.stderr)
-    second = _install(root, timeout=900)
-    first_rest = first.communicate(timeout=600)[1]
+    first_rest = first.communicate(timeout=900)[1]
+    second_err = second.communicate(timeout=900)[1]
     assert first.returncode == 0, first_rest[-2000:]
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert f"in use by pid {first.pid}" in second.stderr and "waiting" in second.stderr
+    assert second.returncode == 0, second_err[-2000:]
+    assert f"in use by pid {first.pid}" in second_err and "waiting" in second_err
     assert _receipt(root).ok
     assert cli("verify", "--venv", str(root)).returncode == 0
 
