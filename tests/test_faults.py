@@ -273,6 +273,11 @@ def test_disk_full_mid_install_is_one_line_and_the_rest_stays_intact(small_tmpfs
     assert "No space left on device" in stderr or "space" in last, stderr[-2000:]
     receipt = _receipt(root)  # whole: the previous receipt or a new one, never half
     assert receipt.backend("xllamacpp").status == "installed"
-    filler.unlink()
     _claims_hold(root)
+    verified = cli("verify", "--venv", str(root), "--json")
+    failing = {c["backend"] for c in json.loads(verified.stdout)["checks"] if not c["ok"]}
+    assert failing == {"llama-cpp-python"}, verified.stdout[-2000:]  # xllamacpp's env is intact
+    filler.unlink()
+    again = cli("install", "--backend", "xllamacpp", "--backend", "llama-cpp-python", "--venv", str(root))
+    assert again.returncode == 0, again.stderr[-2000:]
     assert cli("verify", "--venv", str(root)).returncode == 0
