@@ -10,7 +10,7 @@ from pathlib import Path
 
 from provision.install import state as state_mod
 from provision.install.receipt import BACKEND_DISTS, Receipt
-from provision.install.verify import EnvExpectation, collect_facts, evaluate, gpu_archs
+from provision.install.verify import EnvExpectation, collect_facts, evaluate, gpu_archs, xllamacpp_build_of
 from provision.profile import profile_from_dict
 
 
@@ -19,6 +19,12 @@ def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
     profile = profile_from_dict(receipt.profile)
     llama = next((b for b in plan.get("backends", []) if b["name"] == "llama-cpp-python"), None)
     llama_backends = tuple((llama.get("build") or {}).get("expected_backends") or ()) if llama else ()
+    xl = next((b for b in plan.get("backends", []) if b["name"] == "xllamacpp"), None)
+    xl_build = (
+        xllamacpp_build_of(tuple(xl.get("extra_index_urls") or ()))
+        if xl and xl.get("action") == "install"
+        else None
+    )
     out = {}
     for env in plan.get("environments", []):
         installed = tuple(
@@ -26,7 +32,9 @@ def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
         )
         torch = env.get("torch")
         variant = torch["variant"] if torch else None
-        out[env["name"]] = EnvExpectation(installed, variant, gpu_archs(profile, variant), llama_backends)
+        out[env["name"]] = EnvExpectation(
+            installed, variant, gpu_archs(profile, variant), llama_backends, xl_build
+        )
     return out
 
 

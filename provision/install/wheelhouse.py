@@ -310,6 +310,7 @@ def build(
     reporter: Reporter,
     root: Path | None = None,
     sources: tuple[str, ...] = (),
+    installer_env: dict[str, str] | None = None,
 ) -> Path:
     """The wheel for req: from the wheelhouse when built before (and unchanged), else built now (logged).
 
@@ -319,10 +320,36 @@ def build(
     if cached is not None:
         reporter.say(f"{PROJECT} {req.version}: using the wheel built before ({cached.parent.name})")
         return cached
+    from provision.lock import root_lock
+
+    # One build per key at a time: two would share the fixed build tree (and waste the cores);
+    # the one that waited then finds the other's wheel.
+    with root_lock(root / "build" / f".lock-{req.key}", wait=True, say=reporter.say):
+        cached = checked_wheel(req.key, root, reporter)
+        if cached is not None:
+            reporter.say(f"{PROJECT} {req.version}: using the wheel built meanwhile ({cached.parent.name})")
+            return cached
+        return _build(
+            req, builder, target_python, index_flags, pip_flags, reporter, root, sources, installer_env or {}
+        )
+
+
+def _build(
+    req: BuildRequest,
+    builder: str,
+    target_python: Path,
+    index_flags: list[str],
+    pip_flags: list[str],
+    reporter: Reporter,
+    root: Path,
+    sources: tuple[str, ...],
+    installer_env: dict[str, str],
+) -> Path:
     src = ensure_source(ensure_sdist(req.version, pip_flags, reporter, root, sources), req.version, root)
     log_path = root / "logs" / f"{PROJECT}-{req.key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     args = req.effective_args + compiler_launchers(req.effective_args)
     env = {
+        **installer_env,  # pip's cert/proxy settings for uv's build-environment downloads
         "CMAKE_ARGS": " ".join(args),
         "FORCE_CMAKE": "1",
         "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
