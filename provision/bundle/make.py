@@ -419,7 +419,7 @@ class _Bundler:
 
     def built_wheels(self) -> None:
         """The llama-cpp-python wheel built here, when the target can run it."""
-        from provision.install.api import build_request
+        from provision.install.run import wheel_build_request as build_request
 
         host_arch = (
             "aarch64" if sys.platform == "linux" and _machine() in ("aarch64", "arm64") else _machine()

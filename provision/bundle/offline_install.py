@@ -123,9 +123,9 @@ def install_from_bundle(
     reporter: Reporter | None = None,
 ):
     """Verify the bundle, then install its plan from it with no network. Returns the receipt."""
-    from provision.install.api import InstallOptions, install_plan
     from provision.install.envs import locate
     from provision.install.receipt import write_receipt
+    from provision.install.run import InstallOptions, install_plan
     from provision.plan import PRIMARY_ENV
 
     root = Path(bundle_dir).expanduser().absolute()
