@@ -54,10 +54,10 @@ def test_changes_with_a_recipe_and_the_tool_version():
     done = cli("plan", "--auto", "--profile", str(H100), "--json")
     plan = plan_from_dict(json.loads(done.stdout))
     recipes = _recipes()
-    assert "engines.toml" in recipes and "torch.toml" in recipes
+    assert "backends.toml" in recipes and "torch.toml" in recipes
     base = cache_key(plan, recipes)
     assert cache_key(plan, dict(recipes)) == base
-    changed = {**recipes, "engines.toml": recipes["engines.toml"] + "\n# a comment is a change too\n"}
+    changed = {**recipes, "backends.toml": recipes["backends.toml"] + "\n# a comment is a change too\n"}
     assert cache_key(plan, changed) != base
     assert cache_key(plan, recipes, version="0.2.0") != base
     # The profile loaded again, and the plan made from it again, give the same key.

@@ -241,7 +241,7 @@ class _Bundler:
                 continue
             version = b.version or ""
             sdist = wheelhouse.ensure_sdist(
-                version, self.index.pip_flags(), self.reporter, wheelhouse.cache_root()
+                version, self.index.pip_flags(), self.reporter, wheelhouse.cache_root(), self.index.sources
             )
             self.sdists[b.name] = sdist
             if not self.dry_run:
@@ -419,7 +419,7 @@ class _Bundler:
 
     def built_wheels(self) -> None:
         """The llama-cpp-python wheel built here, when the target can run it."""
-        from provision.install.run import wheel_build_request as build_request
+        from provision.install.run import wheel_build_request
 
         host_arch = (
             "aarch64" if sys.platform == "linux" and _machine() in ("aarch64", "arm64") else _machine()
@@ -435,7 +435,7 @@ class _Bundler:
                     f"{self.target.python}); the target builds it from the bundled sdist"
                 )
                 continue
-            req = build_request(self.plan, b)
+            req = wheel_build_request(self.plan, b)
             wheel = wheelhouse.built_wheel(req.key)
             if wheel is None and self.build_missing and not self.dry_run:
                 wheel = wheelhouse.build(
@@ -445,6 +445,7 @@ class _Bundler:
                     Installer("uv", self.index).build_flags(),
                     self.index.pip_flags(),
                     self.reporter,
+                    sources=self.index.sources,
                 )
             if wheel is None:
                 self.notes.append(
@@ -552,16 +553,26 @@ def make_bundle(
         build_missing,
         include_tool,
     )
-    if not dry_run:
-        check_out_dir(out, b.target)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / PARTIAL).write_text("an xinfer-setup bundle being made; MANIFEST.json comes last\n")
+    if dry_run:
+        return _make(b, started)
+    check_out_dir(out, b.target)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PARTIAL).write_text("an xinfer-setup bundle being made; MANIFEST.json comes last\n")
+    from provision.lock import root_lock
+
+    # One writer per bundle directory, as for an environment root (install and fleet take it too).
+    with root_lock(out, wait=True, say=b.reporter.say):
+        return _make(b, started)
+
+
+def _make(b: _Bundler, started: float) -> BundleReport:
+    plan, out, dry_run = b.plan, b.out, b.dry_run
     b.built_sdists()
     for env in installed_envs(plan):
         reqs, excluded, extra, notes = b.env_requirements(env)
         b.lock_and_fetch(env.name, env.python or b.target.python, reqs, excluded, extra, notes)
     b.build_backends()
-    if include_tool:
+    if b.include_tool:
         b.tool()
     b.built_wheels()
     report = BundleReport(out, b.target, dry_run, b.summaries, b.notes)

@@ -39,7 +39,7 @@ def _wait_up(root: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 
 def main(python: str, bundle: str, home: str, port: str, package: str) -> int:
-    from smoke.tiny_model import ensure_tiny_model
+    from provision.tiny_model import ensure_tiny_model
 
     facts = inspect_model(ensure_tiny_model().hf_dir)
     home_p = Path(home)
