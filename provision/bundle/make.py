@@ -232,6 +232,7 @@ class _Bundler:
         self.kept: dict[str, str] = {}  # bundle-relative path -> role
         self.sdists: dict[str, Path] = {}  # built backend -> its sdist (in the cache)
         self.built: dict[str, str] = {}
+        self.hashes: dict[str, str] = {}  # bundle-relative path -> sha256 verified this run
 
     # -- pieces
 
@@ -344,6 +345,7 @@ class _Bundler:
             summary.reused = sum(1 for g in got if g.reused)
             for g in got:
                 self.kept[f"wheels/{g.path.name}"] = g.file.kind
+                self.hashes[f"wheels/{g.path.name}"] = g.file.sha256  # checked by the fetch just now
         self.summaries.append(summary)
         self.env_locks[name] = lock
         return lock
@@ -479,12 +481,14 @@ class _Bundler:
         """DIR/simple: the wheels as a PEP 503 index, for tools that want an index URL (Xinference)."""
         from provision.bundle.xinference_env import write_simple_index
 
-        for page in write_simple_index(self.out):
+        known = {Path(rel).name: h for rel, h in self.hashes.items() if rel.startswith("wheels/")}
+        for page in write_simple_index(self.out, known):
             self.kept[page.relative_to(self.out).as_posix()] = "index"
 
     def manifest(self, seconds: float) -> Manifest:
         files: list[FileEntry] = [
-            entry_for(self.out, self.out / rel, role) for rel, role in sorted(self.kept.items())
+            entry_for(self.out, self.out / rel, role, self.hashes.get(rel))
+            for rel, role in sorted(self.kept.items())
         ]
         envs = {
             name: {
