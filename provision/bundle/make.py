@@ -353,7 +353,7 @@ class _Bundler:
     def build_backends(self) -> None:
         """Wheels of the build backends every sdist in the bundle asks for."""
         default = list(self.bundle_recipes["default_build_requires"])
-        dynamic = {
+        dynamic: dict[str, list[str]] = {
             canonicalize_name(k): list(v) for k, v in self.bundle_recipes["dynamic_build_requires"].items()
         }
         sdists: list[Path] = list(self.sdists.values())
