@@ -402,8 +402,9 @@ class _Bundler:
         with tempfile.TemporaryDirectory(prefix="xinfer-bundle-tool-") as tmp:
             argv = [
                 self.uv,
+                # sdist first, then the wheel from it: a stale build/ in the checkout (setuptools
+                # keeps files there that the source no longer has) cannot leak into the wheel.
                 "build",
-                "--wheel",
                 "--out-dir",
                 tmp,
                 *Installer("uv", self.index).build_flags(),
