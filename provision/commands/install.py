@@ -191,7 +191,9 @@ def _install_from_bundle(bundle_dir: str, venv_root, installer, as_json: bool, f
     from provision.install.progress import Reporter
 
     root = Path(venv_root).expanduser() if venv_root else None
-    receipt = install_from_bundle(bundle_dir, root, choose_installer(installer), Reporter())
+    receipt = install_from_bundle(
+        bundle_dir, root, choose_installer(installer), Reporter(), wait=not flags.get("no_wait")
+    )
     if as_json:
         click.echo(json.dumps(receipt.to_dict(), indent=2))
     _raise_unless_ok(receipt)
