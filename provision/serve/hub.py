@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,26 @@ class HubModel:
     config: dict[str, Any]
     weights_bytes: int | None
     snapshot: Path | None  # the cached snapshot directory, when the model is in the cache
+
+
+def _quiet() -> None:
+    """huggingface_hub warns on stderr about every retry; our errors say it in one line."""
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def _reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
+    """Whether the hub's host accepts a connection; huggingface_hub would retry for ~25 s."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _offline() -> bool:
@@ -88,6 +109,7 @@ def resolve_hub_model(repo_id: str, revision: str | None) -> HubModel:
         config_path = None
     except errors.HFValidationError as e:
         raise UserError(f"{repo_id}: not a valid Hugging Face id ({e})") from None
+    _quiet()
     if config_path is not None:
         snapshot = Path(config_path).parent
         return HubModel(repo_id, revision, "hf-cache", _read_json(config_path), _cached_weights_bytes(snapshot),
@@ -97,6 +119,11 @@ def resolve_hub_model(repo_id: str, revision: str | None) -> HubModel:
 
         raise UserError(f"{repo_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
                         "HF_HUB_OFFLINE is set")
+    from huggingface_hub import constants
+
+    if not _reachable(constants.ENDPOINT):
+        raise UserError(f"{repo_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub "
+                        f"({constants.ENDPOINT}) cannot be reached")
     try:
         config_path = hf_hub_download(repo_id, "config.json", revision=revision)
     except errors.RemoteEntryNotFoundError:
