@@ -80,18 +80,27 @@ class RegistrySpec:
 def _specs(name: str, fam: dict[str, Any]) -> list[RegistrySpec]:
     base = {k: v for k, v in fam.items() if k != "model_specs"}
     out = []
+    # Specs of one size share the model's shape; some (GPTQ) state no model_metadata of their own.
+    shapes: dict[str, dict[str, Any]] = {}
+    for spec in fam.get("model_specs", []):
+        for s in (spec.get("model_src") or {}).values():
+            if s.get("model_metadata"):
+                shapes.setdefault(str(spec.get("model_size_in_billions")), s["model_metadata"])
     for spec in fam.get("model_specs", []):
         fmt = spec.get("model_format")
         srcs = spec.get("model_src") or {}
         hf = srcs.get("huggingface") or {}
         quants = hf.get("quantizations") or next((s.get("quantizations") for s in srcs.values()), None) or []
         # model_metadata sits beside one or more hubs' ids; the shape is the same model's.
-        meta = next((s["model_metadata"] for s in [hf, *srcs.values()] if s.get("model_metadata")), {})
+        meta = next((s["model_metadata"] for s in [hf, *srcs.values()] if s.get("model_metadata")),
+                    shapes.get(str(spec.get("model_size_in_billions")), {}))
         template = hf.get("model_file_name_template")
         for q in quants:
             out.append(RegistrySpec(
                 model_name=name, model_format=fmt, size=str(spec.get("model_size_in_billions")),
-                quantization=q, hub_id=hf.get("model_id"),
+                quantization=q,
+                # GPTQ ids name the quantization: "Qwen/Qwen2.5-7B-Instruct-GPTQ-{quantization}".
+                hub_id=hf["model_id"].replace("{quantization}", q) if hf.get("model_id") else None,
                 file_name=template.format(quantization=q) if fmt == "ggufv2" and template
                 and not hf.get("model_file_name_split_template") else None,
                 metadata=meta, family=base))

@@ -132,8 +132,16 @@ def candidates(req: ServeRequest, all_installed: dict[str, InstalledBackend]) ->
         return [replace(local_candidate(p), served_name=TINY) for p in (tiny.hf_dir, tiny.gguf_path)]
 
     def registry() -> Path | None:
-        xinf = all_installed.get("xinference")
-        return registry_dir(xinf.prefix) if xinf else None
+        # The registry of the Xinference installed here (with --profile too: the other machine's
+        # engines are hypothetical, the registry files must be real).
+        from provision.install.receipt import installed_backends
+
+        for installed in (installed_backends(req.venv_root), all_installed):
+            xinf = installed.get("xinference")
+            found = registry_dir(xinf.prefix) if xinf else None
+            if found:
+                return found
+        return None
 
     opts = SourceOptions(req.revision, req.size, req.model_format, req.quantization)
     return resolve_model(req.model, opts, registry, load_fit_facts())
