@@ -48,7 +48,8 @@ def test_built_in_name_picks_the_best_spec_that_fits(serve_root):  # noqa: F811
     # A CPU with 31 GiB: Mixtral only as a GGUF.
     d = json.loads(_dry(serve_root, "mixtral-instruct-v0.1", "--profile",
                         str(PROFILES / "linux-graviton3-cpu.json")).stdout)
-    assert d["format"] == "ggufv2" and d["engine"] in ("xllamacpp", "llama-cpp-python") and d["memory"]["fits"]
+    assert d["format"] == "ggufv2" and d["memory"]["fits"]
+    assert d["engine"] in ("xllamacpp", "llama-cpp-python")
     # Four H100s: the unquantized 70B, spanning them.
     d = json.loads(_dry(serve_root, "llama-3.1-instruct", "--size", "70", "--profile",
                         str(PROFILES / "linux-4x-h100-driver590.json")).stdout)
@@ -89,7 +90,8 @@ def _cal_model_mem(python: Path, home: Path, name: str, size: str, config: Path)
     (cache / "config.json").write_text(config.read_text())
     done = subprocess.run([str(python.parent / "xinference"), "cal-model-mem", "-n", name, "-s", size, "-f",
                            "pytorch", "-q", "none", "-c", str(CONTEXT)], capture_output=True, text=True,
-                          timeout=300, env={"XINFERENCE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                          timeout=300, env={"XINFERENCE_HOME": str(home), "HF_HUB_OFFLINE": "1",
+                                            "PYTHONUNBUFFERED": "1",
                                             "PATH": "/usr/bin:/bin"})
     m = re.search(r"total: (\d+) MB", done.stdout)
     if m is None:
@@ -110,7 +112,8 @@ def test_estimate_within_15_percent_of_cal_model_mem(serve_root, tmp_path):  # n
     for name, size, fixture in REFERENCE:
         cand = local_candidate(FIX / "hf" / fixture)
         ours = fit_model(FitInput(cand.weights_bytes, cand.shape, "vllm", 2, 2, CONTEXT), big, facts)
-        ref = _cal_model_mem(python, tmp_path / "xinference-home", name, size, FIX / "hf" / fixture / "config.json")
+        config = FIX / "hf" / fixture / "config.json"
+        ref = _cal_model_mem(python, tmp_path / "xinference-home", name, size, config)
         ours_mib = ours.need_gib * 1024
         if ref is None:
             rows.append(f"| {fixture} | {ours_mib:.0f} | n/a (cal-model-mem has no estimate for it) | |")
@@ -119,6 +122,7 @@ def test_estimate_within_15_percent_of_cal_model_mem(serve_root, tmp_path):  # n
         rows.append(f"| {fixture} | {ours_mib:.0f} | {ref} | {diff:+.1%} |")
         compared += 1
         assert abs(diff) <= 0.15, rows[-1]
-    print("\n| model (context 8192) | ours (MiB) | cal-model-mem (MiB) | difference |\n| --- | --- | --- | --- |")
+    print("\n| model (context 8192) | ours (MiB) | cal-model-mem (MiB) | difference |")
+    print("| --- | --- | --- | --- |")
     print("\n".join(rows))
     assert compared >= 3

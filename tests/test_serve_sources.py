@@ -72,7 +72,8 @@ def test_hf_id_from_the_cache_offline(hub_env, tmp_path):
     assert d["engine"] == "vllm" and d["family"] == "llama-3"
     assert d["memory"]["weights_gib"] == round(16060522496 / 2**30, 2)
     assert d["memory"]["context_length"] == 8192 and d["memory"]["fits"] is True
-    assert d["command"][d["command"].index("--served-model-name") + 1] == "meta-llama/Meta-Llama-3-8B-Instruct"
+    cmd = d["command"]
+    assert cmd[cmd.index("--served-model-name") + 1] == "meta-llama/Meta-Llama-3-8B-Instruct"
 
 
 def test_hf_id_not_cached_and_offline_is_one_line(hub_env):

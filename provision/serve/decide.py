@@ -52,7 +52,8 @@ class Planned:
         """GPUs beyond those selected stay invisible to the engine."""
         if self.target.kind != "cuda":
             return {}
-        return {"CUDA_VISIBLE_DEVICES": ",".join(str(d.index) for d in self.target.devices[: max(self.fit.devices, 1)])}
+        used = self.target.devices[: max(self.fit.devices, 1)]
+        return {"CUDA_VISIBLE_DEVICES": ",".join(str(d.index) for d in used)}
 
 
 def _shape_or_guess(c: Candidate) -> ModelShape:
@@ -116,7 +117,8 @@ def decide_serving(candidates: Sequence[Candidate], profile: HostProfile, instal
     fallback: Planned | None = None
     for group in groups:
         try:
-            choice = choose_engine([c.facts for c in group], profile, installed, rules, opts.engine, hint_args)
+            choice = choose_engine([c.facts for c in group], profile, installed, rules, opts.engine,
+                                   hint_args)
         except UserError as e:
             first_error = first_error or e
             continue

@@ -76,7 +76,8 @@ def _hub_error(repo_id: str, revision: str | None, e: Exception) -> UserError:
 
     rev = f" at revision {revision}" if revision else ""
     if isinstance(e, errors.GatedRepoError):
-        return UserError(f"{repo_id} is gated on the Hugging Face hub: accept its license there and set HF_TOKEN")
+        return UserError(f"{repo_id} is gated on the Hugging Face hub: accept its license there and "
+                         "set HF_TOKEN")
     if isinstance(e, errors.RevisionNotFoundError):
         return UserError(f"{repo_id} has no revision {revision} on the Hugging Face hub")
     if isinstance(e, errors.RepositoryNotFoundError):
@@ -84,7 +85,8 @@ def _hub_error(repo_id: str, revision: str | None, e: Exception) -> UserError:
                          "for an Xinference built-in name, drop the owner/")
     from huggingface_hub import constants
 
-    return UserError(f"{repo_id}{rev} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub "
+    return UserError(f"{repo_id}{rev} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                     "the hub "
                      f"({constants.ENDPOINT}) cannot be reached: {type(e).__name__}")
 
 
@@ -112,8 +114,8 @@ def resolve_hub_model(repo_id: str, revision: str | None) -> HubModel:
     _quiet()
     if config_path is not None:
         snapshot = Path(config_path).parent
-        return HubModel(repo_id, revision, "hf-cache", _read_json(config_path), _cached_weights_bytes(snapshot),
-                        snapshot)
+        return HubModel(repo_id, revision, "hf-cache", _read_json(config_path),
+                        _cached_weights_bytes(snapshot), snapshot)
     if _offline():
         from huggingface_hub import constants
 
@@ -139,7 +141,8 @@ def _hub_weights_bytes(repo_id: str, revision: str | None) -> int | None:
     from huggingface_hub import HfApi, errors, hf_hub_download
 
     try:
-        total = _read_json(hf_hub_download(repo_id, INDEX, revision=revision)).get("metadata", {}).get("total_size")
+        index = _read_json(hf_hub_download(repo_id, INDEX, revision=revision))
+        total = index.get("metadata", {}).get("total_size")
         return total if isinstance(total, int) else None
     except errors.RemoteEntryNotFoundError:
         pass

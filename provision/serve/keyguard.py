@@ -119,7 +119,8 @@ def _handler(upstream_host: str, upstream_port: int, api_key: str | None, served
                 if isinstance(payload, dict) and "model" in payload:
                     if payload["model"] not in (served_name, upstream_name):
                         self._send_json(404, _error_body(
-                            404, f"model {payload['model']!r} is not served here; this serves {served_name!r}",
+                            404, f"model {payload['model']!r} is not served here; "
+                            f"this serves {served_name!r}",
                             "model_not_found"))
                         return
                     payload["model"] = upstream_name

@@ -123,7 +123,8 @@ def built_in_specs(models_dir: Path, name: str, size: str | None, model_format: 
     if fam is None:
         close = difflib.get_close_matches(name, list(families), n=5, cutoff=0.6)
         hint = f"; close names: {', '.join(close)}" if close else ""
-        raise UserError(f"{name}: not a local path, not a Hugging Face id (owner/name), and not an Xinference "
+        raise UserError(f"{name}: not a local path, not a Hugging Face id (owner/name), and not an "
+                        "Xinference "
                         f"built-in model name{hint}")
     name = fam["model_name"]
     specs = [s for s in _specs(name, fam) if s.model_format in SERVABLE_FORMATS]

@@ -182,7 +182,8 @@ def decide(req: ServeRequest) -> Decision:
     hint_args = f" --venv {req.venv_root}" if req.venv_root else ""
     installed = installed_for_via(all_installed, hint_args) if req.via else all_installed
     port = req.port or DEFAULT_PORTS["xinference" if req.via else "native"]
-    opts = ServeOptions(req.engine, req.max_model_len, req.gpus, req.dtype, req.gpu_memory_fraction, req.force)
+    opts = ServeOptions(req.engine, req.max_model_len, req.gpus, req.dtype, req.gpu_memory_fraction,
+                        req.force)
     planned = decide_serving(cands, profile, frozenset(installed), load_serve_rules(), load_fit_facts(), opts,
                              req.host, port, hint_args)
     served = planned.candidate.served_name
@@ -333,7 +334,8 @@ def _serve_via_xinference(req: ServeRequest, d: Decision, say: Callable[[str], N
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     server = XinferenceServer(d.command, host=d.host, port=d.port, log_path=rd / "xinference.log",
-                              env={**xinference_env(home, auth), **d.env}, ready_timeout_s=XINFERENCE_READY_TIMEOUT_S)
+                              env={**xinference_env(home, auth), **d.env},
+                              ready_timeout_s=XINFERENCE_READY_TIMEOUT_S)
     say(f"engine: {d.choice.engine} via Xinference ({d.choice.reason})")
     say(f"log: {server.log_path}")
     started = time.perf_counter()

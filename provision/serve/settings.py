@@ -52,7 +52,8 @@ def run_dtype(checkpoint_dtype: str | None, target: Target, profile: HostProfile
     sms = [g.sm for g in profile.nvidia_gpus if g.sm is not None]
     bf16_ok = bool(sms) and min(sms) >= BF16_MIN_SM
     if own == "bfloat16" and not bf16_ok:
-        return "float16", f"the model is bfloat16 but sm_{min(sms) if sms else '?'} < sm_{BF16_MIN_SM} has no bf16"
+        sm = min(sms) if sms else "?"
+        return "float16", f"the model is bfloat16 but sm_{sm} < sm_{BF16_MIN_SM} has no bf16"
     if own in ("bfloat16", "float16"):
         return own, f"the model's own torch_dtype ({own})"  # type: ignore[return-value]
     half: Dtype = "bfloat16" if bf16_ok else "float16"

@@ -14,13 +14,7 @@ from typing import Any, Literal
 from provision.errors import UserError
 from provision.serve import hub
 from provision.serve.fit import FitFacts, ModelShape, shape_from_config, shape_from_gguf, shape_from_registry
-from provision.serve.model_facts import (
-    GGUF_MAGIC,
-    ModelFacts,
-    facts_from_config,
-    facts_from_gguf_metadata,
-    inspect_model,
-)
+from provision.serve.model_facts import ModelFacts, facts_from_config, inspect_model
 from provision.serve.registry import RegistrySpec, built_in_specs
 
 Source = Literal["local", "hf-cache", "hub", "xinference-registry"]
@@ -140,11 +134,13 @@ def resolve_model(model: str, opts: SourceOptions, registry: Callable[[], Path |
         raise UserError("--revision applies to Hugging Face ids (owner/name)")
     models_dir = registry()
     if models_dir is None:
-        raise UserError(f"{model}: not a local path or a Hugging Face id, and no installed Xinference to look "
+        raise UserError(f"{model}: not a local path or a Hugging Face id, and no installed Xinference to "
+                        "look "
                         "up built-in names in: run `xinfer-setup install --backend xinference`")
     specs = built_in_specs(models_dir, model, opts.size, opts.model_format, opts.quantization)
     cands = [registry_candidate(s, facts_recipe) for s in specs]
-    return sorted(cands, key=lambda c: c.spec.rank(facts_recipe.bits(c.spec.quantization)) if c.spec else (9, 0))
+    return sorted(cands, key=lambda c: c.spec.rank(facts_recipe.bits(c.spec.quantization)) if c.spec
+                  else (9, 0))
 
 
 def with_local_path(cand: Candidate, path: Path) -> Candidate:
@@ -161,11 +157,3 @@ def _chat_template(path: Path) -> str | None:
     from provision.serve.model_facts import _chat_template_of
 
     return _chat_template_of(path)
-
-
-def is_gguf(path: Path) -> bool:
-    with path.open("rb") as f:
-        return f.read(4) == GGUF_MAGIC
-
-
-__all__ = ["Candidate", "SourceOptions", "facts_from_gguf_metadata", "resolve_model", "with_local_path"]
