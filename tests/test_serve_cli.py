@@ -210,6 +210,8 @@ def _chat_both_ways(url: str, model: str, api_key: str) -> None:
     import openai
 
     client = openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=120)
+    # Clients find the model's name by listing: it must be the name serve printed.
+    assert [m.id for m in client.models.list()] == [model]
     messages = [{"role": "user", "content": "hello"}]
     plain = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
     assert plain.choices[0].message.content
@@ -239,7 +241,45 @@ def test_serve_tiny_engine_native_with_api_key(serve_root, state_home):
         code, err = s.stop()
     print(f"engine-native transformers: start to ready {s.ready_s:.1f} s")
     assert code == 0 and "stopped" in err, err
-    assert not _processes_mentioning(str(port)) and not _processes_mentioning("transformers.cli")
+    # Other sessions on this machine may run their own transformers serve: look for ours only,
+    # by the environment serve gave it.
+    assert not _processes_mentioning(str(port)) and not _processes_with_environ(state_home["XDG_STATE_HOME"])
+    assert "k-123" not in err
+
+
+def _argv_and_logs_hold_no(secret: str, serving: Serving, state_home: dict[str, str]) -> None:
+    """The key is in no process's argv (what ps shows), in nothing serve printed, in no log."""
+    assert not _processes_mentioning(secret)
+    printed = "\n".join(f"{k}: {v}" for k, v in serving.info.items())
+    assert secret not in printed
+    for log in Path(state_home["XDG_STATE_HOME"]).rglob("*"):
+        if log.is_file():
+            assert secret.encode() not in log.read_bytes(), log
+
+
+@pytest.mark.slow
+def test_serve_tiny_by_hf_id_from_a_local_hub_cache(serve_root, state_home, tmp_path):
+    from provision.engines.server import free_port
+    from provision.tiny_model import ensure_tiny_model
+    from tests.test_serve_sources import build_hub_cache
+
+    tiny = ensure_tiny_model()
+    files = {f.name: f for f in tiny.hf_dir.iterdir() if f.is_file()}
+    build_hub_cache(tmp_path / "hub", "xinfer-setup/tiny-llama", files)
+    secret = "sk-hf-cache-5a1t"
+    # The key from the environment: not even serve's own argv holds it.
+    env = {**state_home, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "XINFER_SETUP_API_KEY": secret}
+    port = free_port()
+    s = Serving(["xinfer-setup/tiny-llama", "--venv", str(serve_root), "--port", str(port)], env, 600)
+    try:
+        assert s.info["model"] == "xinfer-setup/tiny-llama"
+        _chat_both_ways(s.info["url"], "xinfer-setup/tiny-llama", secret)
+        _argv_and_logs_hold_no(secret, s, state_home)
+    finally:
+        code, err = s.stop()
+    assert code == 0, err
+    assert secret not in err and "engine: transformers" in err
 
 
 @pytest.mark.slow
@@ -250,11 +290,14 @@ def test_serve_tiny_with_llama_cpp(serve_root, state_home):
     if "xllamacpp" not in installed_backends(serve_root):
         pytest.skip("XINFER_TEST_ENGINE_PYTHON has no xllamacpp")  # the provisioned root always has it
     port = free_port()
-    s = Serving(["tiny", "--venv", str(serve_root), "--port", str(port), "--engine", "llama.cpp",
-                 "--api-key", "k-9"], state_home, 300)
+    s = Serving(["tiny", "--venv", str(serve_root), "--port", str(port), "--engine", "llama.cpp"],
+                {**state_home, "XINFER_SETUP_API_KEY": "k-9-llama"}, 300)
     try:
         assert s.info["model"] == "tiny"
-        _chat_both_ways(s.info["url"], "tiny", "k-9")
+        _chat_both_ways(s.info["url"], "tiny", "k-9-llama")
+        # The key reached the engine through a 0600 file its launcher read and deleted.
+        _argv_and_logs_hold_no("k-9-llama", s, state_home)
+        assert not list(Path(state_home["XDG_STATE_HOME"]).rglob("api-key"))
     finally:
         code, err = s.stop()
     print(f"engine-native xllamacpp: start to ready {s.ready_s:.1f} s")

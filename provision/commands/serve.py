@@ -63,6 +63,10 @@ def _gpus(value: str | None) -> tuple[int, ...] | None:
 def serve(model, engine, via, host, port, api_key, revision, size, model_format, quantization, max_model_len,
           gpus, dtype, gpu_memory_fraction, force, venv_root, profile_path, dry_run, as_json):
     """Serve MODEL on an OpenAI-compatible endpoint until Ctrl-C."""
+    import os
+
+    # Read once; engines started from here must not inherit it (they get it through a 0600 file).
+    os.environ.pop("XINFER_SETUP_API_KEY", None)
     from provision.serve.run import ServeRequest, decide
     from provision.serve.run import serve as run_serve
 
