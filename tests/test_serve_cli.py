@@ -323,3 +323,60 @@ def test_serve_tiny_via_xinference(serve_root, state_home):
     assert not _processes_mentioning(f"-p {port}")
     # Xinference's model workers are forked children: find them by the environment serve gave them.
     assert not _processes_with_environ(state_home["XDG_STATE_HOME"])
+
+
+def _threads(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+@pytest.mark.slow
+def test_64_concurrent_chats_through_the_key_guard(serve_root, state_home):
+    """Every chat is answered or refused with a clean HTTP status, none is lost, and serve's
+    threads come back to where they were."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    from provision.engines.server import free_port
+
+    port = free_port()
+    s = Serving(["tiny", "--venv", str(serve_root), "--port", str(port), "--engine", "transformers"],
+                {**state_home, "XINFER_SETUP_API_KEY": "k-load"}, 600)
+    try:
+        url = s.info["url"]
+        with openai.OpenAI(base_url=url, api_key="k-load", max_retries=0) as warm:
+            warm.models.list()
+        time.sleep(0.5)
+        idle = _threads(s.proc.pid)
+
+        def one(i: int) -> int | str:
+            key = "wrong" if i % 8 == 7 else "k-load"
+            # Closed after use: its kept-alive connection ends, and with it the guard's thread
+            # (one left open would end after the guard's idle timeout).
+            with openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=300) as client:
+                try:
+                    r = client.chat.completions.create(model="tiny", max_tokens=4, temperature=0,
+                                                       messages=[{"role": "user", "content": f"hello {i}"}])
+                    return 200 if r.choices[0].message.content is not None else "empty"
+                except openai.APIStatusError as e:
+                    return e.status_code
+                except openai.APIError as e:  # a reset or a timeout: a lost request
+                    return f"lost: {type(e).__name__}"
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(64) as pool:
+            results = list(pool.map(one, range(64)))
+        took = time.perf_counter() - started
+        assert len(results) == 64
+        assert all(isinstance(r, int) for r in results), results
+        assert results.count(401) == 8 and set(results) <= {200, 401, 503}, results
+        assert results.count(200) >= 1
+        deadline = time.monotonic() + 15
+        while _threads(s.proc.pid) > idle and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _threads(s.proc.pid) <= idle, (idle, _threads(s.proc.pid))
+    finally:
+        code, err = s.stop()
+    print(f"64 concurrent chats through the key guard: {took:.1f} s; {results.count(200)} answered, "
+          f"{results.count(401)} refused 401, {results.count(503)} refused 503")
+    assert code == 0, err
