@@ -145,7 +145,8 @@ def test_a_silent_client_is_dropped(guard, monkeypatch):
     import socket
 
     s = socket.create_connection(("127.0.0.1", g.server.server_address[1]))
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 100\r\nAuthorization: Bearer k1\r\n\r\n")
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 100\r\n"
+              b"Authorization: Bearer k1\r\n\r\n")
     s.settimeout(10)
     started = time.monotonic()
     reply = s.recv(4096)
