@@ -105,7 +105,7 @@ def _fit_one(c: Candidate, choice: EngineChoice, profile: HostProfile, facts: Fi
 
 def decide_serving(candidates: Sequence[Candidate], profile: HostProfile, installed: frozenset[str],
                    rules: ServeRules, facts: FitFacts, opts: ServeOptions, host: str, port: int,
-                   hint_args: str = "") -> Planned:
+                   hint_args: str = "", elsewhere: frozenset[str] = frozenset()) -> Planned:
     """The first candidate (best first) an installed engine serves and that fits; when none
     fits, the best one an engine serves, with fits false. Forms of one model (the tiny model's
     directory and GGUF) are chosen between by engine rules, as one group."""
@@ -118,7 +118,7 @@ def decide_serving(candidates: Sequence[Candidate], profile: HostProfile, instal
     for group in groups:
         try:
             choice = choose_engine([c.facts for c in group], profile, installed, rules, opts.engine,
-                                   hint_args)
+                                   hint_args, elsewhere)
         except UserError as e:
             first_error = first_error or e
             continue

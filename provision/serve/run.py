@@ -184,8 +184,9 @@ def decide(req: ServeRequest) -> Decision:
     port = req.port or DEFAULT_PORTS["xinference" if req.via else "native"]
     opts = ServeOptions(req.engine, req.max_model_len, req.gpus, req.dtype, req.gpu_memory_fraction,
                         req.force)
+    elsewhere = frozenset(set(all_installed) - set(installed) - {"xinference", "llama-cpp-python"})
     planned = decide_serving(cands, profile, frozenset(installed), load_serve_rules(), load_fit_facts(), opts,
-                             req.host, port, hint_args)
+                             req.host, port, hint_args, elsewhere)
     served = planned.candidate.served_name
     if req.via:
         from provision.serve.xinference import xinference_command
@@ -325,7 +326,12 @@ def _serve_native(req: ServeRequest, d: Decision, say: Callable[[str], None]) ->
 
 def _serve_via_xinference(req: ServeRequest, d: Decision, say: Callable[[str], None]) -> None:
     from provision.engines.server import ServerError
-    from provision.serve.xinference import XinferenceApi, XinferenceServer, xinference_env
+    from provision.serve.xinference import (
+        XinferenceApi,
+        XinferenceServer,
+        provisioned_find_links,
+        xinference_env,
+    )
 
     auth = not is_loopback(d.host)
     rd = run_dir("xinference", d.port)
@@ -334,7 +340,7 @@ def _serve_via_xinference(req: ServeRequest, d: Decision, say: Callable[[str], N
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     server = XinferenceServer(d.command, host=d.host, port=d.port, log_path=rd / "xinference.log",
-                              env={**xinference_env(home, auth), **d.env},
+                              env={**xinference_env(home, auth, d.python, provisioned_find_links()), **d.env},
                               ready_timeout_s=XINFERENCE_READY_TIMEOUT_S)
     say(f"engine: {d.choice.engine} via Xinference ({d.choice.reason})")
     say(f"log: {server.log_path}")
