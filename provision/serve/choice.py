@@ -136,8 +136,8 @@ def choose_engine(forms: Sequence[ModelFacts], profile: HostProfile, installed: 
     `elsewhere`: engines installed, but where the caller (Xinference) cannot load them; they
     get no install hint, which would only install them where they already are."""
     if requested in ENGINE_ALIASES and set(ENGINE_ALIASES[requested or ""]) <= elsewhere:
-        raise UserError(f"--engine {requested} is installed in its own environment, which Xinference's server "
-                        "cannot load: serve it without --via")
+        raise UserError(f"--engine {requested} is installed in its own environment, which Xinference's "
+                        "server cannot load: serve it without --via")
     if requested is not None:
         return _check_requested(forms, profile, installed, rules, requested, hint_args)
     all_notes: list[str] = []
