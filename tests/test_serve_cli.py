@@ -119,6 +119,37 @@ def test_port_in_use_is_exit_2_and_starts_nothing(serve_root, state_home):
     assert not _processes_mentioning(f"--port {port}")
 
 
+def test_a_model_that_does_not_fit_is_exit_2_and_starts_nothing(serve_root, state_home):
+    # Llama-3.1-70B (config and index only) on this machine's CPU: 131 GiB of bf16 weights.
+    model = str(FIX / "hf" / "meta-llama--Llama-3.1-70B-Instruct")
+    _one_line_error(cli("serve", model, "--venv", str(serve_root), env=state_home, timeout=120), 2,
+                    "does not fit")
+    assert not _processes_with_environ(state_home["XDG_STATE_HOME"])
+    # --dry-run prints the decision with fits false and exits 0.
+    done = cli("serve", model, "--venv", str(serve_root), "--dry-run", "--json", env=state_home)
+    assert done.returncode == 0 and json.loads(done.stdout)["memory"]["fits"] is False
+
+
+def test_bad_gpus_and_context_are_exit_2(serve_root):
+    _one_line_error(cli("serve", "tiny", "--venv", str(serve_root), "--gpus", "0", "--dry-run"), 2,
+                    "--gpus 0: no GPU 0 here (NVIDIA GPUs: none)")
+    too_long = cli("serve", "tiny", "--venv", str(serve_root), "--max-model-len", "999999", "--dry-run")
+    _one_line_error(too_long, 2, "is above tiny's maximum context")
+    _one_line_error(cli("serve", "tiny", "--venv", str(serve_root), "--gpus", "a,b", "--dry-run"), 2,
+                    "comma-separated list")
+
+
+def test_dry_run_masks_the_api_key(serve_root):
+    done = cli("serve", "tiny", "--venv", str(serve_root), "--engine", "llama.cpp", "--api-key", "sk-dry-9x",
+               "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "sk-dry-9x" not in done.stdout + done.stderr
+    assert json.loads(done.stdout)["command"][-2:] == ["--api-key", "***"]
+    text = cli("serve", "tiny", "--venv", str(serve_root), "--engine", "llama.cpp", "--api-key", "sk-dry-9x",
+               "--dry-run")
+    assert "sk-dry-9x" not in text.stdout + text.stderr and "--api-key ***" in text.stdout
+
+
 def test_dry_run_with_another_machines_profile():
     import provision.planner
 
@@ -174,8 +205,9 @@ def _processes_with_environ(marker: str) -> list[int]:
 class Serving:
     """`xinfer-setup serve` in the foreground of a child process, read until it prints its endpoint."""
 
-    def __init__(self, args: list[str], env: dict[str, str], ready_timeout_s: float):
-        self.proc = subprocess.Popen([sys.executable, "-m", "provision", "serve", *args], cwd=REPO,
+    def __init__(self, args: list[str], env: dict[str, str], ready_timeout_s: float,
+                 wrap=lambda argv: argv):
+        self.proc = subprocess.Popen(wrap([sys.executable, "-m", "provision", "serve", *args]), cwd=REPO,
                                      env={**os.environ, **env}, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.started = time.perf_counter()
@@ -380,3 +412,48 @@ def test_64_concurrent_chats_through_the_key_guard(serve_root, state_home):
     print(f"64 concurrent chats through the key guard: {took:.1f} s; {results.count(200)} answered, "
           f"{results.count(401)} refused 401, {results.count(503)} refused 503")
     assert code == 0, err
+
+
+CLIENT = """
+import json, sys, openai
+url, model = sys.argv[1], sys.argv[2]
+with openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300) as c:
+    ids = [m.id for m in c.models.list()]
+    r = c.chat.completions.create(model=model, max_tokens=8, temperature=0,
+                                  messages=[{"role": "user", "content": "hello"}])
+    print(json.dumps({"ids": ids, "content": r.choices[0].message.content}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["transformers", "llama.cpp"])
+def test_via_xinference_in_its_virtualenvs_with_the_network_closed(serve_root, state_home, engine):
+    """Xinference's per-model virtualenv mode on, in a network namespace with only loopback: the
+    launch installs nothing from anywhere, and the model answers under its name."""
+    from provision.engines.server import free_port
+    from tests.support.netns import loopback_only_netns, netns_available
+
+    why = netns_available()
+    if why:
+        pytest.skip(why)
+    port = free_port()
+    with loopback_only_netns("xserve") as ns:
+        args = ["tiny", "--venv", str(serve_root), "--port", str(port), "--via", "xinference",
+                "--engine", engine]
+        s = Serving(args, state_home, 600, wrap=ns.wrap)
+        try:
+            assert s.info["model"] == "tiny"
+            done = ns.run([sys.executable, "-c", CLIENT, s.info["url"], "tiny"], timeout=300)
+            assert done.returncode == 0, done.stderr
+            answer = json.loads(done.stdout)
+            assert answer["ids"] == ["tiny"] and answer["content"]
+        finally:
+            code, err = s.stop()
+    assert code == 0, err
+    expected = "xllamacpp" if engine == "llama.cpp" else "transformers"
+    assert f"engine: {expected} via Xinference" in err
+    # Xinference made the model's virtualenv (and installed nothing into it: it is layered over
+    # the provisioned environment).
+    venvs = list(Path(state_home["XDG_STATE_HOME"]).rglob("virtualenv/v4/tiny/*/*/pyvenv.cfg"))
+    assert venvs, err
+    assert not _processes_with_environ(state_home["XDG_STATE_HOME"])
