@@ -232,3 +232,17 @@ def test_weights_from_the_index_need_no_weight_files():
     assert cand.weights_bytes == 93405585408 and not list(MIXTRAL.glob("*.safetensors"))
     assert cand.shape.active_experts == 2
     assert round(cand.weights_bytes / GIB, 1) == 87.0
+
+
+def test_via_xinference_names_engines_in_their_own_environments_instead_of_an_install_hint():
+    p = decide_serving([local_candidate(LLAMA3_8B)], load_profile(PROFILES / "linux-h100-driver590.json"),
+                       frozenset({"transformers"}), load_serve_rules(), load_fit_facts(), ServeOptions(),
+                       "127.0.0.1", 9997, elsewhere=frozenset({"vllm", "sglang"}))
+    assert p.choice.engine == "transformers"
+    assert "vllm" in p.choice.reason and "lives in its own environment" in p.choice.reason
+    assert "not installed" not in p.choice.reason
+    with pytest.raises(UserError, match="serve it without --via"):
+        decide_serving([local_candidate(LLAMA3_8B)], load_profile(PROFILES / "linux-h100-driver590.json"),
+                       frozenset({"transformers"}), load_serve_rules(), load_fit_facts(),
+                       ServeOptions(engine="vllm"), "127.0.0.1", 9997,
+                       elsewhere=frozenset({"vllm", "sglang"}))

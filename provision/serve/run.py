@@ -76,8 +76,9 @@ class Decision:
 
     def to_dict(self) -> dict:
         c, p = self.planned.candidate, self.planned
-        return {"engine": p.choice.engine, "reason": f"{p.choice.reason}; {p.fit.reason}; dtype {p.dtype} "
-                f"({p.dtype_reason})", "command": self.command, "model": c.display,
+        dtype = "" if p.launch.dtype == "auto" else f"; dtype {p.dtype} ({p.dtype_reason})"
+        return {"engine": p.choice.engine, "reason": f"{p.choice.reason}; {p.fit.reason}{dtype}",
+                "command": self.command, "model": c.display,
                 "format": c.facts.format, "quantization": c.facts.quantization, "family": p.choice.family,
                 "host": self.host, "port": self.port, "source": c.source, "served_name": self.served_name,
                 "memory": p.fit.to_dict()}

@@ -55,7 +55,7 @@ def run_dtype(checkpoint_dtype: str | None, target: Target, profile: HostProfile
         sm = min(sms) if sms else "?"
         return "float16", f"the model is bfloat16 but sm_{sm} < sm_{BF16_MIN_SM} has no bf16"
     if own in ("bfloat16", "float16"):
-        return own, f"the model's own torch_dtype ({own})"  # type: ignore[return-value]
+        return own, "the model's own torch_dtype"  # type: ignore[return-value]
     half: Dtype = "bfloat16" if bf16_ok else "float16"
     return half, f"the model is {own or 'of unstated dtype'}; {half} on the GPU"
 
