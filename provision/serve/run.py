@@ -193,6 +193,8 @@ def decide(req: ServeRequest) -> Decision:
         from provision.serve.xinference import xinference_command
 
         xinf_python = all_installed["xinference"].python
+        # Xinference puts the model uid in URL paths (/v1/models/{uid}): no "/" from an HF id.
+        served = served.replace("/", "--")
         return Decision(planned, xinference_command(xinf_python, req.host, port), req.host, port, served,
                         python=xinf_python, env=planned.env)
     return native_decision(req, planned, installed[planned.choice.engine].python, port)
