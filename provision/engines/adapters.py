@@ -110,7 +110,8 @@ class TransformersAdapter(EngineAdapter):
         # It has no API key option; supports_api_key is False so none is passed.
         return [str(python), "-m", "transformers.cli.transformers", "serve", str(model),
                 "--host", launch.host, "--port", str(launch.port),
-                "--device", "cuda" if launch.gpu else "cpu",
+                # "auto": device_map="auto" places the layers on the GPUs (CUDA or Apple's mps).
+                "--device", "auto" if launch.gpu else "cpu",
                 "--dtype", launch.dtype, "--log-level", "info"]
 
 
