@@ -31,7 +31,7 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
     if "xllamacpp" in asked:
         decided["xllamacpp"] = engines.decide_xllamacpp(profile, recipes)
     if "vllm" in asked:
-        decided["vllm"] = engines.decide_vllm(profile, recipes, base)
+        decided["vllm"] = engines.decide_vllm(profile, recipes, base, by_name=request.backends is not None)
     if "sglang" in asked:
         decided["sglang"] = engines.decide_sglang(profile, recipes, base)
     if "xinference" in asked:
