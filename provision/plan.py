@@ -86,7 +86,7 @@ class Environment:
 
 
 @dataclass(frozen=True)
-class Warning_:
+class PlanWarning:
     code: str
     message: str
 
@@ -98,7 +98,7 @@ class Plan:
     torch: TorchChoice  # the primary environment's torch (v1 field)
     backends: tuple[BackendDecision, ...]
     environments: tuple[Environment, ...]
-    warnings: tuple[Warning_, ...] = ()
+    warnings: tuple[PlanWarning, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def backend(self, name: str) -> BackendDecision | None:
@@ -218,7 +218,7 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
                 for e in d.get("environments") or []
             ),
             warnings=tuple(
-                Warning_(codes[i] if i < len(codes) else "warning", m) for i, m in enumerate(messages)
+                PlanWarning(codes[i] if i < len(codes) else "warning", m) for i, m in enumerate(messages)
             ),
             schema_version=int(d.get("schema_version", SCHEMA_VERSION)),
         )

@@ -10,15 +10,30 @@ hand-made ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest's default base temp (/tmp/pytest-of-USER/pytest-N) keeps the last three runs and deletes
+    # older ones: a second checkout's run deletes this run's provisioned environments under it. One
+    # base per checkout, emptied by pytest at the start of each run, keeps runs of different
+    # checkouts apart and the disk bounded (each provisioned root is a few GB).
+    if config.option.basetemp is None:
+        tag = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+        parent = Path(tempfile.gettempdir()) / "xinfer-setup-tests"
+        parent.mkdir(parents=True, exist_ok=True)
+        config.option.basetemp = str(parent / tag)
 
 
 def cli(

@@ -30,8 +30,8 @@ def _check_flags(
 
 
 def _dry_run_report(plan, venv_root: Path | None) -> dict:
-    from provision.install.api import build_request
     from provision.install.envs import locate
+    from provision.install.run import wheel_build_request
     from provision.install.wheelhouse import built_wheel
 
     locations = locate(plan, venv_root)
@@ -45,7 +45,7 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
             "reason": b.reason,
         }
         if b.action == "install" and b.build is not None:
-            req = build_request(plan, b)
+            req = wheel_build_request(plan, b)
             wheel = built_wheel(req.key)
             entry.update(
                 cmake_args=list(req.effective_args),
@@ -108,10 +108,10 @@ def install(
 ):
     """Carry a plan out: environments, torch, engines, verify, receipt."""
     _check_flags(auto, backends, profile_path, dry_run, from_receipt)
-    from provision.install.api import InstallOptions, install_plan
     from provision.install.executor import choose_installer
     from provision.install.pipconfig import read_index_config
     from provision.install.progress import Reporter
+    from provision.install.run import InstallOptions, install_plan
 
     root = Path(venv_root).expanduser() if venv_root else None
     replay_pins: dict[str, list[str]] = {}

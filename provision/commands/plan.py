@@ -23,7 +23,7 @@ def check_request(auto: bool, backends: tuple[str, ...]) -> None:
         raise UserError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKENDS)})")
 
 
-def build_request(
+def request_from_flags(
     auto: bool, backends: tuple[str, ...], torch_index_url: str | None, portable: bool, environ=os.environ
 ) -> PlanRequest:
     base = torch_index_url or environ.get(TORCH_INDEX_ENV) or None
@@ -46,7 +46,7 @@ def plan_from_flags(
 ):
     """The plan the command-line flags ask for (plan and install share it): checked, profiled, made."""
     check_request(auto, backends)
-    request = build_request(auto, backends, torch_index_url, portable)
+    request = request_from_flags(auto, backends, torch_index_url, portable)
     if profile_path:
         from provision.profile import load_profile
 

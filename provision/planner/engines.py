@@ -1,6 +1,6 @@
 """One decision per backend: install (where, which version, why) or skip (why, and what to do).
 
-Each function is pure: profile and recipes in, a Decision out. Which environment an engine
+Each function is pure: profile and recipes in, an EngineOutcome out. Which environment an engine
 goes into is decided here too, because the reason is a fact about its pins.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from provision.plan import PRIMARY_ENV, BackendDecision, BuildSpec, TorchChoice, Warning_
+from provision.plan import PRIMARY_ENV, BackendDecision, BuildSpec, PlanWarning, TorchChoice
 from provision.planner import vllm_cpu
 from provision.planner.cmake import llama_build
 from provision.planner.recipes import Recipes
@@ -18,9 +18,9 @@ from provision.profile import HostProfile, NvidiaDriver
 
 
 @dataclass(frozen=True)
-class Decision:
+class EngineOutcome:
     backend: BackendDecision
-    warnings: tuple[Warning_, ...] = ()
+    warnings: tuple[PlanWarning, ...] = ()
     # For an engine in its own environment: its torch and the Python it needs.
     torch: TorchChoice | None = None
     env_python: str | None = None
@@ -28,8 +28,8 @@ class Decision:
     extras: tuple[str, ...] = field(default_factory=tuple)
 
 
-def skip(name: str, reason: str, *warnings: Warning_) -> Decision:
-    return Decision(BackendDecision(name, "skip", reason), tuple(warnings))
+def skip(name: str, reason: str, *warnings: PlanWarning) -> EngineOutcome:
+    return EngineOutcome(BackendDecision(name, "skip", reason), tuple(warnings))
 
 
 def py(profile: HostProfile) -> str:
@@ -51,7 +51,7 @@ def torch_installable(profile: HostProfile, recipes: Recipes) -> str | None:
     return None
 
 
-def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str]) -> Decision:
+def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str]) -> EngineOutcome:
     e = recipes.engine("xinference")
     if not at_least(py(profile), e["requires_python"]):
         return skip(
@@ -78,7 +78,7 @@ def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str])
             "not [vllm]/[sglang]: its click<8.2.0 pin cannot co-install with them, "
             "so they get their own environments"
         )
-    return Decision(
+    return EngineOutcome(
         BackendDecision(
             "xinference", "install", "; ".join(why), (spec,), environment=PRIMARY_ENV, version=e["version"]
         ),
@@ -86,7 +86,7 @@ def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str])
     )
 
 
-def decide_transformers(profile: HostProfile, recipes: Recipes, torch: TorchChoice) -> Decision:
+def decide_transformers(profile: HostProfile, recipes: Recipes, torch: TorchChoice) -> EngineOutcome:
     e = recipes.engine("transformers")
     if not at_least(py(profile), "3.10"):
         return skip(
@@ -108,7 +108,7 @@ def decide_transformers(profile: HostProfile, recipes: Recipes, torch: TorchChoi
             f"for this platform is {torch.version_spec[2:]} ({torch.reason}); "
             "GGUF models run on llama.cpp here",
         )
-    return Decision(
+    return EngineOutcome(
         BackendDecision(
             "transformers",
             "install",
@@ -164,12 +164,12 @@ def _cuda_engine_gate(profile: HostProfile, e: dict, engine: str, glibc_floor: s
 
 def _cuda_engine_install(
     profile: HostProfile, recipes: Recipes, base: str, e: dict, name: str, what: str, env_reason: str
-) -> Decision:
+) -> EngineOutcome:
     """Install a CUDA engine (vLLM, SGLang) into its own environment, on the GPUs it can use."""
     torch, left = engine_torch(profile, recipes, base, e["torch_variant"], e["torch"], name)
     env_python, py_note = _python_for(profile, e, name)
     warnings = tuple(
-        Warning_(
+        PlanWarning(
             "engine-gpu-left-out",
             f"{name} cannot use {gpu_label(g)} (needs compute capability "
             f">= {e['sm_min'] / 10:.1f}): hide it with CUDA_VISIBLE_DEVICES",
@@ -177,7 +177,7 @@ def _cuda_engine_install(
         for g in left
     )
     used = [g for g in profile.nvidia_gpus if g not in left]
-    return Decision(
+    return EngineOutcome(
         BackendDecision(
             name, "install",
             f"{', '.join(map(gpu_label, used))} on driver {profile.nvidia.driver_version}: {what}{py_note}",
@@ -191,7 +191,7 @@ def _cuda_engine_install(
     )
 
 
-def decide_vllm(profile: HostProfile, recipes: Recipes, base: str, by_name: bool = False) -> Decision:
+def decide_vllm(profile: HostProfile, recipes: Recipes, base: str, by_name: bool = False) -> EngineOutcome:
     e = recipes.engine("vllm")
     if vllm_cpu.applies(profile):
         if by_name:
@@ -221,7 +221,7 @@ def decide_vllm(profile: HostProfile, recipes: Recipes, base: str, by_name: bool
     )
 
 
-def _vllm_rocm(profile: HostProfile, e: dict) -> Decision:
+def _vllm_rocm(profile: HostProfile, e: dict) -> EngineOutcome:
     gfx = sorted({g.gfx for g in profile.amd_gpus if g.gfx})
     supported = [g for g in gfx if g in e["rocm_gfx"]]
     if not supported:
@@ -238,7 +238,7 @@ def _vllm_rocm(profile: HostProfile, e: dict) -> Decision:
     )
 
 
-def decide_sglang(profile: HostProfile, recipes: Recipes, base: str) -> Decision:
+def decide_sglang(profile: HostProfile, recipes: Recipes, base: str) -> EngineOutcome:
     e = recipes.engine("sglang")
     why_not = _cuda_engine_gate(profile, e, "sglang", e["glibc"])
     if why_not:
@@ -282,7 +282,7 @@ def _extras(engine: dict) -> str:
 
 def decide_llama_cpp_python(
     profile: HostProfile, recipes: Recipes, user_cmake_args: str | None, portable: bool
-) -> Decision:
+) -> EngineOutcome:
     version = recipes.version("llama-cpp-python")
     build = llama_build(profile, recipes.llama_cpp, version, user_cmake_args, portable)
     problem = _compiler_problem(profile)
@@ -290,7 +290,7 @@ def decide_llama_cpp_python(
         return skip("llama-cpp-python", problem, *build.warnings)
     spec: BuildSpec = build.spec
     env = {"CMAKE_ARGS": " ".join(spec.cmake_args), "FORCE_CMAKE": "1"}
-    return Decision(
+    return EngineOutcome(
         BackendDecision(
             "llama-cpp-python",
             "install",
@@ -305,7 +305,7 @@ def decide_llama_cpp_python(
     )
 
 
-def decide_xllamacpp(profile: HostProfile, recipes: Recipes) -> Decision:
+def decide_xllamacpp(profile: HostProfile, recipes: Recipes) -> EngineOutcome:
     """xllamacpp: always installed where its wheels fit; the GPU index only where it runs every GPU.
 
     Order: macOS -> PyPI (Metal on Apple Silicon); NVIDIA GPUs -> the newest CUDA index that has
@@ -339,7 +339,7 @@ def decide_xllamacpp(profile: HostProfile, recipes: Recipes) -> Decision:
     elif profile.amd_gpus and profile.os.system == "linux":
         choice = _xllamacpp_rocm(profile, e)
     index = f"{e['gpu_index_base']}/{choice.index}" if choice.index else None
-    return Decision(
+    return EngineOutcome(
         BackendDecision(
             "xllamacpp",
             "install",
@@ -357,7 +357,7 @@ def decide_xllamacpp(profile: HostProfile, recipes: Recipes) -> Decision:
 class _XllamaChoice:
     index: str | None  # the GPU index's name (cu128, rocm-7.2.4), None for PyPI's wheel
     why: str
-    warnings: tuple[Warning_, ...] = ()
+    warnings: tuple[PlanWarning, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -375,7 +375,7 @@ class _CudaWheel:
 def _cpu_wheel(why: str, fix: str) -> _XllamaChoice:
     msg = f"xllamacpp: {why}: {fix}"
     return _XllamaChoice(
-        None, f"CPU wheel from PyPI: {why}: {fix}", (Warning_("xllamacpp-cpu-wheel", msg),)
+        None, f"CPU wheel from PyPI: {why}: {fix}", (PlanWarning("xllamacpp-cpu-wheel", msg),)
     )
 
 
@@ -461,7 +461,7 @@ def _xllamacpp_cuda(profile: HostProfile, e: dict) -> _XllamaChoice:
     driver_cuda = _driver_cuda(profile.nvidia, table)
     known = [g for g in gpus if g.sm]
     warnings = tuple(
-        Warning_(
+        PlanWarning(
             "xllamacpp-arch-unknown",
             f"{label}: compute capability unknown; xllamacpp's CUDA wheel is assumed to cover it",
         )

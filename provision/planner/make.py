@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from provision.errors import UserError
-from provision.plan import BACKENDS, PRIMARY_ENV, BackendDecision, Environment, Plan, PlanRequest, Warning_
+from provision.plan import BACKENDS, PRIMARY_ENV, BackendDecision, Environment, Plan, PlanRequest, PlanWarning
 from provision.planner import engines
 from provision.planner.recipes import Recipes
 from provision.planner.torch_choice import choose_torch
@@ -18,10 +18,10 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
     base = request.torch_index_base or recipes.torch.index_base
     outcome = choose_torch(profile, recipes, base)
     torch = outcome.choice
-    warnings: list[Warning_] = list(outcome.warnings)
-    warnings += [Warning_("profile-note", n) for n in profile.notes]
+    warnings: list[PlanWarning] = list(outcome.warnings)
+    warnings += [PlanWarning("profile-note", n) for n in profile.notes]
 
-    decided: dict[str, engines.Decision] = {}
+    decided: dict[str, engines.EngineOutcome] = {}
     if "transformers" in asked:
         decided["transformers"] = engines.decide_transformers(profile, recipes, torch)
     if "llama-cpp-python" in asked:
@@ -45,7 +45,7 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
     environments = _environments(backends, decided, torch)
     if request.backends is None and not any(b.action == "install" for b in backends):
         warnings.append(
-            Warning_("nothing-to-install", "no backend can be installed on this host: see each reason")
+            PlanWarning("nothing-to-install", "no backend can be installed on this host: see each reason")
         )
     return Plan(
         profile=profile,
@@ -69,7 +69,7 @@ def _asked(request: PlanRequest) -> tuple[str, ...]:
 
 
 def _environments(
-    backends: tuple[BackendDecision, ...], decided: dict[str, engines.Decision], torch
+    backends: tuple[BackendDecision, ...], decided: dict[str, engines.EngineOutcome], torch
 ) -> tuple[Environment, ...]:
     main = tuple(b for b in backends if b.action == "install" and b.environment == PRIMARY_ENV)
     main_names = tuple(b.name for b in main)
@@ -105,7 +105,7 @@ def _environments(
     return tuple(envs)
 
 
-def _dedupe(warnings: list[Warning_]) -> list[Warning_]:
+def _dedupe(warnings: list[PlanWarning]) -> list[PlanWarning]:
     seen: set[str] = set()
     out = []
     for w in warnings:

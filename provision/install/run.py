@@ -14,7 +14,6 @@ environment plus verify.
 from __future__ import annotations
 
 import datetime
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,34 +21,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-
 from provision import __version__
 from provision.errors import OperationFailed
 from provision.install import state as state_mod
 from provision.install import wheelhouse
+from provision.install.disk import check_free_disk, estimate_disk_mb
 from provision.install.envs import EnvLocation, ensure_env, locate
 from provision.install.executor import Installer
 from provision.install.pipconfig import IndexConfig, read_index_config
 from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
+from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
 from provision.install.torch_source import TORCH_FAMILY, TorchSource, resolve_torch_source
 from provision.install.verify import EnvExpectation, checks_fingerprint, collect_facts, evaluate
 from provision.plan import BackendDecision, Environment, Plan
-
-# Rough disk use per backend once installed (MB), with downloads and build trees; checked
-# before starting so a full disk is refused up front. Measured here for the CPU stack.
-DISK_MB = {
-    "xinference": 1500,
-    "transformers": 300,
-    "llama-cpp-python": 700,
-    "xllamacpp": 300,
-    "vllm": 6000,
-    "sglang": 6000,
-}
-TORCH_DISK_MB = {"cpu": 1200, "mps": 1000}
-TORCH_GPU_DISK_MB = 7000
 
 
 @dataclass
@@ -63,23 +48,17 @@ class InstallOptions:
     check_disk: bool = True
 
 
-def _name(req: str) -> str | None:
-    try:
-        return canonicalize_name(Requirement(req).name)
-    except InvalidRequirement:
-        return None
-
-
 def env_extras(env: Environment, plan: Plan) -> list[str]:
     """Requirements of the environment that no backend's package list covers (and not torch)."""
-    covered = {_name(p) for b in plan.installs if b.environment == env.name for p in b.packages}
-    return [r for r in env.requirements if _name(r) not in covered and _name(r) not in TORCH_FAMILY]
+    covered = {requirement_name(p) for b in plan.installs if b.environment == env.name for p in b.packages}
+    covered |= set(TORCH_FAMILY)
+    return [r for r in env.requirements if requirement_name(r) not in covered]
 
 
-def build_request(plan: Plan, backend: BackendDecision) -> wheelhouse.BuildRequest:
+def wheel_build_request(plan: Plan, backend: BackendDecision) -> wheelhouse.BuildRequest:
     assert backend.build is not None
     return wheelhouse.BuildRequest(
-        version=backend.version or _pinned_version(backend.packages, backend.name),
+        version=backend.version or pinned_version(backend.packages, backend.name),
         cmake_args=tuple(backend.build.cmake_args),
         expected_backends=tuple(backend.build.expected_backends),
         cpu_features=wheelhouse.isa_features(plan.profile.cpu.flags or _local_cpu_flags()),
@@ -95,55 +74,6 @@ def _local_cpu_flags() -> tuple[str, ...]:
     except OSError:
         pass
     return ()
-
-
-def _requirement_for(packages: tuple[str, ...], name: str) -> Requirement | None:
-    """The plan's requirement for distribution `name` among a backend's packages."""
-    for p in packages:
-        try:
-            r = Requirement(p)
-        except InvalidRequirement:
-            continue
-        if canonicalize_name(r.name) == canonicalize_name(name):
-            return r
-    return None
-
-
-def _pinned_version(packages: tuple[str, ...], name: str) -> str:
-    r = _requirement_for(packages, name)
-    pins = [s.version for s in r.specifier if s.operator == "=="] if r else []
-    if not pins:
-        raise OperationFailed(f"{name}: the plan gives no exact version to build")
-    return pins[0]
-
-
-def _extras_of(packages: tuple[str, ...], name: str) -> str:
-    r = _requirement_for(packages, name)
-    return "[" + ",".join(sorted(r.extras)) + "]" if r and r.extras else ""
-
-
-def estimate_disk_mb(plan: Plan, todo: list[str]) -> int:
-    total = 0
-    for name in todo:
-        total += DISK_MB.get(name, 500)
-    for env in plan.environments:
-        if env.torch is not None and any(b in todo for b in env.backends):
-            total += TORCH_DISK_MB.get(env.torch.variant, TORCH_GPU_DISK_MB)
-    return total
-
-
-def check_free_disk(need_mb: int, paths: list[Path]) -> None:
-    """Refuse before downloading anything when a target filesystem is too small (numbers in the message)."""
-    for p in paths:
-        probe = p
-        while not probe.exists():
-            probe = probe.parent
-        free_mb = shutil.disk_usage(probe).free // (1024 * 1024)
-        if free_mb < need_mb:
-            raise OperationFailed(
-                f"not enough disk space: the planned installs need about {need_mb} MB, "
-                f"{probe} has {free_mb} MB free"
-            )
 
 
 class _Run:
@@ -278,7 +208,7 @@ class _Run:
         pins += self.opts.replay_pins.get(env.name, [])
         with tempfile.TemporaryDirectory(prefix="xinfer-setup-") as tmp:
             constraints = Path(tmp) / "constraints.txt"
-            constraints.write_text("\n".join(_merge_pins(pins)) + "\n")
+            constraints.write_text("\n".join(merge_pins(pins)) + "\n")
             extras = env_extras(env, self.plan)
             for i, backend in enumerate(backends):
                 self.install_backend(env, loc, backend, constraints, extras if i == 0 else [])
@@ -301,7 +231,7 @@ class _Run:
             if backend.build is not None:
                 reqs = self._build_requirement(backend, loc, current)
             else:
-                reqs = [p for p in backend.packages if _name(p) not in TORCH_FAMILY] + extras
+                reqs = [p for p in backend.packages if requirement_name(p) not in TORCH_FAMILY] + extras
                 if not state_mod.unmet(reqs, current, state_mod.deliberately_absent(current)):
                     reqs = []
             if reqs:
@@ -333,7 +263,7 @@ class _Run:
     def _build_requirement(
         self, backend: BackendDecision, loc: EnvLocation, current: state_mod.EnvState
     ) -> list[str]:
-        req = build_request(self.plan, backend)
+        req = wheel_build_request(self.plan, backend)
         dist = current.get(backend.name)
         rec = self.records[backend.name]
         rec.cmake_args = list(req.effective_args)
@@ -341,7 +271,7 @@ class _Run:
         if dist is not None and dist.version == req.version and dist.direct_url and marker in dist.direct_url:
             rec.source = dist.direct_url
             # The build is right; an extra asked for since ([server]) may still be missing.
-            wanted = f"{backend.name}{_extras_of(backend.packages, backend.name)}=={req.version}"
+            wanted = f"{backend.name}{extras_of(backend.packages, backend.name)}=={req.version}"
             if state_mod.unmet([wanted], current):
                 return [f"{wanted.split('==')[0]} @ {dist.direct_url}"]
             return []
@@ -363,7 +293,7 @@ class _Run:
             )
             if out.returncode != 0:
                 raise OperationFailed(self._fail_text(out))
-        return [f"{backend.name}{_extras_of(backend.packages, backend.name)} @ {wheel.as_uri()}"]
+        return [f"{backend.name}{extras_of(backend.packages, backend.name)} @ {wheel.as_uri()}"]
 
     def fix_torchvision(self, env: Environment, loc: EnvLocation) -> None:
         """A torchvision not built for this torch breaks transformers' imports: replace or remove it."""
@@ -448,16 +378,6 @@ def _previous_receipt(prefix: Path) -> Receipt | None:
         return read_receipt(prefix / RECEIPT_REL) if (prefix / RECEIPT_REL).exists() else None
     except Exception:  # an unreadable old receipt only means verifying again
         return None
-
-
-def _merge_pins(pins: list[str]) -> list[str]:
-    """One pin per project, the first given winning (torch pins come before replay pins)."""
-    seen: dict[str, str] = {}
-    for p in pins:
-        n = _name(p)
-        if n and n not in seen:
-            seen[n] = p
-    return list(seen.values())
 
 
 def _dist_name(backend: BackendDecision) -> str:
