@@ -232,15 +232,21 @@ class _Run:
                 reqs = self._build_requirement(backend, loc, current)
             else:
                 reqs = [p for p in backend.packages if requirement_name(p) not in TORCH_FAMILY] + extras
-                if not state_mod.unmet(reqs, current, state_mod.deliberately_absent(current)):
+                left_out = state_mod.deliberately_absent(current) | set(backend.excludes)
+                if not state_mod.unmet(reqs, current, frozenset(left_out)):
                     reqs = []
             if reqs:
+                excludes = None
+                if backend.excludes:  # beside the constraints, in the same temporary directory
+                    excludes = constraints.parent / f"excludes-{backend.name}.txt"
+                    excludes.write_text("\n".join(backend.excludes) + "\n")
                 out = self._run(
-                    self.installer.install_argv(loc.python, reqs, constraints, extra_index),
+                    self.installer.install_argv(loc.python, reqs, constraints, extra_index, excludes),
                     f"[{env.name}] installing {backend.name}: {' '.join(reqs)}",
                 )
                 if out.returncode != 0:
                     raise OperationFailed(self._fail_text(out))
+                self._remove_excluded(env, loc, backend)
                 rec.source = rec.source or "package index"
             else:
                 rec.source = rec.source or "already installed"
@@ -259,6 +265,18 @@ class _Run:
             rec.reason = None if dist else f"{_dist_name(backend)} is not installed after the step"
         finally:
             rec.duration_s = round(time.monotonic() - started, 1)
+
+    def _remove_excluded(self, env: Environment, loc: EnvLocation, backend: BackendDecision) -> None:
+        """pip cannot leave a dependency out of a resolution: remove what it pulled against the plan."""
+        present = [n for n in backend.excludes if self.state(loc).get(n) is not None]
+        if not present:
+            return
+        out = self._run(
+            self.installer.uninstall_argv(loc.python, present),
+            f"[{env.name}] removing {', '.join(present)}: the plan leaves them out of {backend.name}",
+        )
+        if out.returncode != 0:
+            raise OperationFailed(self._fail_text(out))
 
     def _build_requirement(
         self, backend: BackendDecision, loc: EnvLocation, current: state_mod.EnvState
@@ -381,9 +399,9 @@ def _previous_receipt(prefix: Path) -> Receipt | None:
 
 
 def _dist_name(backend: BackendDecision) -> str:
-    from provision.install.receipt import BACKEND_DISTS
+    from provision.install.receipt import backend_dist
 
-    return BACKEND_DISTS.get(backend.name, backend.name)
+    return backend_dist(backend.name, backend.packages)
 
 
 def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:
