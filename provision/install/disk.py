@@ -5,19 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from provision.backends import backend
 from provision.errors import OperationFailed
 from provision.plan import Plan
 
-# Rough disk use per backend once installed (MB), with downloads and build trees; checked
-# before starting so a full disk is refused up front. Measured here for the CPU stack.
-DISK_MB = {
-    "xinference": 1500,
-    "transformers": 300,
-    "llama-cpp-python": 700,
-    "xllamacpp": 300,
-    "vllm": 6000,
-    "sglang": 6000,
-}
+# Torch builds' disk use (MB); each backend's own is its recipe's disk_mb. Checked before
+# starting so a full disk is refused up front.
 TORCH_DISK_MB = {"cpu": 1200, "mps": 1000}
 TORCH_GPU_DISK_MB = 7000
 
@@ -25,7 +18,7 @@ TORCH_GPU_DISK_MB = 7000
 def estimate_disk_mb(plan: Plan, todo: list[str]) -> int:
     total = 0
     for name in todo:
-        total += DISK_MB.get(name, 500)
+        total += backend(name).disk_mb
     for env in plan.environments:
         if env.torch is not None and any(b in todo for b in env.backends):
             total += TORCH_DISK_MB.get(env.torch.variant, TORCH_GPU_DISK_MB)

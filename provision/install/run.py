@@ -14,10 +14,13 @@ environment plus verify.
 from __future__ import annotations
 
 import datetime
+import os
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +31,12 @@ from provision.install import wheelhouse
 from provision.install.disk import check_free_disk, estimate_disk_mb
 from provision.install.envs import EnvLocation, ensure_env, locate
 from provision.install.executor import Installer
-from provision.install.pipconfig import IndexConfig, read_index_config
+from provision.install.ledger import merge_receipts
+from provision.install.pipconfig import PYPI_SIMPLE, IndexConfig, read_index_config
 from provision.install.progress import Reporter
-from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
+from provision.install.receipt import BackendRecord, EnvRecord, Receipt, backend_dist, write_receipt
 from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
-from provision.install.torch_source import TORCH_FAMILY, TorchSource, resolve_torch_source
+from provision.install.torch_source import TORCH_FAMILY, TorchSource, is_torch_family, resolve_torch_source
 from provision.install.verify import EnvExpectation, checks_fingerprint, collect_facts, evaluate
 from provision.plan import BackendDecision, Environment, Plan
 
@@ -44,8 +48,14 @@ class InstallOptions:
     index: IndexConfig | None = None
     # env name -> exact pins (name==version) from a receipt being replayed.
     replay_pins: dict[str, list[str]] = field(default_factory=dict)
+    # backend -> {dist: "sha256=<hex>"} from a receipt being replayed: those files and no others.
+    replay_hashes: dict[str, dict[str, str]] = field(default_factory=dict)
     cache_dir: Path | None = None
     check_disk: bool = True
+    # Another run holding the root: wait for it (saying so), or fail at once naming its pid.
+    wait: bool = True
+    # Installing from a bundle: no index is asked, not even whether the torch index answers.
+    offline: bool = False
 
 
 def env_extras(env: Environment, plan: Plan) -> list[str]:
@@ -63,6 +73,7 @@ def wheel_build_request(plan: Plan, backend: BackendDecision) -> wheelhouse.Buil
         expected_backends=tuple(backend.build.expected_backends),
         cpu_features=wheelhouse.isa_features(plan.profile.cpu.flags or _local_cpu_flags()),
         arch=plan.profile.os.arch,
+        nvcc_version=plan.profile.toolchain.nvcc,
     )
 
 
@@ -91,7 +102,7 @@ class _Run:
         self.env_records: dict[str, EnvRecord] = {}
         self.notes: list[str] = []
         self._states: dict[str, state_mod.EnvState] = {}
-        self.previous = _previous_receipt(self.primary.prefix)
+        self.previous = _previous_receipt(self.primary.prefix, reporter)
         # env name -> where its torch came from, for a matching torchvision later.
         self._companions: dict[str, TorchSource] = {}
         for b in plan.backends:
@@ -122,12 +133,28 @@ class _Run:
             environments=list(self.env_records.values()),
             backends=list(self.records.values()),
             notes=self.notes,
-            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            created_at=_now(),
             tool_version=__version__,
         )
 
     def save(self) -> Path:
-        return write_receipt(self.receipt(), self.primary.prefix)
+        """Write what this run did into the root's receipt, keeping every entry still on disk."""
+        listings: dict[str, state_mod.EnvState | None] = {}
+
+        def present(rec: BackendRecord, env: EnvRecord) -> bool:
+            if env.python not in listings:
+                python = Path(env.python)
+                listings[env.python] = state_mod.read_state(python) if python.exists() else None
+            listing = listings[env.python]
+            return listing is not None and listing.get(backend_dist(rec.name, rec.packages)) is not None
+
+        try:
+            return write_receipt(merge_receipts(self.previous, self.receipt(), present), self.primary.prefix)
+        except OSError as e:
+            # Written by rename: the previous receipt, if any, is still whole.
+            raise OperationFailed(
+                f"cannot write the receipt under {self.primary.prefix}: {e.strerror or e}"
+            ) from None
 
     # ------------------------------------------------------------ steps
 
@@ -140,7 +167,10 @@ class _Run:
     def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
         self.reporter.say(what)
         self._states.clear()
-        return subprocess.run(argv, capture_output=True, text=True)
+        # pip's cert/proxy settings reach uv as variables (uv does not read pip.conf).
+        return subprocess.run(
+            argv, capture_output=True, text=True, env={**os.environ, **self.installer.env()}
+        )
 
     def _fail_text(self, out: subprocess.CompletedProcess) -> str:
         lines = [ln for ln in (out.stderr or out.stdout or "").strip().splitlines() if ln.strip()]
@@ -159,6 +189,7 @@ class _Run:
             tv = current.get("torchvision")
             if tv and tv.local_tag == torch.local_tag:
                 pins.append(f"torchvision=={tv.version}")
+            pins += family_pins(current)
             self.env_records[env.name].torch = {
                 "requirement": pins[0],
                 "source": "already installed",
@@ -168,12 +199,22 @@ class _Run:
         py_version = current.markers.get("python_version") or f"{sys.version_info[0]}.{sys.version_info[1]}"
         py_tag = "cp" + py_version.replace(".", "")
         source: TorchSource = resolve_torch_source(
-            choice.variant, choice.index_url, spec, self.index.sources, py_tag, self.plan.profile.os.arch
+            choice.variant,
+            choice.index_url,
+            spec,
+            self.index.sources,
+            py_tag,
+            self.plan.profile.os.arch,
+            **({"reachable": lambda _url: False} if self.opts.offline else {}),
         )
         self.reporter.say(f"[{env.name}] torch: {source.torch_requirement} ({source.reason})")
         extra = (source.index_url,) if source.index_url else ()
+        # The torch family comes from the planned index only: for uv it is asked first (first-index),
+        # for pip it is the only index.
         out = self._run(
-            self.installer.install_argv(loc.python, [source.torch_requirement], extra_index_urls=extra),
+            self.installer.install_argv(
+                loc.python, [source.torch_requirement], extra_index_urls=extra, exclusive=True
+            ),
             f"[{env.name}] installing {source.torch_requirement}",
         )
         if out.returncode != 0:
@@ -188,7 +229,7 @@ class _Run:
             "version": source.torch_requirement.split("==", 1)[-1],
         }
         self._companions[env.name] = source
-        return [source.torch_requirement, *source.companions]
+        return [source.torch_requirement, *source.companions, *family_pins(self.state(loc))]
 
     def install_env(self, env: Environment) -> None:
         loc = self.locations[env.name]
@@ -241,7 +282,9 @@ class _Run:
                     excludes = constraints.parent / f"excludes-{backend.name}.txt"
                     excludes.write_text("\n".join(backend.excludes) + "\n")
                 out = self._run(
-                    self.installer.install_argv(loc.python, reqs, constraints, extra_index, excludes),
+                    self.installer.install_argv(
+                        loc.python, reqs, constraints, extra_index, excludes=excludes
+                    ),
                     f"[{env.name}] installing {backend.name}: {' '.join(reqs)}",
                 )
                 if out.returncode != 0:
@@ -262,6 +305,9 @@ class _Run:
             dist = self.state(loc).get(_dist_name(backend))
             rec.status = "installed" if dist else "failed"
             rec.version = dist.version if dist else rec.version
+            # The installer's own record of the file it installed (direct_url.json's archive hash).
+            if dist and dist.archive_hash:
+                rec.hashes[dist.name] = dist.archive_hash
             rec.reason = None if dist else f"{_dist_name(backend)} is not installed after the step"
         finally:
             rec.duration_s = round(time.monotonic() - started, 1)
@@ -288,6 +334,9 @@ class _Run:
         marker = f"/wheelhouse/{req.key}/"
         if dist is not None and dist.version == req.version and dist.direct_url and marker in dist.direct_url:
             rec.source = dist.direct_url
+            wheel_file = Path(urllib.request.url2pathname(urllib.parse.urlparse(dist.direct_url).path))
+            if wheel_file.is_file():
+                self._record_wheel_hash(backend, wheel_file)
             # The build is right; an extra asked for since ([server]) may still be missing.
             wanted = f"{backend.name}{extras_of(backend.packages, backend.name)}=={req.version}"
             if state_mod.unmet([wanted], current):
@@ -301,8 +350,10 @@ class _Run:
             self.index.pip_flags(),
             self.reporter,
             self.cache,
+            sources=self._hash_sources(),
         )
         rec.source = wheel.as_uri()
+        self._record_wheel_hash(backend, wheel)
         if dist is not None:
             # Same version, other build: the installer would call it satisfied.
             out = self._run(
@@ -312,6 +363,24 @@ class _Run:
             if out.returncode != 0:
                 raise OperationFailed(self._fail_text(out))
         return [f"{backend.name}{extras_of(backend.packages, backend.name)} @ {wheel.as_uri()}"]
+
+    def _record_wheel_hash(self, backend: BackendDecision, wheel: Path) -> None:
+        """The wheelhouse wheel's sha256 into the receipt; on a replay it must be the receipt's."""
+        name = _dist_name(backend)
+        actual = f"sha256={wheelhouse.sha256_file(wheel)}"
+        wanted = self.opts.replay_hashes.get(backend.name, {}).get(name)
+        if wanted and wanted != actual:
+            raise OperationFailed(
+                f"--from-receipt: the {name} wheel at hand ({actual[:23]}…) is not the file the receipt "
+                f"installed ({wanted[:23]}…); remove {wheel.parent} to build it again, then compare"
+            )
+        self.records[backend.name].hashes[name] = actual
+
+    def _hash_sources(self) -> tuple[str, ...]:
+        """The indexes pip would ask, PyPI when none is configured: where the sdist's sha256 is read."""
+        if self.index.no_index:
+            return ()
+        return (self.index.index_url or PYPI_SIMPLE, *self.index.extra_index_urls)
 
     def fix_torchvision(self, env: Environment, loc: EnvLocation) -> None:
         """A torchvision not built for this torch breaks transformers' imports: replace or remove it."""
@@ -361,6 +430,7 @@ class _Run:
         for b in installed:
             self.records[b].verify = [dict(c) for c in old[b].verify]
         self.env_records[env.name].notes = list(old_env.notes)
+        self.env_records[env.name].verified_at = old_env.verified_at
         return True
 
     def verify_env(self, env: Environment, loc: EnvLocation) -> None:
@@ -375,6 +445,7 @@ class _Run:
         if self._reuse_verify(env, installed):
             self.reporter.say(f"[{env.name}] nothing changed since the last verified install")
             return
+        self.env_records[env.name].verified_at = _now()
         for check in verify_environment(self.plan, env, loc.python, installed):
             target = [check.backend] if check.backend in installed else list(installed)
             for b in target:
@@ -389,18 +460,36 @@ class _Run:
             self.reporter.say(f"[{env.name}] verify FAILED {line}")
 
 
-def _previous_receipt(prefix: Path) -> Receipt | None:
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def family_pins(state: state_mod.EnvState) -> list[str]:
+    """Exact pins for the torch family the torch step installed (triton, nvidia-*, ...): later steps
+    resolve against other indexes and must not swap any of them for another index's build."""
+    return [
+        f"{d.name}=={d.version}"
+        for d in state.dists.values()
+        if is_torch_family(d.name) and d.name not in TORCH_FAMILY  # those three: torch_pins decides
+    ]
+
+
+def _previous_receipt(prefix: Path, reporter: Reporter) -> Receipt | None:
+    from provision.errors import UserError
     from provision.install.receipt import RECEIPT_REL, read_receipt
 
+    path = prefix / RECEIPT_REL
+    if not path.exists():
+        return None
     try:
-        return read_receipt(prefix / RECEIPT_REL) if (prefix / RECEIPT_REL).exists() else None
-    except Exception:  # an unreadable old receipt only means verifying again
+        return read_receipt(path)
+    except UserError as e:
+        # Truncated or not ours: nothing in it can be trusted; this run verifies afresh and rewrites it.
+        reporter.say(f"ignoring the unreadable receipt ({e}); this run writes a new one")
         return None
 
 
 def _dist_name(backend: BackendDecision) -> str:
-    from provision.install.receipt import backend_dist
-
     return backend_dist(backend.name, backend.packages)
 
 
@@ -440,6 +529,13 @@ def install_plan(
     opts.venv_root = venv_root if venv_root is not None else opts.venv_root
     opts.installer = installer or opts.installer
     reporter = reporter or Reporter()
+    from provision.lock import root_lock
+
+    with root_lock(opts.venv_root, wait=opts.wait, say=reporter.say):
+        return _install_locked(plan, opts, reporter)
+
+
+def _install_locked(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Receipt:
     run = _Run(plan, opts, reporter)
     if opts.check_disk:
         todo = [

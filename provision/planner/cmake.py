@@ -37,8 +37,8 @@ class LlamaBuild:
 def translate_user_args(text: str, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], tuple[PlanWarning, ...]]:
     """A user's CMAKE_ARGS with legacy names replaced by today's; UserError for what has no translation.
 
-    Sample (the seed's ROCm line): '-DLLAMA_HIPBLAS=on' -> ('-DGGML_HIP=on',) and a warning that,
-    passed through, it would have built CPU-only.
+    Sample (a ROCm line from older install guides): '-DLLAMA_HIPBLAS=on' -> ('-DGGML_HIP=on',)
+    and a warning that, passed through, it would have built CPU-only.
     """
     try:
         tokens = shlex.split(text)
@@ -204,7 +204,7 @@ def llama_build(
     if version != rec.for_version:
         raise OperationFailed(
             f"recipes: llama_cpp.toml describes llama-cpp-python {rec.for_version}, "
-            f"engines.toml plans {version}"
+            f"backends.toml plans {version}"
         )
     warnings: list[PlanWarning] = []
     system, arch = profile.os.system, profile.os.arch
