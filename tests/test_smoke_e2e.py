@@ -16,6 +16,7 @@ from provision.tiny_model import ensure_tiny_model
 from smoke.runner import run_smoke
 
 FAST_ENGINES = ("llama-cpp-python", "xllamacpp")
+CPU_ENGINES = ("transformers", "llama-cpp-python", "xllamacpp")
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,10 @@ def _processes_mentioning(marker: str) -> list[str]:
 @pytest.mark.slow
 def test_every_cpu_engine_passes_and_gpu_engines_skip(_engine_pythons, cache, tmp_path):
     model = ensure_tiny_model(cache)
-    pythons = {**_engine_pythons, "vllm": Path(sys.executable), "sglang": Path(sys.executable)}
-    report = run_smoke(pythons, probe_host(), model, tmp_path / "work")
+    pythons = {k: _engine_pythons[k] for k in CPU_ENGINES}
+    report = run_smoke({**pythons, "sglang": Path(sys.executable)}, probe_host(), model, tmp_path / "work")
+    # Issue 12's target is <= 20 s on an idle 2-core machine; it is printed, not asserted (shared CI).
+    print(f"smoke of {', '.join(CPU_ENGINES)}: {report.total_s:.1f} s")
 
     by_name = {r.backend: r for r in report.results}
     for name in ("transformers", "llama-cpp-python", "xllamacpp"):
@@ -53,12 +56,12 @@ def test_every_cpu_engine_passes_and_gpu_engines_skip(_engine_pythons, cache, tm
         assert r.hardware == "cpu"
         assert r.answer  # and check_chat_answer held it to the reference answer
     assert by_name["transformers"].load_s > 0 and by_name["llama-cpp-python"].load_s > 0
-    for name in ("vllm", "sglang"):
-        assert by_name[name].status == "skip"
-        assert "needs a CUDA device" in by_name[name].reason
+    assert by_name["sglang"].status == "skip"
+    assert "no CPU wheel on PyPI (sglang-kernel is CUDA-only)" in by_name["sglang"].reason
     pairs = {(a.left, a.right): a for a in report.agreement}
+    # xllamacpp's ids come from its server's /completion (return_tokens), the others' in-process.
     assert set(pairs) == {("transformers", "reference"), ("llama-cpp-python", "reference"),
-                          ("transformers", "llama-cpp-python")}
+                          ("xllamacpp", "reference"), ("transformers", "llama-cpp-python")}
     assert all(a.status == "pass" and a.tokens_compared >= 8 for a in pairs.values())
     assert report.ok
     assert _processes_mentioning(str(cache)) == []
