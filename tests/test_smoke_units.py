@@ -183,11 +183,31 @@ GPU_CHECK = Path(__file__).parent.parent / "smoke" / "gpu_check.sh"
 
 def test_gpu_check_script_fails_loudly_on_bad_arguments(tmp_path):
     assert subprocess.run(["bash", "-n", str(GPU_CHECK)]).returncode == 0
-    usage = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True)
-    assert usage.returncode == 1 and "usage:" in usage.stderr
-    missing = subprocess.run(["bash", str(GPU_CHECK), str(tmp_path / "no-wheels")], capture_output=True,
+    for args in ((), ("nope",), ("prepare",), ("run",)):
+        usage = subprocess.run(["bash", str(GPU_CHECK), *args], capture_output=True, text=True)
+        assert usage.returncode == 1 and "usage:" in usage.stderr, args
+    missing = subprocess.run(["bash", str(GPU_CHECK), "run", str(tmp_path / "no-carry")], capture_output=True,
                              text=True)
-    assert missing.returncode == 1 and "gpu_check: FAIL: wheel directory" in missing.stderr
+    assert missing.returncode == 1 and "gpu_check: FAIL: carry directory" in missing.stderr
+    empty = subprocess.run(["bash", str(GPU_CHECK), "run", str(tmp_path)], capture_output=True, text=True)
+    assert empty.returncode == 1 and "has no llama_cpp_python-0.3.36.tar.gz" in empty.stderr
+
+
+def test_nvml_recording_replays_to_the_same_findings():
+    """gpu_check's raw NVML record has FakeNvml's shape: a recording from a lent GPU machine
+    becomes a probe fixture as it is."""
+    from test_probe_support import FakeNvml
+
+    from provision.probe.nvidia import read_nvml
+    from smoke.gpu_check import record_nvml
+
+    live = FakeNvml("580.159.03", 13000, [("NVIDIA H200", 143771, (9, 0), 0)] * 2)
+    raw = record_nvml(live)
+    assert raw == {"driver": "580.159.03", "cuda": 13000,
+                   "gpus": [["NVIDIA H200", 143771, [9, 0], 0]] * 2}
+    replay = FakeNvml(raw["driver"], raw["cuda"], [(n, m, tuple(cc), mig) for n, m, cc, mig in raw["gpus"]])
+    assert read_nvml(replay).value == read_nvml(FakeNvml("580.159.03", 13000,
+                                                         [("NVIDIA H200", 143771, (9, 0), 0)] * 2)).value
 
 
 def test_vllm_on_cpu_is_float32_with_a_small_kv_cache_and_fast_start_env():
