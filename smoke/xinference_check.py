@@ -61,10 +61,11 @@ def run_xinference(python: Path, model: TinyModel, work_dir: Path, expected_text
             api = XinferenceApi(f"http://{HOST}:{port}")
             client = openai.OpenAI(base_url=server.base_url, api_key="none", timeout=REQUEST_TIMEOUT_S,
                                    max_retries=0)
+            models = _private_copy(model, work_dir / "xinference-models")
             for engine, fmt in ENGINES:
                 check_cancelled()
                 row = rows[engine]
-                path = model.hf_dir if fmt == "hf" else model.gguf_path
+                path = models[fmt]
                 try:
                     started = time.perf_counter()
                     name = f"xinfer-smoke-tiny-{fmt}"
@@ -88,3 +89,18 @@ def run_xinference(python: Path, model: TinyModel, work_dir: Path, expected_text
                 r.status = "fail"
                 r.reason = f"xinference-local did not stop cleanly after SIGTERM (exit {stopped.returncode})"
     return list(rows.values())
+
+
+def _private_copy(model: TinyModel, where: Path) -> dict[str, Path]:
+    """The tiny model's files copied for Xinference to register (4 MB): it keeps a cache link to
+    a registered model's directory, and the shared model cache must not depend on what it does."""
+    import shutil
+
+    hf = where / "hf"
+    if not hf.exists():
+        shutil.copytree(model.hf_dir, hf)
+    gguf = where / "gguf" / model.gguf_path.name
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    if not gguf.exists():
+        shutil.copyfile(model.gguf_path, gguf)
+    return {"hf": hf, "gguf": gguf}
