@@ -18,8 +18,14 @@ from provision.errors import OperationFailed
 
 def _common(f):
     @click.option("-i", "--inventory", required=True, metavar="FILE", help="Ansible inventory (INI or YAML).")
-    @click.option("--dir", "workdir", default="fleet", show_default=True, metavar="DIR",
-                  help="Controller-side directory for profiles, receipts, bundles, secrets.")
+    @click.option(
+        "--dir",
+        "workdir",
+        default="fleet",
+        show_default=True,
+        metavar="DIR",
+        help="Controller-side directory for profiles, receipts, bundles, secrets.",
+    )
     @click.option("--forks", type=int, default=None, help="Hosts Ansible works on at once.")
     @click.option("--json", "as_json", is_flag=True, help="Print the fleet report as JSON.")
     @functools.wraps(f)
@@ -90,8 +96,12 @@ def smoke(ctx):
 
 @fleet.command()
 @_common
-@click.option("--model", type=click.Choice(["tiny"]), default=None,
-              help="Launch this model on a worker through the supervisor and chat with it.")
+@click.option(
+    "--model",
+    type=click.Choice(["tiny"]),
+    default=None,
+    help="Launch this model on a worker through the supervisor and chat with it.",
+)
 def up(ctx, model):
     """Supervisor and workers (auth on, API key in a 0600 file here), then the model."""
     from provision.fleet.cluster import up_fleet

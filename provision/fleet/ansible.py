@@ -96,8 +96,14 @@ def run_playbook(
     events_path = adir / f"{playbook}-{stamp}.events.jsonl"
     log = adir / f"{playbook}-{stamp}.log"
     events_path.unlink(missing_ok=True)
-    argv = [ansible_bin("ansible-playbook"), "-i", str(fleet.inventory), str(PLAYBOOKS / f"{playbook}.yml"),
-            "-e", f"@{vars_file}"]
+    argv = [
+        ansible_bin("ansible-playbook"),
+        "-i",
+        str(fleet.inventory),
+        str(PLAYBOOKS / f"{playbook}.yml"),
+        "-e",
+        f"@{vars_file}",
+    ]
     if limit:
         argv += ["--limit", ",".join(limit)]
     env = {
@@ -134,8 +140,9 @@ def run_playbook(
                 continue
     hosts = fold_events(events, [h.name for h in fleet.hosts if not limit or h.name in limit])
     if code != 0 and not events:
-        raise OperationFailed(f"ansible-playbook {playbook}.yml failed (exit {code}) before any host ran: "
-                              f"{_tail(log)}")
+        raise OperationFailed(
+            f"ansible-playbook {playbook}.yml failed (exit {code}) before any host ran: {_tail(log)}"
+        )
     return PlayRun(playbook, round(time.monotonic() - started, 1), code, hosts, log)
 
 

@@ -126,8 +126,13 @@ def supervise(settings_path: Path) -> None:
     while not stopping:
         with paths["log"].open("ab") as log:
             child = subprocess.Popen(
-                settings["argv"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, cwd=settings["root"],
+                settings["argv"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                cwd=settings["root"],
             )
         code = child.wait()
         if stopping:
@@ -257,8 +262,12 @@ def start(args: argparse.Namespace) -> None:
                 log.write(f"\n[xinfer-setup] starting {args.role}: {' '.join(settings['argv'])}\n".encode())
                 daemon = subprocess.Popen(
                     [sys.executable, "-m", "provision.fleet.hostctl", "supervise", str(paths["settings"])],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                    cwd=str(root), close_fds=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    cwd=str(root),
+                    close_fds=True,
                 )
             paths["pid"].write_text(str(daemon.pid))
             out = {"changed": True, "manager": "daemon", "pid": daemon.pid}
@@ -300,8 +309,10 @@ def wait_ready(settings: dict[str, Any], paths: dict[str, Path], out: dict[str, 
         if out.get("manager") == "daemon" and read_pid(paths["pid"]) is None:
             return False, f"{settings['role']} exited; log {paths['log']}: {_tail(paths['log'])}"
         time.sleep(1)
-    return False, (f"{settings['role']} not answering on {ready['address']}:{ready['port']} after "
-                   f"{READY_TIMEOUT_S} s; log {paths['log']}: {_tail(paths['log'])}")
+    return False, (
+        f"{settings['role']} not answering on {ready['address']}:{ready['port']} after "
+        f"{READY_TIMEOUT_S} s; log {paths['log']}: {_tail(paths['log'])}"
+    )
 
 
 def _tail(path: Path, n: int = 6) -> str:
@@ -336,9 +347,12 @@ def status(args: argparse.Namespace) -> None:
         pid = read_pid(paths["pid"])
         if settings is None and pid is None:
             continue
-        roles[role] = {"alive": pid is not None, "pid": pid,
-                       "digest": settings.get("digest") if settings else None,
-                       "log": str(paths["log"])}
+        roles[role] = {
+            "alive": pid is not None,
+            "pid": pid,
+            "digest": settings.get("digest") if settings else None,
+            "log": str(paths["log"]),
+        }
     receipt = root / "envs" / "main" / "share" / "xinfer-setup" / "receipt.json"
     _emit({"changed": False, "roles": roles, "receipt": str(receipt) if receipt.exists() else None})
 
@@ -356,8 +370,14 @@ def reach(args: argparse.Namespace) -> None:
             with socket.create_connection((address, int(port)), timeout=args.timeout):
                 results.append({"name": name, "target": f"{address}:{port}", "ok": True, "detail": "open"})
         except ConnectionRefusedError:
-            results.append({"name": name, "target": f"{address}:{port}", "ok": refused_ok,
-                            "detail": "connection refused (routes; nothing listens yet)"})
+            results.append(
+                {
+                    "name": name,
+                    "target": f"{address}:{port}",
+                    "ok": refused_ok,
+                    "detail": "connection refused (routes; nothing listens yet)",
+                }
+            )
         except OSError as e:
             detail = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
             results.append({"name": name, "target": f"{address}:{port}", "ok": False, "detail": detail})
@@ -393,9 +413,31 @@ def auth(args: argparse.Namespace) -> None:
     _emit({"changed": True, "credentials": str(creds_path)})
 
 
+def unpack(tar: Path, dest: Path) -> Path:
+    """The pushed tar of wheels, unpacked once per bundle id (a re-run finds it done)."""
+    import shutil
+    import tarfile
+
+    done = dest / ".unpacked"
+    if done.exists():
+        return dest
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    with tarfile.open(tar) as tf:
+        for member in tf.getmembers():
+            if member.isfile() and "/" not in member.name and not member.name.startswith("."):
+                with tf.extractfile(member) as src, (dest / member.name).open("wb") as dst:  # type: ignore[union-attr]
+                    shutil.copyfileobj(src, dst)
+    done.write_text("")
+    return dest
+
+
 def install(args: argparse.Namespace) -> None:
     """`xinfer-setup install` with the pushed wheels as the only source (no index)."""
     root = Path(args.root).expanduser().absolute()
+    if args.tar:
+        args.find_links = [str(unpack(Path(args.tar), root / "bundles" / args.bundle_id))]
     env = {
         **os.environ,
         # The host's own pip config must not add indexes it cannot reach: the wheels are it.
@@ -406,7 +448,13 @@ def install(args: argparse.Namespace) -> None:
         "XDG_CACHE_HOME": str(root / "cache"),
         "XDG_DATA_HOME": str(root / "data"),
     }
-    argv = [str(Path(sys.executable).parent / "xinfer-setup"), "install", "--venv", str(root / "envs"), "--json"]
+    argv = [
+        str(Path(sys.executable).parent / "xinfer-setup"),
+        "install",
+        "--venv",
+        str(root / "envs"),
+        "--json",
+    ]
     if args.backend:
         for b in args.backend:
             argv += ["--backend", b]
@@ -427,14 +475,28 @@ def install(args: argparse.Namespace) -> None:
         receipt = None
     seconds = round(time.monotonic() - started, 1)
     if receipt is None:
-        _emit({"changed": True, "seconds": seconds, "reason": f"install exit {out.returncode}: {_tail(log, 4)}"}, 1)
+        _emit(
+            {
+                "changed": True,
+                "seconds": seconds,
+                "reason": f"install exit {out.returncode}: {_tail(log, 4)}",
+            },
+            1,
+        )
     changed = any(
         b.get("status") == "installed" and b.get("source") != "already installed" for b in receipt["backends"]
     )
-    failed = [f"{b['name']}: {(b.get('reason') or '')[:300]}" for b in receipt["backends"]
-              if b.get("status") == "failed"]
-    result = {"changed": changed, "seconds": seconds, "exit": out.returncode,
-              "receipt": str(root / "envs" / "main" / "share" / "xinfer-setup" / "receipt.json")}
+    failed = [
+        f"{b['name']}: {(b.get('reason') or '')[:300]}"
+        for b in receipt["backends"]
+        if b.get("status") == "failed"
+    ]
+    result = {
+        "changed": changed,
+        "seconds": seconds,
+        "exit": out.returncode,
+        "receipt": str(root / "envs" / "main" / "share" / "xinfer-setup" / "receipt.json"),
+    }
     if out.returncode != 0:
         result["reason"] = "; ".join(failed) or f"install exit {out.returncode}: {_tail(log, 4)}"
         _emit(result, 1)
@@ -474,6 +536,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("install")
     p.add_argument("--root", required=True)
     p.add_argument("--find-links", action="append", default=[])
+    p.add_argument("--tar", default=None, help="a pushed tar of wheels: unpacked and used as the find-links")
+    p.add_argument("--bundle-id", default="bundle")
     p.add_argument("--backend", action="append", default=[])
     p.add_argument("--portable", action="store_true")
     p.set_defaults(fn=install)

@@ -91,8 +91,7 @@ def ansible_bin(name: str) -> str:
     found = shutil.which(name)
     if found is None:
         raise UserError(
-            f"`{name}` not found: fleet needs ansible-core, install it with "
-            "pip install 'xinfer-setup[fleet]'"
+            f"`{name}` not found: fleet needs ansible-core, install it with pip install 'xinfer-setup[fleet]'"
         )
     return found
 
@@ -151,8 +150,10 @@ def _backends(value: Any, host: str) -> tuple[str, ...] | None:
     items = value if isinstance(value, list) else str(value).replace(",", " ").split()
     unknown = [b for b in items if b not in BACKENDS]
     if unknown:
-        raise UserError(f"host {host}: xinfer_backends has unknown backend '{unknown[0]}' "
-                        f"(choose from {', '.join(BACKENDS)})")
+        raise UserError(
+            f"host {host}: xinfer_backends has unknown backend '{unknown[0]}' "
+            f"(choose from {', '.join(BACKENDS)})"
+        )
     return tuple(dict.fromkeys(items))
 
 
@@ -182,8 +183,10 @@ def fleet_from_json(data: dict[str, Any], path: Path) -> Fleet:
     if not sup:
         raise UserError(f"inventory {path} has no `supervisor` group with a host in it")
     if len(sup) > 1:
-        raise UserError(f"inventory {path}: the `supervisor` group must hold one host, it holds "
-                        f"{len(sup)} ({', '.join(sup)})")
+        raise UserError(
+            f"inventory {path}: the `supervisor` group must hold one host, it holds "
+            f"{len(sup)} ({', '.join(sup)})"
+        )
     workers = group_hosts(data, "workers")
     if not workers:
         raise UserError(f"inventory {path} has no `workers` group with a host in it")
@@ -192,7 +195,11 @@ def fleet_from_json(data: dict[str, Any], path: Path) -> Fleet:
     for name in dict.fromkeys(sup + workers):
         hv = hostvars.get(name, {})
         role: Role = (
-            "supervisor+worker" if name in sup and name in workers else "supervisor" if name in sup else "worker"
+            "supervisor+worker"
+            if name in sup and name in workers
+            else "supervisor"
+            if name in sup
+            else "worker"
         )
         address = str(hv.get("xinfer_address") or hv.get("ansible_host") or name)
         if len(sup) + len(workers) > 1 and (address in _UNROUTABLE or address.startswith("127.")):

@@ -25,8 +25,15 @@ class Ctx:
     echo: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
 
     def play(self, name: str, extra: dict, limit: list[str] | None = None) -> PlayRun:
-        return run_playbook(name, self.fleet, self.dir, {"xf_dir": str(self.dir), **extra},
-                            limit=limit, forks=self.forks, echo=self.echo)
+        return run_playbook(
+            name,
+            self.fleet,
+            self.dir,
+            {"xf_dir": str(self.dir), **extra},
+            limit=limit,
+            forks=self.forks,
+            echo=self.echo,
+        )
 
 
 def new_report(ctx: Ctx, command: str) -> FleetReport:
@@ -71,8 +78,9 @@ def facts(ctx: Ctx, report: FleetReport) -> dict[str, HostFacts]:
     for name, o in run.hosts.items():
         data = o.data.get("xinfer: facts")
         if o.ok and data:
-            found[name] = HostFacts(python=data["python"], machine=data["machine"],
-                                    libc=data.get("libc") or "", root=data["root"])
+            found[name] = HostFacts(
+                python=data["python"], machine=data["machine"], libc=data.get("libc") or "", root=data["root"]
+            )
         elif o.ok:
             report.fail(name, "the facts step printed nothing readable")
     # Bad input: a host that cannot run xinfer-setup at all; nothing is changed anywhere.
@@ -94,8 +102,12 @@ def probe(ctx: Ctx, report: FleetReport) -> dict[str, HostFacts]:
                 sets[f.target] = tool_wheels(f, ctx.dir / "tool", wheel)
     (ctx.dir / "profiles").mkdir(parents=True, exist_ok=True)
     xf_hosts = {
-        name: {"root": f.root, "tool_tar": str(sets[f.target].tar), "tool_wheel": sets[f.target].wheel.name,
-               "tool_id": sets[f.target].content_id}
+        name: {
+            "root": f.root,
+            "tool_tar": str(sets[f.target].tar),
+            "tool_wheel": sets[f.target].wheel.name,
+            "tool_id": sets[f.target].content_id,
+        }
         for name, f in host_facts.items()
     }
     with timed(report, "probe"):
@@ -117,3 +129,156 @@ def read_facts(ctx: Ctx) -> dict[str, HostFacts]:
 
 
 __all__ = ["Ctx", "OperationFailed", "UserError", "new_report", "parse_facts", "probe"]
+
+
+# ------------------------------------------------------------------ plan
+
+
+def plan_hosts_from_dir(ctx: Ctx, report: FleetReport, portable: bool, names: list[str] | None = None):
+    """make_plan for every host with a profile in <dir>/profiles/ (same pure function as `plan`)."""
+    from provision.fleet.planning import plan_hosts
+    from provision.plan import PlanRequest
+    from provision.planner import load_recipes
+    from provision.profile import load_profile
+
+    profiles, requests = {}, {}
+    for h in ctx.fleet.hosts:
+        if names is not None and h.name not in names:
+            continue
+        path = ctx.dir / "profiles" / f"{h.name}.json"
+        if not path.exists():
+            report.fail(h.name, f"no profile at {path}: run `xinfer-setup fleet probe` first")
+            continue
+        profiles[h.name] = load_profile(path)
+        requests[h.name] = PlanRequest(backends=h.backends, portable_cpu=h.portable or portable)
+    with timed(report, "plan"):
+        host_plans = plan_hosts(profiles, requests, load_recipes())
+    plans_dir = ctx.dir / "plans"
+    plans_dir.mkdir(parents=True, exist_ok=True)
+    index = {}
+    for hp in host_plans:
+        index[hp.name] = {"plan_id": hp.plan_id, "build_key": hp.build_key}
+        path = plans_dir / f"{hp.plan_id}.json"
+        if not path.exists():
+            path.write_text(json.dumps(hp.plan.to_dict(), indent=2))
+        row = report.row(hp.name)
+        row.details.update(plan_id=hp.plan_id, build_key=hp.build_key)
+        if row.status == "skipped":
+            row.status = "ok"
+    (ctx.dir / "plans.json").write_text(json.dumps(index, indent=2))
+    return host_plans
+
+
+def plan_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
+    from provision.fleet.planning import group_builds, group_plans, render_table
+
+    report = new_report(ctx, "plan")
+    host_plans = plan_hosts_from_dir(ctx, report, portable)
+    groups = group_plans(host_plans)
+    report.extra["plans"] = [{"plan_id": g.plan_id, "hosts": list(g.hosts)} for g in groups]
+    report.extra["builds"] = {k: list(v) for k, v in group_builds(host_plans).items()}
+    report.notes.append(render_table(host_plans, groups))
+    return report
+
+
+# ------------------------------------------------------------------ install
+
+
+def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
+    """probe (the tool and fresh profiles) -> plan -> one wheel set per plan group -> llama.cpp
+    built once per key -> `xinfer-setup install` on every host in parallel -> receipts back."""
+    from provision.fleet.bundles import make_group_bundle
+    from provision.fleet.planning import group_builds
+    from provision.install.wheelhouse import built_wheel
+
+    report = new_report(ctx, "install")
+    host_facts = probe(ctx, report)
+    host_plans = plan_hosts_from_dir(ctx, report, portable, names=list(host_facts))
+    by_name = {hp.name: hp for hp in host_plans}
+
+    bundles = {}
+    with timed(report, "bundles"):
+        for hp in host_plans:
+            key = (hp.plan_id, host_facts[hp.name].target)
+            if key in bundles:
+                continue
+            try:
+                bundles[key] = make_group_bundle(
+                    hp.plan, hp.plan_id, host_facts[hp.name], ctx.dir / "bundles"
+                )
+            except OperationFailed as e:
+                bundles[key] = e
+    for hp in host_plans:
+        b = bundles[(hp.plan_id, host_facts[hp.name].target)]
+        if isinstance(b, OperationFailed):
+            report.fail(hp.name, f"wheels for its plan: {b}")
+
+    # Build once per key: from the controller's wheelhouse when it has the build, else on the
+    # first host of the key, fetched back and pushed to the others.
+    builds: dict[str, dict] = {}
+    first_wave: list[str] = []
+    for key, hosts in group_builds([hp for hp in host_plans if hp.name in _live(report)]).items():
+        have = built_wheel(key) or _fetched_build(ctx, key)
+        builds[key] = {
+            "hosts": list(hosts),
+            "source": "controller" if have else hosts[0],
+            "wheel": str(have) if have else None,
+        }
+        if not have:
+            first_wave.append(hosts[0])
+
+    def host_vars(name: str, fetch_build: bool) -> dict:
+        hp = by_name[name]
+        b = bundles[(hp.plan_id, host_facts[name].target)]
+        build = builds.get(hp.build_key or "", {})
+        return {
+            "root": host_facts[name].root,
+            "bundle_tar": str(b.tar),
+            "bundle_id": b.content_id,
+            "llama_key": hp.build_key or "",
+            "llama_wheel": build.get("wheel") or "",
+            "backends": list(ctx.fleet.host(name).backends or []),
+            "portable": ctx.fleet.host(name).portable or portable,
+            "fetch_build": fetch_build,
+        }
+
+    done_builds = 0
+    if first_wave:
+        with timed(report, "build wave"):
+            run = ctx.play(
+                "install", {"xf_hosts": {n: host_vars(n, True) for n in first_wave}}, limit=first_wave
+            )
+        apply_run(report, run)
+        for key, b in builds.items():
+            if b["wheel"] is None:
+                fetched = _fetched_build(ctx, key)
+                if fetched is not None:
+                    b["wheel"] = str(fetched)
+                    done_builds += 1
+                else:
+                    for n in b["hosts"][1:]:
+                        report.fail(n, f"the llama-cpp-python build for key {key} failed on {b['source']}")
+    rest = [n for n in _live(report) if n in by_name and n not in first_wave]
+    if rest:
+        with timed(report, "install"):
+            run = ctx.play("install", {"xf_hosts": {n: host_vars(n, False) for n in rest}}, limit=rest)
+        apply_run(report, run)
+    for name in by_name:
+        row = report.row(name)
+        receipt = ctx.dir / "receipts" / f"{name}.json"
+        if receipt.exists():
+            row.details["receipt"] = str(receipt)
+    served = sum(len(b["hosts"]) for b in builds.values())
+    report.extra["builds"] = {
+        "done": done_builds,
+        "reused_from_controller": sum(1 for b in builds.values() if b["source"] == "controller"),
+        "keys": len(builds),
+        "hosts_served": served,
+    }
+    report.extra["plans"] = len({hp.plan_id for hp in host_plans})
+    return report
+
+
+def _fetched_build(ctx: Ctx, key: str) -> Path | None:
+    wheels = sorted((ctx.dir / "builds" / key).glob("*.whl"))
+    return wheels[0] if wheels else None

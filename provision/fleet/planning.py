@@ -90,11 +90,15 @@ def summary(plan: Plan) -> str:
 
 def render_table(host_plans: list[HostPlan], groups: list[PlanGroup], max_hosts_shown: int = 6) -> str:
     builds = group_builds(host_plans)
-    lines = [f"{len(host_plans)} host(s), {len(groups)} distinct plan(s), {len(builds)} llama.cpp build(s)", ""]
+    lines = [
+        f"{len(host_plans)} host(s), {len(groups)} distinct plan(s), {len(builds)} llama.cpp build(s)",
+        "",
+    ]
     lines.append(f"{'plan':12}  {'hosts':>5}  {'what':60}  hosts")
     for g in groups:
-        shown = ", ".join(g.hosts[:max_hosts_shown]) + (f", ... (+{len(g.hosts) - max_hosts_shown})"
-                                                        if len(g.hosts) > max_hosts_shown else "")
+        shown = ", ".join(g.hosts[:max_hosts_shown]) + (
+            f", ... (+{len(g.hosts) - max_hosts_shown})" if len(g.hosts) > max_hosts_shown else ""
+        )
         lines.append(f"{g.plan_id:12}  {len(g.hosts):>5}  {summary(g.plan)[:60]:60}  {shown}")
     if builds:
         lines += ["", "llama-cpp-python builds (one per key, copied to the other hosts of the key):"]

@@ -25,6 +25,7 @@ class FleetReport:
     hosts: list[HostRow]
     phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # text blocks shown after the table
 
     @property
     def ok(self) -> bool:
@@ -62,17 +63,31 @@ class FleetReport:
         for key, value in self.extra.items():
             if isinstance(value, (str, int, float)):
                 lines.append(f"{key}: {value}")
-            elif isinstance(value, dict) and value and all(isinstance(v, (str, int, float, type(None)))
-                                                           for v in value.values()):
+            elif (
+                isinstance(value, dict)
+                and value
+                and all(isinstance(v, (str, int, float, type(None))) for v in value.values())
+            ):
                 lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
+        for note in self.notes:
+            lines += ["", note]
         return "\n".join(lines)
 
 
 def rows_from(outcomes: dict[str, Any], roles: dict[str, str]) -> list[HostRow]:
-    return [HostRow(name=n, role=roles[n], status="skipped") for n in roles] if not outcomes else [
-        HostRow(name=n, role=roles[n], status=_status(outcomes.get(n)), reason=getattr(outcomes.get(n), "reason", None))
-        for n in roles
-    ]
+    return (
+        [HostRow(name=n, role=roles[n], status="skipped") for n in roles]
+        if not outcomes
+        else [
+            HostRow(
+                name=n,
+                role=roles[n],
+                status=_status(outcomes.get(n)),
+                reason=getattr(outcomes.get(n), "reason", None),
+            )
+            for n in roles
+        ]
+    )
 
 
 def _status(outcome: Any) -> Status:

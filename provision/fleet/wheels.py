@@ -31,7 +31,20 @@ from provision.errors import OperationFailed, UserError
 
 MIN_PYTHON = (3, 10)
 # manylinux glibc levels uv's --python-platform knows (recipes/resolve.toml keeps the same list).
-_UV_MANYLINUX = ("2.17", "2.28", "2.31", "2.32", "2.33", "2.34", "2.35", "2.36", "2.37", "2.38", "2.39", "2.40")
+_UV_MANYLINUX = (
+    "2.17",
+    "2.28",
+    "2.31",
+    "2.32",
+    "2.33",
+    "2.34",
+    "2.35",
+    "2.36",
+    "2.37",
+    "2.38",
+    "2.39",
+    "2.40",
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,9 @@ def parse_facts(stdout: str) -> HostFacts:
         line = line.strip()
         if line.startswith("{"):
             d = json.loads(line)
-            return HostFacts(python=d["python"], machine=d["machine"], libc=d.get("libc") or "", root=d["root"])
+            return HostFacts(
+                python=d["python"], machine=d["machine"], libc=d.get("libc") or "", root=d["root"]
+            )
     raise ValueError("no JSON line in the facts output")
 
 
@@ -131,11 +146,26 @@ def self_wheel(dest: Path) -> Path:
     root = project_root()
     with tempfile.TemporaryDirectory(prefix="xinfer-fleet-wheel-") as tmp:
         if root is not None:
-            out = subprocess.run([_uv(), "build", "--wheel", "--out-dir", tmp, str(root)],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [_uv(), "build", "--wheel", "--out-dir", tmp, str(root)], capture_output=True, text=True
+            )
         else:
-            out = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                                  "-d", tmp, f"xinfer-setup=={__version__}"], capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary",
+                    ":all:",
+                    "-d",
+                    tmp,
+                    f"xinfer-setup=={__version__}",
+                ],
+                capture_output=True,
+                text=True,
+            )
         built = sorted(Path(tmp).glob("xinfer_setup-*.whl"))
         if out.returncode != 0 or not built:
             last = (out.stderr.strip().splitlines() or ["no output"])[-1]
@@ -161,9 +191,20 @@ def compile_pins(requirements: list[str], facts: HostFacts) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="xinfer-fleet-") as tmp:
         req = Path(tmp) / "requirements.in"
         req.write_text("\n".join(requirements) + "\n")
-        argv = [_uv(), "pip", "compile", "--no-header", "--no-annotate", "--color", "never",
-                "--python-platform", uv_platform(facts),
-                "--python-version", f"{facts.python_minor[0]}.{facts.python_minor[1]}", str(req)]
+        argv = [
+            _uv(),
+            "pip",
+            "compile",
+            "--no-header",
+            "--no-annotate",
+            "--color",
+            "never",
+            "--python-platform",
+            uv_platform(facts),
+            "--python-version",
+            f"{facts.python_minor[0]}.{facts.python_minor[1]}",
+            str(req),
+        ]
         from provision.install.executor import Installer
         from provision.install.pipconfig import read_index_config
 
@@ -171,23 +212,61 @@ def compile_pins(requirements: list[str], facts: HostFacts) -> list[str]:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
-        raise OperationFailed(f"cannot resolve xinfer-setup's dependencies for {facts.target}: "
-                              f"{' '.join(lines[-3:])[:600]}")
+        raise OperationFailed(
+            f"cannot resolve xinfer-setup's dependencies for {facts.target}: {' '.join(lines[-3:])[:600]}"
+        )
     return [ln.strip() for ln in out.stdout.splitlines() if "==" in ln and not ln.startswith("#")]
 
 
 def download(pins: list[str], facts: HostFacts, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-            "--disable-pip-version-check", "-d", str(dest),
-            "--python-version", f"{facts.python_minor[0]}.{facts.python_minor[1]}",
-            "--implementation", "cp"]
+    # --no-deps without --only-binary: a project published only as an sdist comes down as one and
+    # is built into a wheel here (such projects are pure Python), so hosts never build.
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        "--python-version",
+        f"{facts.python_minor[0]}.{facts.python_minor[1]}",
+        "--implementation",
+        "cp",
+    ]
     for p in pip_platforms(facts):
         argv += ["--platform", p]
     out = subprocess.run(argv + pins, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip() and "WARNING" not in ln]
         raise OperationFailed(f"cannot download wheels for {facts.target}: {' '.join(lines[-3:])[:600]}")
+    sdists = sorted(p for p in dest.iterdir() if p.name.endswith((".tar.gz", ".zip", ".tar.bz2")))
+    if sdists:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-w",
+                str(dest),
+                *map(str, sdists),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        if out.returncode != 0:
+            lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+            raise OperationFailed(
+                f"cannot build wheels from {', '.join(p.name for p in sdists)}: {' '.join(lines[-2:])[:500]}"
+            )
+        for p in sdists:
+            p.unlink()
 
 
 @dataclass(frozen=True)
@@ -204,8 +283,9 @@ def tool_wheels(facts: HostFacts, base: Path, self_wheel_path: Path) -> ToolWhee
     done = d / "pins.txt"
     reqs = tool_requirements()
     stamp = "\n".join(sorted(reqs))
-    if not (done.exists() and (d / "requirements.txt").exists()
-            and (d / "requirements.txt").read_text() == stamp):
+    if not (
+        done.exists() and (d / "requirements.txt").exists() and (d / "requirements.txt").read_text() == stamp
+    ):
         pins = compile_pins(reqs, facts)
         download(pins, facts, d)
         (d / "requirements.txt").write_text(stamp)

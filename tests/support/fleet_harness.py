@@ -46,7 +46,10 @@ def ensure_sshd() -> None:
         subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, env=env, timeout=600)
         subprocess.run(
             ["apt-get", "install", "-y", "-q", "--no-install-recommends", "openssh-server"],
-            check=True, capture_output=True, env=env, timeout=900,
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=900,
         )
     finally:
         if created:
@@ -150,7 +153,9 @@ class FleetHarness:
         log = (h.dir / "sshd.log").open("ab")
         h.sshd = subprocess.Popen(
             ["ip", "netns", "exec", h.ns, SSHD, "-D", "-e", "-f", str(h.dir / "sshd_config")],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -174,8 +179,9 @@ class FleetHarness:
         # Ansible's ControlPersist master for this host would otherwise look alive for a while.
         for sock in (Path.home() / ".ansible" / "cp").glob("*"):
             with contextlib.suppress(OSError):
-                subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"],
-                               capture_output=True, timeout=5)
+                subprocess.run(
+                    ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"], capture_output=True, timeout=5
+                )
 
     # ------------------------------------------------------------ inventory
     def inventory(self, path: Path, **extra_vars: str) -> Path:

@@ -53,8 +53,13 @@ class CallbackModule(CallbackBase):
         host, task, data = _parts(result)
         name = task.get_name()
         took = time.monotonic() - self._started.get(task._uuid, time.monotonic())
-        event = {"host": host, "task": name, "status": status, "changed": bool(data.get("changed")),
-                 "seconds": round(took, 2)}
+        event = {
+            "host": host,
+            "task": name,
+            "status": status,
+            "changed": bool(data.get("changed")),
+            "seconds": round(took, 2),
+        }
         payload = None
         if name.startswith(DATA_PREFIX) and isinstance(data.get("stdout"), str) and data["stdout"].strip():
             try:

@@ -54,8 +54,21 @@ def main() -> None:
     steps = []
     if not (tool / "bin" / "python").exists():
         steps.append([str(uv), "venv", "--python", sys.executable, str(tool)])
-    steps.append([str(uv), "pip", "install", "--python", str(tool / "bin" / "python"), "--no-index",
-                  "--find-links", str(wheels), "--reinstall-package", "xinfer-setup", str(wheels / a.wheel)])
+    steps.append(
+        [
+            str(uv),
+            "pip",
+            "install",
+            "--python",
+            str(tool / "bin" / "python"),
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "--reinstall-package",
+            "xinfer-setup",
+            str(wheels / a.wheel),
+        ]
+    )
     for argv in steps:
         out = subprocess.run(argv, capture_output=True, text=True, env=env)
         if out.returncode != 0:
