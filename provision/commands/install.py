@@ -92,6 +92,9 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
 @click.option("--index-url", metavar="URL", help="Package index (replaces pip's configured one).")
 @click.option("--find-links", multiple=True, metavar="DIR|URL", help="Extra wheel location (repeatable).")
 @click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of this arch, not -march=native.")
+@click.option(
+    "--from-bundle", metavar="DIR", help="Install a bundle's plan from it alone, with no network (bundle -o)."
+)
 def install(
     auto,
     backends,
@@ -105,8 +108,12 @@ def install(
     index_url,
     find_links,
     portable,
+    from_bundle,
 ):
     """Carry a plan out: environments, torch, engines, verify, receipt."""
+    if from_bundle:
+        _install_from_bundle(from_bundle, venv_root, installer, as_json, locals())
+        return
     _check_flags(auto, backends, profile_path, dry_run, from_receipt)
     from provision.install.api import InstallOptions, install_plan
     from provision.install.executor import choose_installer
@@ -140,6 +147,33 @@ def install(
     index = read_index_config().with_cli(index_url, tuple(find_links))
     options = InstallOptions(installer=choose_installer(installer), index=index, replay_pins=replay_pins)
     receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
+    if as_json:
+        click.echo(json.dumps(receipt.to_dict(), indent=2))
+    _raise_unless_ok(receipt)
+
+
+def _install_from_bundle(bundle_dir: str, venv_root, installer, as_json: bool, flags: dict) -> None:
+    """The bundle carries its plan: flags that would make another plan or use an index are refused."""
+    given = {
+        "--auto": flags.get("auto"),
+        "--backend": flags.get("backends"),
+        "--profile": flags.get("profile_path"),
+        "--from-receipt": flags.get("from_receipt"),
+        "--dry-run": flags.get("dry_run"),
+        "--torch-index-url": flags.get("torch_index_url"),
+        "--index-url": flags.get("index_url"),
+        "--find-links": flags.get("find_links"),
+        "--portable": flags.get("portable"),
+    }
+    clash = [name for name, value in given.items() if value]
+    if clash:
+        raise UserError(f"--from-bundle installs the bundle's own plan: it takes no {', '.join(clash)}")
+    from provision.bundle.offline_install import install_from_bundle
+    from provision.install.executor import choose_installer
+    from provision.install.progress import Reporter
+
+    root = Path(venv_root).expanduser() if venv_root else None
+    receipt = install_from_bundle(bundle_dir, root, choose_installer(installer), Reporter())
     if as_json:
         click.echo(json.dumps(receipt.to_dict(), indent=2))
     _raise_unless_ok(receipt)

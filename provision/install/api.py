@@ -61,6 +61,8 @@ class InstallOptions:
     replay_pins: dict[str, list[str]] = field(default_factory=dict)
     cache_dir: Path | None = None
     check_disk: bool = True
+    # Installing from a bundle: no index is asked, not even whether the torch index answers.
+    offline: bool = False
 
 
 def _name(req: str) -> str | None:
@@ -238,7 +240,13 @@ class _Run:
         py_version = current.markers.get("python_version") or f"{sys.version_info[0]}.{sys.version_info[1]}"
         py_tag = "cp" + py_version.replace(".", "")
         source: TorchSource = resolve_torch_source(
-            choice.variant, choice.index_url, spec, self.index.sources, py_tag, self.plan.profile.os.arch
+            choice.variant,
+            choice.index_url,
+            spec,
+            self.index.sources,
+            py_tag,
+            self.plan.profile.os.arch,
+            **({"reachable": lambda _url: False} if self.opts.offline else {}),
         )
         self.reporter.say(f"[{env.name}] torch: {source.torch_requirement} ({source.reason})")
         extra = (source.index_url,) if source.index_url else ()
