@@ -11,7 +11,7 @@ prints one JSON object on stdout (Ansible gives it back to the controller). Comm
   status    per role: alive, pid, settings
   reach     TCP connects to address:port targets, each with its result
   auth      Xinference's first-run admin setup and an API key, kept in a 0600 file here
-  install   `xinfer-setup install` from the pushed wheels, no index; says whether it changed
+  install   `xinfer-setup install --from-bundle` of the pushed bundle; says whether it changed
 
 Secrets never go on a command line or into a log: `auth` writes them to a 0600 file only.
 """
@@ -414,7 +414,8 @@ def auth(args: argparse.Namespace) -> None:
 
 
 def unpack(tar: Path, dest: Path) -> Path:
-    """The pushed tar of wheels, unpacked once per bundle id (a re-run finds it done)."""
+    """The pushed tar, unpacked once per bundle id (a re-run finds it done); plain files only,
+    each kept inside dest."""
     import shutil
     import tarfile
 
@@ -426,42 +427,28 @@ def unpack(tar: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
     with tarfile.open(tar) as tf:
         for member in tf.getmembers():
-            if member.isfile() and "/" not in member.name and not member.name.startswith("."):
-                with tf.extractfile(member) as src, (dest / member.name).open("wb") as dst:  # type: ignore[union-attr]
-                    shutil.copyfileobj(src, dst)
+            target = (dest / member.name).resolve()
+            if not member.isfile() or dest.resolve() not in target.parents:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tf.extractfile(member) as src, target.open("wb") as dst:  # type: ignore[union-attr]
+                shutil.copyfileobj(src, dst)
     done.write_text("")
     return dest
 
 
 def install(args: argparse.Namespace) -> None:
-    """`xinfer-setup install` with the pushed wheels as the only source (no index)."""
+    """`xinfer-setup install --from-bundle`: the bundle the controller pushed is the only source."""
     root = Path(args.root).expanduser().absolute()
-    if args.tar:
-        args.find_links = [str(unpack(Path(args.tar), root / "bundles" / args.bundle_id))]
+    bundle = unpack(Path(args.tar), root / "bundles" / args.bundle_id)
     env = {
         **os.environ,
-        # The host's own pip config must not add indexes it cannot reach: the wheels are it.
-        "PIP_CONFIG_FILE": os.devnull,
-        "PIP_NO_INDEX": "1",
-        "PIP_FIND_LINKS": " ".join(args.find_links),
-        "UV_OFFLINE": "1",
+        # Our wheelhouse (a pushed llama-cpp-python build) and data live under the host's root.
         "XDG_CACHE_HOME": str(root / "cache"),
         "XDG_DATA_HOME": str(root / "data"),
     }
-    argv = [
-        str(Path(sys.executable).parent / "xinfer-setup"),
-        "install",
-        "--venv",
-        str(root / "envs"),
-        "--json",
-    ]
-    if args.backend:
-        for b in args.backend:
-            argv += ["--backend", b]
-    else:
-        argv.append("--auto")
-    if args.portable:
-        argv.append("--portable")
+    tool_bin = Path(sys.executable).parent / "xinfer-setup"
+    argv = [str(tool_bin), "install", "--from-bundle", str(bundle), "--venv", str(root / "envs"), "--json"]
     log = root / "logs" / "install.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -475,14 +462,8 @@ def install(args: argparse.Namespace) -> None:
         receipt = None
     seconds = round(time.monotonic() - started, 1)
     if receipt is None:
-        _emit(
-            {
-                "changed": True,
-                "seconds": seconds,
-                "reason": f"install exit {out.returncode}: {_tail(log, 4)}",
-            },
-            1,
-        )
+        reason = f"install exit {out.returncode}: {_tail(log, 4)}"
+        _emit({"changed": True, "seconds": seconds, "reason": reason}, 1)
     changed = any(
         b.get("status") == "installed" and b.get("source") != "already installed" for b in receipt["backends"]
     )
@@ -535,11 +516,8 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(fn=auth)
     p = sub.add_parser("install")
     p.add_argument("--root", required=True)
-    p.add_argument("--find-links", action="append", default=[])
-    p.add_argument("--tar", default=None, help="a pushed tar of wheels: unpacked and used as the find-links")
-    p.add_argument("--bundle-id", default="bundle")
-    p.add_argument("--backend", action="append", default=[])
-    p.add_argument("--portable", action="store_true")
+    p.add_argument("--tar", required=True, help="the pushed bundle as a tar")
+    p.add_argument("--bundle-id", required=True)
     p.set_defaults(fn=install)
     p = sub.add_parser("supervise")
     p.add_argument("settings")

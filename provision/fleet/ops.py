@@ -204,7 +204,7 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
                 continue
             try:
                 bundles[key] = make_group_bundle(
-                    hp.plan, hp.plan_id, host_facts[hp.name], ctx.dir / "bundles"
+                    hp.plan, hp.plan_id, key[1], ctx.dir / "bundles", reporter=_Quiet(ctx.echo)
                 )
             except OperationFailed as e:
                 bundles[key] = e
@@ -237,8 +237,6 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
             "bundle_id": b.content_id,
             "llama_key": hp.build_key or "",
             "llama_wheel": build.get("wheel") or "",
-            "backends": list(ctx.fleet.host(name).backends or []),
-            "portable": ctx.fleet.host(name).portable or portable,
             "fetch_build": fetch_build,
         }
 
@@ -282,3 +280,19 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
 def _fetched_build(ctx: Ctx, key: str) -> Path | None:
     wheels = sorted((ctx.dir / "builds" / key).glob("*.whl"))
     return wheels[0] if wheels else None
+
+
+class _Quiet:
+    """A Reporter for make_bundle whose lines go to the fleet's progress stream."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+
+    def say(self, line: str) -> None:
+        self.echo(f"[controller] bundle: {line}")
+
+    def tick(self, line: str) -> None:
+        pass
+
+    def done(self) -> None:
+        pass

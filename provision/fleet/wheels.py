@@ -302,15 +302,16 @@ def tool_wheels(facts: HostFacts, base: Path, self_wheel_path: Path) -> ToolWhee
 
 
 def pack(directory: Path, tar_path: Path) -> Path:
-    """One uncompressed tar of a wheel directory (wheels are compressed already), byte-for-byte the
-    same for the same files: sorted names, zero times and owners. Ansible pushes one file, and
-    its checksum says whether anything changed."""
+    """One uncompressed tar of a directory of wheels (already compressed), byte-for-byte the same
+    for the same files: sorted paths, zero times and owners. Ansible pushes one file, and its
+    checksum says whether anything changed."""
     tmp = tar_path.with_suffix(".tar.tmp")
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
-        for f in sorted(directory.iterdir()):
-            if not f.is_file() or f.name.startswith("."):
+        for f in sorted(p for p in directory.rglob("*") if p.is_file()):
+            rel = f.relative_to(directory)
+            if any(part.startswith(".") for part in rel.parts):
                 continue
-            info = tf.gettarinfo(str(f), arcname=f.name)
+            info = tf.gettarinfo(str(f), arcname=rel.as_posix())
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
             info.mode = 0o644
             with f.open("rb") as fh:
