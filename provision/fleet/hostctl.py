@@ -437,6 +437,17 @@ def unpack(tar: Path, dest: Path) -> Path:
     return dest
 
 
+def _installed_state(receipt_path: Path) -> Any:
+    try:
+        r = json.loads(receipt_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return (
+        {e["name"]: sorted(e.get("packages", [])) for e in r.get("environments", [])},
+        {b["name"]: b.get("status") for b in r.get("backends", [])},
+    )
+
+
 def install(args: argparse.Namespace) -> None:
     """`xinfer-setup install --from-bundle`: the bundle the controller pushed is the only source."""
     root = Path(args.root).expanduser().absolute()
@@ -451,6 +462,8 @@ def install(args: argparse.Namespace) -> None:
     argv = [str(tool_bin), "install", "--from-bundle", str(bundle), "--venv", str(root / "envs"), "--json"]
     log = root / "logs" / "install.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    receipt_path = root / "envs" / "main" / "share" / "xinfer-setup" / "receipt.json"
+    before = _installed_state(receipt_path)
     started = time.monotonic()
     with log.open("a") as f:
         f.write(f"\n[xinfer-setup] {' '.join(argv)}\n")
@@ -464,9 +477,8 @@ def install(args: argparse.Namespace) -> None:
     if receipt is None:
         reason = f"install exit {out.returncode}: {_tail(log, 4)}"
         _emit({"changed": True, "seconds": seconds, "reason": reason}, 1)
-    changed = any(
-        b.get("status") == "installed" and b.get("source") != "already installed" for b in receipt["backends"]
-    )
+    # Changed means what is installed changed, not that a receipt was rewritten.
+    changed = _installed_state(receipt_path) != before
     failed = [
         f"{b['name']}: {(b.get('reason') or '')[:300]}"
         for b in receipt["backends"]

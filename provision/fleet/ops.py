@@ -153,14 +153,9 @@ def plan_hosts_from_dir(ctx: Ctx, report: FleetReport, portable: bool, names: li
         requests[h.name] = PlanRequest(backends=h.backends, portable_cpu=h.portable or portable)
     with timed(report, "plan"):
         host_plans = plan_hosts(profiles, requests, load_recipes())
-    plans_dir = ctx.dir / "plans"
-    plans_dir.mkdir(parents=True, exist_ok=True)
     index = {}
     for hp in host_plans:
         index[hp.name] = {"plan_id": hp.plan_id, "build_key": hp.build_key}
-        path = plans_dir / f"{hp.plan_id}.json"
-        if not path.exists():
-            path.write_text(json.dumps(hp.plan.to_dict(), indent=2))
         row = report.row(hp.name)
         row.details.update(plan_id=hp.plan_id, build_key=hp.build_key)
         if row.status == "skipped":

