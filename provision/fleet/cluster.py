@@ -311,7 +311,7 @@ def status_fleet(ctx: Ctx) -> FleetReport:
         with contextlib.suppress(OperationFailed):
             api = _admin_api(ctx.fleet.endpoint, creds)
             for w in api.call("GET", "/v1/workers") or []:
-                workers[str(w.get("work-ip", "")).rsplit(":", 1)[0]] = w.get("models")
+                workers[str(w.get("work-ip", "")).rsplit(":", 1)[0]] = sorted(w.get("models") or {})
     for h in ctx.fleet.hosts:
         row = report.row(h.name)
         o = run.hosts.get(h.name)

@@ -177,7 +177,7 @@ class FleetHarness:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 h.sshd.wait(timeout=5)
         # Ansible's ControlPersist master for this host would otherwise look alive for a while.
-        for sock in (Path.home() / ".ansible" / "cp").glob("*"):
+        for sock in (self.base / "cp").glob("*"):
             with contextlib.suppress(OSError):
                 subprocess.run(
                     ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"], capture_output=True, timeout=5
@@ -193,6 +193,8 @@ class FleetHarness:
             "ansible_ssh_private_key_file": str(self.key),
             "ansible_ssh_common_args": "'-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
             "-o ConnectTimeout=5 -o LogLevel=ERROR'",
+            # Our own ControlPersist sockets: stopping a host's sshd closes only ours.
+            "ansible_control_path_dir": str(self.base / "cp"),
             **extra_vars,
         }
         lines += ["", "[all:vars]"] + [f"{k}={v}" for k, v in common.items()]
