@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "smoke": ("provision.commands.smoke", "smoke", "Run a tiny local model on every installed engine."),
     "serve": ("provision.commands.serve", "serve", "Serve a model with the best engine here."),
     "bundle": ("provision.commands.bundle", "bundle", "Download what a plan installs, for offline installs."),
-    "fleet": ("provision.commands.fleet", "fleet", "Provision many hosts with Ansible; run an Xinference cluster."),
+    "fleet": ("provision.commands.fleet", "fleet", "Provision hosts with Ansible; run Xinference on them."),
 }
 
 

@@ -10,6 +10,7 @@ process but sshd in any namespace. The harness is torn down even when a test fai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -85,7 +86,8 @@ def test_host_python_below_3_10_is_bad_input(harness, inv, tmp_path):
         .read_text()
         .replace(
             f"{harness.hosts[2].name} ansible_host={harness.hosts[2].address}",
-            f"{harness.hosts[2].name} ansible_host={harness.hosts[2].address} ansible_python_interpreter={OLD_PYTHON}",
+            f"{harness.hosts[2].name} ansible_host={harness.hosts[2].address} "
+            f"ansible_python_interpreter={OLD_PYTHON}",
         )
     )
     old = tmp_path / "old.ini"
@@ -148,10 +150,8 @@ def test_install_then_up_tiny_answers_through_the_supervisor(harness, inv):
     for h in harness.hosts:
         texts += [p.read_text(errors="replace") for p in (h.root / "logs").glob("*") if p.is_file()]
         for pid, _ in h.processes():
-            try:
+            with contextlib.suppress(OSError):
                 texts.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
-            except OSError:
-                pass
     assert not any(key in t for t in texts)
 
 
