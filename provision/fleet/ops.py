@@ -291,3 +291,24 @@ class _Quiet:
 
     def done(self) -> None:
         pass
+
+
+# ------------------------------------------------------------------ smoke
+
+
+def smoke_fleet(ctx: Ctx) -> FleetReport:
+    """`xinfer-setup smoke` on every installed host, in parallel; its JSON stays on the host
+    (<root>/logs/smoke.json), the last lines of a failure come back as the reason."""
+    report = new_report(ctx, "smoke")
+    roots = {n: f.root for n, f in read_facts(ctx).items()} or {
+        n: f.root for n, f in facts(ctx, report).items()
+    }
+    with timed(report, "smoke"):
+        run = ctx.play("smoke", {"xf_hosts": {n: {"root": r} for n, r in roots.items()}}, limit=list(roots))
+    apply_run(report, run)
+    for name in roots:
+        row = report.row(name)
+        if row.status == "unchanged":
+            row.status = "ok"
+        row.details["report"] = f"{roots[name]}/logs/smoke.json"
+    return report
