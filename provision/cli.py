@@ -1,6 +1,7 @@
 """The xinfer-setup command line.
 
-Each subcommand lives in provision/commands/<name>.py and is imported only when it
+Each subcommand lives in provision/commands/<name>.py (smoke's in smoke/command.py: the
+smoke test sits above the product and uses it, never the reverse) and is imported only when it
 runs, so `xinfer-setup probe` does not pay for the planner, the installer or click's
 help of every command. Errors a user can act on are one line on stderr, never a traceback.
 """
@@ -21,7 +22,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("provision.commands.plan", "plan", "Decide what to install, and why."),
     "install": ("provision.commands.install", "install", "Carry a plan out, with a receipt."),
     "verify": ("provision.commands.install", "verify", "Check what is installed against its receipt."),
-    "smoke": ("provision.commands.smoke", "smoke", "Run a tiny local model on every installed engine."),
+    "uninstall": ("provision.commands.uninstall", "uninstall", "Remove a backend; the receipt follows."),
+    "status": ("provision.commands.status", "status", "What is recorded, last verified, and changed since."),
+    "smoke": ("smoke.command", "smoke", "Run a tiny local model on every installed engine."),
     "serve": ("provision.commands.serve", "serve", "Serve a model with the best engine here."),
     "bundle": ("provision.commands.bundle", "bundle", "Download what a plan installs, for offline installs."),
     "fleet": ("provision.commands.fleet", "fleet", "Provision hosts with Ansible; run Xinference on them."),
@@ -51,6 +54,13 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from provision.redact import RedactingStream
+
+    # Every line any layer prints leaves through one redaction (URL passwords, API keys, tokens).
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout = RedactingStream(sys.stdout)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr)  # type: ignore[assignment]
     try:
         cli.main(args=argv, prog_name="xinfer-setup", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -1,8 +1,8 @@
 """The install plan (schema v1): what to install where, and why.
 
-The contract is ../shared/schemas/plan.v1.md. A plan is made by the pure function
-provision.planner.make_plan(profile, request, recipes) and carried out by
-provision.install. Beyond the v1 fields it says which *environment* each backend goes
+The schema is the dataclasses below, in the JSON form to_dict() writes (`plan --json`). A
+plan is made by the pure function provision.planner.make_plan(profile, request, recipes) and
+carried out by provision.install. Beyond the v1 fields it says which *environment* each backend goes
 into: engines whose pins conflict (vllm vs sglang vs xinference) never share one.
 """
 
@@ -12,12 +12,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from provision.backends import names as backend_names
 from provision.profile import HostProfile
 
 SCHEMA_VERSION = 1
 
-# Backend names as the plan and the CLI spell them. Order is the order plans list them in.
-BACKENDS = ("xinference", "transformers", "vllm", "sglang", "llama-cpp-python", "xllamacpp")
+# Backend names as the plan and the CLI spell them, in the order plans list them in: a view of
+# the registry (recipes/backends.toml), kept under this name for the modules that import it.
+BACKENDS = backend_names()
 
 # The environment Xinference and everything that co-installs with it goes into.
 PRIMARY_ENV = "main"
@@ -84,7 +86,7 @@ class Environment:
 
 
 @dataclass(frozen=True)
-class Warning_:
+class PlanWarning:
     code: str
     message: str
 
@@ -96,7 +98,7 @@ class Plan:
     torch: TorchChoice  # the primary environment's torch (v1 field)
     backends: tuple[BackendDecision, ...]
     environments: tuple[Environment, ...]
-    warnings: tuple[Warning_, ...] = ()
+    warnings: tuple[PlanWarning, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def backend(self, name: str) -> BackendDecision | None:
@@ -214,7 +216,7 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
                 for e in d.get("environments") or []
             ),
             warnings=tuple(
-                Warning_(codes[i] if i < len(codes) else "warning", m) for i, m in enumerate(messages)
+                PlanWarning(codes[i] if i < len(codes) else "warning", m) for i, m in enumerate(messages)
             ),
             schema_version=int(d.get("schema_version", SCHEMA_VERSION)),
         )

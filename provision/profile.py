@@ -1,9 +1,9 @@
 """The host profile (schema v1): typed, read from and written to JSON.
 
-The contract is ../shared/schemas/host-profile.v1.md. Required fields are checked
-here; extra fields we add (toolchain.cuda_cublas, nvidia.source, notes, ...) are optional
-so that profiles written by hand or by an older probe still load. Unknown fields are
-ignored on read.
+The schema is the dataclasses below, in the JSON form to_dict() writes (`probe --json`;
+tests/profiles/ holds real ones). Required fields are checked here; extra fields we add
+(toolchain.cuda_cublas, nvidia.source, notes, ...) are optional so that profiles written by
+hand or by an older probe still load. Unknown fields are ignored on read.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+from provision.engines.adapters import ADAPTERS
+from provision.engines.engine_probe import RESULT_MARKER
+from provision.tiny_model import ensure_tiny_model
 from smoke.checks import compare_greedy, llama_cpp_placement
-from smoke.engine_probe import RESULT_MARKER
-from smoke.engines import ADAPTERS
 from smoke.reference import TinyReference
-from smoke.tiny_model import ensure_tiny_model
 
 NEW_TOKENS = 16
 # On a GPU, float32 kernels sum in other orders than numpy; greedy ids must still match exactly.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smoke.tiny_model import IM_END, IM_START
+from provision.tiny_model import IM_END, IM_START
 
 
 def chatml_prompt(user_message: str) -> str:

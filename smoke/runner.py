@@ -20,13 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provision.engines.adapters import ADAPTERS, EngineAdapter, has_cuda_device
+from provision.engines.engine_probe import RESULT_MARKER
+from provision.engines.server import ManagedServer, ServerError, free_port, offline_env
+from provision.errors import OperationFailed
 from provision.profile import HostProfile
+from provision.tiny_model import TinyModel
 from smoke.checks import Agreement, AnswerError, check_chat_answer, compare_greedy, llama_cpp_placement
-from smoke.engine_probe import RESULT_MARKER
-from smoke.engines import ADAPTERS, EngineAdapter, has_cuda_device
 from smoke.reference import TinyReference
-from smoke.server import ManagedServer, ServerError, free_port, offline_env
-from smoke.tiny_model import TinyModel
+from smoke.settings import smoke_launch
 
 HOST = "127.0.0.1"
 USER_MESSAGE = "Hello! What is your name?"
@@ -75,7 +77,7 @@ class SmokeReport:
                 "agreement": [a.to_dict() for a in self.agreement]}
 
 
-class EngineFailed(Exception):
+class EngineFailed(OperationFailed):
     def __init__(self, reason: str, log_tail: str = ""):
         super().__init__(reason)
         self.log_tail = log_tail
@@ -166,7 +168,7 @@ def _serve_and_ask(adapter: EngineAdapter, python: Path, model_path: Path, gpu: 
 
     api_key = f"sk-smoke-{secrets.token_hex(8)}" if adapter.supports_api_key else None
     port = free_port(HOST)
-    argv = adapter.server_command(python, model_path, HOST, port, api_key, gpu=gpu)
+    argv = adapter.server_command(python, model_path, smoke_launch(adapter, HOST, port, gpu), api_key)
     server = ManagedServer(argv, host=HOST, port=port, log_path=work_dir / f"{adapter.name}-server.log",
                            api_key=api_key, ready_timeout_s=READY_TIMEOUT_S,
                            env=adapter.server_env(work_dir / adapter.name))

@@ -10,22 +10,46 @@ hand-made ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Secrets the tests hand the CLI (in URLs, keys, env). No output of any CLI run may contain one:
+# `cli()` checks every run's stdout and stderr, so the whole suite greps its own outputs.
+TEST_SECRETS = ("s3cret-pw-4711", "tok3n-0815-xyz", "hf_test_token_2718")
+
+
+def assert_no_secret(text: str, where: str) -> None:
+    leaked = [s for s in TEST_SECRETS if s in text]
+    assert not leaked, f"{where} contains the test secret(s) {leaked}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest's default base temp (/tmp/pytest-of-USER/pytest-N) keeps the last three runs and deletes
+    # older ones: a second checkout's run deletes this run's provisioned environments under it. One
+    # base per checkout, emptied by pytest at the start of each run, keeps runs of different
+    # checkouts apart and the disk bounded (each provisioned root is a few GB).
+    if config.option.basetemp is None:
+        tag = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+        parent = Path(tempfile.gettempdir()) / "xinfer-setup-tests"
+        parent.mkdir(parents=True, exist_ok=True)
+        config.option.basetemp = str(parent / tag)
+
 
 def cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 1800, **kw
 ) -> subprocess.CompletedProcess:
     """Run the real `xinfer-setup` entry point of this checkout in a subprocess."""
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "provision", *args],
         capture_output=True,
         text=True,
@@ -34,18 +58,24 @@ def cli(
         cwd=kw.pop("cwd", REPO),
         **kw,
     )
+    assert_no_secret(done.stdout or "", f"stdout of xinfer-setup {' '.join(args)[:80]}")
+    assert_no_secret(done.stderr or "", f"stderr of xinfer-setup {' '.join(args)[:80]}")
+    return done
 
 
 @pytest.fixture(scope="session")
 def provisioned_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("provisioned") / "envs"
-    done = cli("install", "--auto", "--venv", str(root), "--json")
+    # A token in the environment, as a user logged in to the hub has: it must not reach the receipt.
+    done = cli("install", "--auto", "--venv", str(root), "--json", env={"HF_TOKEN": TEST_SECRETS[2]})
     if done.returncode != 0:
         pytest.fail(
             f"install --auto failed (exit {done.returncode}):\n{done.stderr[-4000:]}\n{done.stdout[-2000:]}"
         )
     report = json.loads(done.stdout)
     assert report, "install --auto --json printed no report"
+    for written in root.rglob("share/xinfer-setup/*.json"):
+        assert_no_secret(written.read_text(), str(written))
     return root
 
 
@@ -68,3 +98,16 @@ def _engine_pythons(request) -> dict[str, Path]:
     if python:
         return {name: Path(python) for name in ("transformers", "llama-cpp-python", "xllamacpp")}
     return dict(request.getfixturevalue("engine_env"))
+
+
+@pytest.fixture(scope="session")
+def host_bundle(tmp_path_factory) -> Path:
+    """The real `xinfer-setup bundle -o DIR --auto` for this machine, network on, made once per
+    session (about a minute with the llama-cpp-python wheel already in the wheelhouse; it is built
+    otherwise). Tests that change a bundle work on a copy or a symlink farm of it."""
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    done = cli("bundle", "-o", str(out), "--auto", "--json")
+    if done.returncode != 0:
+        pytest.fail(f"bundle --auto failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    (out.parent / "report.json").write_text(done.stdout)
+    return out

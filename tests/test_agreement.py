@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from provision.engines.adapters import ADAPTERS
+from provision.engines.engine_probe import RESULT_MARKER
+from provision.tiny_model import ensure_tiny_model
 from smoke.checks import compare_greedy
-from smoke.engine_probe import RESULT_MARKER
-from smoke.engines import ADAPTERS
 from smoke.reference import TinyReference
-from smoke.tiny_model import ensure_tiny_model
 
 
 def _probe(python: Path, backend: str, model_path: Path, prompt_ids: list[int]) -> dict:

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from provision.errors import OperationFailed
-from provision.install.api import InstallOptions, check_free_disk, install_plan
+from provision.install.disk import check_free_disk
 from provision.install.progress import Reporter
 from provision.install.receipt import installed_backends, read_receipt, receipt_path
+from provision.install.run import InstallOptions, install_plan
 from provision.plan import BackendDecision, BuildSpec, Environment, Plan, PlanRequest, TorchChoice
 from provision.profile import CPUInfo, HostProfile, OSInfo, PythonInfo, Toolchain
 

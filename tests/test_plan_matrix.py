@@ -11,20 +11,21 @@ from pathlib import Path
 
 import pytest
 
+from provision.backends import registry
 from provision.plan import BACKENDS, PlanRequest
 from provision.planner import load_recipes, make_plan
 from provision.profile import load_profile
 
 PROFILES = Path(__file__).parent / "profiles"
-INS, S = "install", "skip"
 
 
-def row(torch, actions, cmake=None, envs=("main",), reasons=None, warnings=(), spec=None):
-    names = ("xinference", "transformers", "vllm", "sglang", "llama-cpp-python", "xllamacpp")
+def row(torch, skips=None, cmake=None, envs=("main",), reasons=None, warnings=(), spec=None):
+    """skips: backend -> text its skip reason must contain ("" for any); every other backend installs.
+    reasons: backend (or "torch") -> text an install reason (or the torch reason) must contain."""
     return dict(
         torch=torch,
         spec=spec,
-        actions=dict(zip(names, actions, strict=True)),
+        skips=dict(skips or {}),
         cmake=cmake,
         envs=envs,
         reasons=reasons or {},
@@ -32,71 +33,68 @@ def row(torch, actions, cmake=None, envs=("main",), reasons=None, warnings=(), s
     )
 
 
-ALL_GPU = (INS, INS, INS, INS, INS, INS)
-NO_VLLM = (INS, INS, S, S, INS, INS)
+def no_gpu_engines(vllm="", sglang=""):
+    return {"vllm": vllm, "sglang": sglang}
+
+
 GPU_ENVS = ("main", "vllm", "sglang")
 
 EXPECTED = {
     # Pascal, datacenter: cu126 is the only torch build with sm_60; vLLM needs 7.5.
     "linux-p100-driver535": row(
         "cu126",
-        NO_VLLM,
+        no_gpu_engines(vllm="needs compute capability >= 7.5"),
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=60"),
-        reasons={"vllm": "needs compute capability >= 7.5", "torch": "sm_60"},
+        reasons={"torch": "sm_60"},
     ),
     # Pascal on a NEW driver: still cu126 (cu13x has no sm_61).
     "linux-tesla-p4-driver580": row(
         "cu126",
-        NO_VLLM,
+        no_gpu_engines(vllm="Tesla P4 (sm_61)", sglang="compute capability >= 7.5"),
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=61"),
-        reasons={"vllm": "Tesla P4 (sm_61)", "sglang": "compute capability >= 7.5"},
     ),
     # Volta on driver 515: no current CUDA torch at all.
     "linux-titan-v-driver515": row(
         "cpu",
-        NO_VLLM,
+        no_gpu_engines(vllm="TITAN V (sm_70)"),
         (),
         warnings=("nvidia-driver-too-old",),
-        reasons={"torch": "older than 525.60.13", "llama-cpp-python": "no nvcc", "vllm": "TITAN V (sm_70)"},
+        reasons={"torch": "older than 525.60.13", "llama-cpp-python": "no nvcc"},
     ),
     "linux-t4-driver580": row(
-        "cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=75"), GPU_ENVS
+        "cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=75"), GPU_ENVS
     ),
     # Turing consumer, driver 610 without nvcc: CPU llama build that says what to install.
     "linux-rtx2080super-driver610": row(
-        "cu130", ALL_GPU, (), GPU_ENVS, reasons={"llama-cpp-python": "install the CUDA toolkit"}
+        "cu130", {}, (), GPU_ENVS, reasons={"llama-cpp-python": "install the CUDA toolkit"}
     ),
     # Driver 450 and Python 3.8: nothing installs; every reason says why.
     "linux-8x-a100-driver450": row(
         "cpu",
-        (S, S, S, S, S, S),
+        {**dict.fromkeys(BACKENDS, ""), "xinference": "Python >= 3.10", "llama-cpp-python": "gcc 7.5.0"},
         None,
         warnings=("nvidia-driver-too-old",),
-        reasons={
-            "xinference": "Python >= 3.10",
-            "llama-cpp-python": "gcc 7.5.0",
-            "torch": "upgrade the driver",
-        },
+        reasons={"torch": "upgrade the driver"},
     ),
     "linux-a100-driver535": row(
         "cu126",
-        NO_VLLM,
+        no_gpu_engines(vllm="CUDA 13 build and needs driver >= 580"),
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=80"),
-        reasons={"vllm": "CUDA 13 build and needs driver >= 580", "torch": "would allow cu130"},
+        reasons={"torch": "would allow cu130"},
     ),
     "linux-rtx3090-driver570": row(
         "cu126",
-        NO_VLLM,
+        no_gpu_engines(vllm="cu129"),
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=86"),
         warnings=("cuda-cublas-unknown",),
-        reasons={"vllm": "cu129", "xllamacpp": "cu128"},
+        reasons={"xllamacpp": "cu128"},
     ),
     "linux-l40s-driver580": row(
-        "cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=89"), GPU_ENVS
+        "cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=89"), GPU_ENVS
     ),
     "linux-h100-driver590": row(
         "cu130",
-        ALL_GPU,
+        {},
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
         GPU_ENVS,
         # cu132's compute_90 PTX needs a CUDA 13.2 driver; 590 supports 13.1.
@@ -104,99 +102,97 @@ EXPECTED = {
     ),
     "linux-8x-h200-driver570": row(
         "cu126",
-        NO_VLLM,
+        no_gpu_engines(sglang="driver 570.133.20 runs CUDA <= 12.8"),
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
-        reasons={"sglang": "driver 570.133.20 runs CUDA <= 12.8"},
     ),
     # aarch64 GH200: vLLM's aarch64 floor is glibc 2.34 (2.35 here); xllamacpp's CUDA wheels
     # cover Linux arm64 too, and sm_90 runs cu128's PTX (driver 590 supports CUDA 13.1 < 13.2).
     "linux-gh200-aarch64-driver590": row(
         "cu130",
-        ALL_GPU,
+        {},
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
         GPU_ENVS,
         reasons={"xllamacpp": "cu128 wheel"},
     ),
     "linux-b200-driver580": row(
-        "cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=100"), GPU_ENVS
+        "cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=100"), GPU_ENVS
     ),
     # Blackwell on a 12.x driver: only torch < 2.12's cu128 has sm_120 kernels.
     "linux-rtx5090-driver570": row(
         "cu128",
-        NO_VLLM,
+        no_gpu_engines(),
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=120"),
         spec="<2.12",
         warnings=("torch-legacy-index",),
     ),
     "linux-rtx-pro-6000-driver595": row(
-        "cu130", ALL_GPU, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=120"), GPU_ENVS
+        "cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=120"), GPU_ENVS
     ),
     # Mixed 3090 + 1070: torch cu126 covers both; vLLM (cu130, >= 7.5) names the card it leaves out;
     # the llama.cpp build carries both archs.
     "linux-mixed-3090-1070-driver580": row(
         "cu126",
-        ALL_GPU,
+        {},
         ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=61;86"),
         GPU_ENVS,
         warnings=("engine-gpu-left-out",),
     ),
     "linux-mi300x-rocm6.3": row(
         "rocm7.1",
-        NO_VLLM,
+        no_gpu_engines(vllm="Python 3.12 only", sglang="Docker"),
         ("-DGGML_HIP=on", "-DGPU_TARGETS=gfx942"),
         reasons={
-            "vllm": "Python 3.12 only",
-            "sglang": "Docker",
             "xllamacpp": "no xllamacpp ROCm wheel runs AMD Instinct MI300X (gfx942) with ROCm 6.3.3",
         },
     ),
     "linux-mi250x-rocm6.4": row(
         "rocm7.1",
-        NO_VLLM,
+        no_gpu_engines(),
         ("-DGGML_HIP=on", "-DGPU_TARGETS=gfx90a"),
         # rocm-6.4.1 has no gfx90a kernels, and xllamacpp's GPU wheels need glibc 2.35 (2.31 here).
         reasons={"xllamacpp": "CPU wheel from PyPI"},
         warnings=("xllamacpp-cpu-wheel",),
     ),
-    "linux-rx7900xtx-no-hipcc": row("rocm7.1", NO_VLLM, (), reasons={"llama-cpp-python": "no hipcc"}),
+    "linux-rx7900xtx-no-hipcc": row(
+        "rocm7.1", no_gpu_engines(), (), reasons={"llama-cpp-python": "no hipcc"}
+    ),
     "macos-m1max": row(
-        "mps", NO_VLLM, ("-DGGML_METAL=on",), reasons={"xinference": "mlx", "vllm": "Linux only"}
+        "mps", no_gpu_engines(vllm="Linux only"), ("-DGGML_METAL=on",), reasons={"xinference": "mlx"}
     ),
     "macos-intel-i5": row(
         "cpu",
-        (INS, S, S, S, INS, INS),
+        {**no_gpu_engines(), "transformers": "needs torch >= 2.6"},
         ("-DGGML_METAL=off",),
         spec="==2.2.2",
         warnings=("torch-intel-mac",),
-        reasons={"transformers": "needs torch >= 2.6"},
     ),
     "windows-rtx2080super-driver610": row(
-        "cu130", (INS, INS, S, S, S, INS), None, reasons={"vllm": "WSL2", "llama-cpp-python": "Visual Studio"}
+        "cu130", {**no_gpu_engines(vllm="WSL2"), "llama-cpp-python": "Visual Studio"}, None
     ),
-    "linux-graviton3-cpu": row("cpu", NO_VLLM, ()),
+    "linux-graviton3-cpu": row("cpu", no_gpu_engines(), ()),
     # This machine: nvcc without cuBLAS and no GPU.
     "linux-cpu-debian12-nvcc-no-cublas": row(
-        "cpu", NO_VLLM, (), warnings=("profile-note",), reasons={"vllm": "no NVIDIA GPU"}
+        "cpu", no_gpu_engines(vllm="no NVIDIA GPU"), (), warnings=("profile-note",)
     ),
     # CentOS 7: torch needs glibc 2.28, gcc 4.8.5 cannot build llama.cpp;
     # xllamacpp's manylinux2014 wheel works.
     "centos7-glibc2.17-cpu": row(
         "cpu",
-        (S, S, S, S, S, INS),
-        None,
-        reasons={
+        {
+            **no_gpu_engines(),
             "xinference": "glibc >= 2.28",
             "llama-cpp-python": "gcc 4.8.5",
             "transformers": "glibc >= 2.28",
         },
+        None,
     ),
     # A GPU on the bus with no driver: CPU plan, and the warning says to install the driver.
     "linux-nvidia-no-driver": row(
         "cpu",
-        NO_VLLM,
+        no_gpu_engines(vllm="no NVIDIA driver"),
         (),
         warnings=("nvidia-no-driver",),
-        reasons={"vllm": "no NVIDIA driver", "torch": "install the NVIDIA driver"},
+        reasons={"torch": "install the NVIDIA driver"},
     ),
 }
 
@@ -218,7 +214,9 @@ def test_profile_decisions(name, recipes):
     assert plan.torch.variant == want["torch"], plan.torch.reason
     assert plan.torch.version_spec == want["spec"]
     assert [b.name for b in plan.backends] == list(BACKENDS)
-    assert {b.name: b.action for b in plan.backends} == want["actions"]
+    assert {b.name for b in plan.backends if b.action == "skip"} == set(want["skips"])
+    for name, text in want["skips"].items():
+        assert text in plan.backend(name).reason, f"{name}: {plan.backend(name).reason!r} lacks {text!r}"
     for b in plan.backends:
         assert b.reason, b.name
         assert (b.environment is None) == (b.action == "skip"), b.name
@@ -244,7 +242,9 @@ def test_gpu_engines_get_their_own_environments_with_pinned_torch(recipes):
     assert sglang.requirements == ("sglang==0.5.23",) and sglang.torch.version_spec == "==2.14.1"
     assert vllm.torch.variant == sglang.torch.variant == "cu130"
     assert "click<8.2.0" in vllm.reason and "torch==2.14.1" in vllm.reason
-    assert main.backends == ("xinference", "transformers", "llama-cpp-python", "xllamacpp")
+    primary = tuple(b.name for b in registry() if b.environment == "primary")
+    assert main.backends == primary
+    assert primary[:4] == ("xinference", "transformers", "llama-cpp-python", "xllamacpp")
     xinf = plan.backend("xinference")
     assert xinf.packages == ("xinference[transformers]==4.1.0",)
     assert "not [vllm]/[sglang]" in xinf.reason and "[all]" in xinf.reason
@@ -318,3 +318,23 @@ def test_plan_json_round_trips_through_plan_from_dict(recipes):
         plan = make_plan(load_profile(PROFILES / f"{name}.json"), PlanRequest(), recipes)
         again = plan_from_dict(json.loads(plan.to_json()))
         assert again == plan
+
+
+def test_reasons_follow_the_recipe_pins(recipes):
+    """A pin bumped in recipes/backends.toml shows in every reason that quotes it."""
+    from copy import deepcopy
+    from dataclasses import replace
+
+    engines = deepcopy(dict(recipes.engines))
+    engines["xinference"].update(version="9.9.0", click_pin="click<9.1", hub_ceiling="7.7")
+    engines["vllm"].update(version="0.99.0", torch="2.98.0")
+    engines["sglang"].update(torch="2.97.0")
+    engines["transformers"].update(python_min="3.9")
+    bumped = replace(recipes, engines=engines)
+    plan = make_plan(load_profile(PROFILES / "linux-h100-driver590.json"), PlanRequest(), bumped)
+    text = " ".join([*(b.reason for b in plan.backends), *(e.reason for e in plan.environments)])
+    for old in ("4.1.0", "click<8.2.0", "1.31", "0.33.0", "2.14.0", "2.14.1"):
+        assert old not in text, old
+    assert "xinference 9.9.0 (click<9.1 keeps huggingface-hub < 7.7)" in plan.backend("transformers").reason
+    assert "(vllm 0.99.0 pins 2.98.0)" in plan.environment("sglang").reason
+    assert "nor sglang's (torch==2.97.0)" in plan.environment("vllm").reason

@@ -1,6 +1,6 @@
 """xllamacpp's wheel index: the newest index with code every GPU can run with this driver.
 
-Facts (recipes/engines.toml [xllamacpp], from xllamacpp 2026.10.11549's README): cu132 ships
+Facts (recipes/backends.toml [xllamacpp], from xllamacpp 2026.10.11549's README): cu132 ships
 native code for sm_75/86/89/120/121 and PTX only for compute_80/90 (nothing for 50/61/70);
 cu128 ships native sm_86/89/120 and PTX for compute_50/61/70/75/80/90. PTX JITs only when the
 driver natively supports the wheel's CUDA (13.2 / 12.8); GPU wheels need glibc >= 2.35.

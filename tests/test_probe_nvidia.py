@@ -25,7 +25,7 @@ from test_probe_support import (
 
 from provision.errors import UserError
 from provision.probe import nvidia_parse
-from provision.probe.nvidia import ENV_CUDA_DRIVER_VERSION, probe_nvidia
+from provision.probe.nvidia import ENV_CUDA_ARCH, ENV_CUDA_DRIVER_VERSION, probe_nvidia
 from provision.probe.pci import display_controllers
 from provision.probe.system import find_executable
 
@@ -223,20 +223,45 @@ def test_jetson_kernel_module_is_not_taken_for_a_driver_version(tmp_path):
     assert any("L4T release 35.3.1" in n for n in found.notes)
 
 
-def test_env_override_wins_and_nothing_is_queried(tmp_path):
+def test_driver_override_keeps_the_probed_gpus(tmp_path):
+    """It used to drop them, turning a GPU plan into "no GPU"."""
     h100_box(tmp_path)
+    system = make_system(tmp_path, nvml=recorded_h100_nvml(), env={ENV_CUDA_DRIVER_VERSION: "580.65.06"})
+    found = probe_nvidia(system, display_controllers(system))
+    assert (found.value.driver.driver_version, found.value.driver.source) == ("580.65.06", "env")
+    assert [g.compute_capability for g in found.value.gpus] == ["9.0", "9.0"]
+    assert any("580.65.06 from" in n and "probed: 570.133" in n for n in found.notes)
+
+
+def test_both_overrides_plan_a_gpu_less_build_without_probing(tmp_path):
     runner = RecordedRunner()
     system = make_system(
         tmp_path,
         runner=runner,
-        env={ENV_CUDA_DRIVER_VERSION: "580.65.06"},
+        env={ENV_CUDA_DRIVER_VERSION: "580.65.06", ENV_CUDA_ARCH: "8.0, sm_90,12.0"},
         trusted_tools={"nvidia-smi": tmp_path / SMI},
     )
-    system.load_nvml = lambda: pytest.fail("NVML must not be loaded when the driver version is given")
+    system.load_nvml = lambda: pytest.fail("nothing to probe when both overrides are given")
     found = probe_nvidia(system, display_controllers(system))
-    assert (found.value.driver.driver_version, found.value.driver.source) == ("580.65.06", "env")
-    assert found.value.gpus == ()
+    assert [g.sm for g in found.value.gpus] == [80, 90, 120]
+    assert found.value.driver.driver_version == "580.65.06"
     assert runner.calls == []
+
+
+@pytest.mark.parametrize("value", ["ampere", "8", "2.0", "8.0,", "sm_9a"])
+def test_bad_arch_override_is_a_user_error(tmp_path, value):
+    if value == "8.0,":  # a trailing comma is harmless
+        assert (
+            len(
+                probe_nvidia(
+                    make_system(tmp_path, env={ENV_CUDA_ARCH: value, ENV_CUDA_DRIVER_VERSION: "580.1"}), []
+                ).value.gpus
+            )
+            == 1
+        )
+        return
+    with pytest.raises(UserError, match=ENV_CUDA_ARCH):
+        probe_nvidia(make_system(tmp_path, env={ENV_CUDA_ARCH: value}), [])
 
 
 @pytest.mark.parametrize("value", ["latest", "12", "35.3.1", "580.65.06; rm -rf /"])

@@ -224,7 +224,7 @@ def _chat_both_ways(url: str, model: str, api_key: str) -> None:
 def test_serve_tiny_engine_native_with_api_key(serve_root, state_home):
     import openai
 
-    from smoke.server import free_port
+    from provision.engines.server import free_port
 
     port = free_port()
     args = ["tiny", "--venv", str(serve_root), "--port", str(port), "--api-key", "k-123"]
@@ -244,8 +244,8 @@ def test_serve_tiny_engine_native_with_api_key(serve_root, state_home):
 
 @pytest.mark.slow
 def test_serve_tiny_with_llama_cpp(serve_root, state_home):
+    from provision.engines.server import free_port
     from provision.install.receipt import installed_backends
-    from smoke.server import free_port
 
     if "xllamacpp" not in installed_backends(serve_root):
         pytest.skip("XINFER_TEST_ENGINE_PYTHON has no xllamacpp")  # the provisioned root always has it
@@ -264,7 +264,7 @@ def test_serve_tiny_with_llama_cpp(serve_root, state_home):
 
 @pytest.mark.slow
 def test_serve_tiny_via_xinference(serve_root, state_home):
-    from smoke.server import free_port
+    from provision.engines.server import free_port
 
     port = free_port()
     args = ["tiny", "--venv", str(serve_root), "--port", str(port), "--via", "xinference"]

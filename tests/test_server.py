@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from smoke.server import ManagedServer, ServerError, free_port, parse_models, tail_lines
+from provision.engines.server import ManagedServer, ServerError, free_port, parse_models, tail_lines
 
 # A real OpenAI-ish /v1/models server whose misbehaviour is chosen by argv[2].
 FAKE_SERVER = textwrap.dedent(

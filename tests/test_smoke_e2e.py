@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from provision.probe import probe_host
+from provision.tiny_model import ensure_tiny_model
 from smoke.runner import run_smoke
-from smoke.tiny_model import ensure_tiny_model
 
 FAST_ENGINES = ("llama-cpp-python", "xllamacpp")
 

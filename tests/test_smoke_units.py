@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from provision.engines.adapters import ADAPTERS, LaunchSettings
 from provision.profile import profile_from_dict
 from smoke.checks import AnswerError, check_chat_answer, compare_greedy, llama_cpp_placement
-from smoke.engines import ADAPTERS
+from smoke.settings import smoke_launch
 
 PY = Path("/envs/vllm/bin/python")
 MODEL = Path("/models/tiny/hf")
@@ -37,7 +38,9 @@ V100 = _profile(gpus=[("Tesla V100-SXM2-16GB", "7.0")])
 
 
 def test_every_plan_engine_has_an_adapter():
-    assert set(ADAPTERS) == {"transformers", "llama-cpp-python", "xllamacpp", "vllm", "sglang"}
+    # Every engine of the plan has one; xinference is the platform, not an engine.
+    assert {"transformers", "llama-cpp-python", "xllamacpp", "vllm", "sglang"} <= set(ADAPTERS)
+    assert "xinference" not in ADAPTERS
     assert {a.model_format for a in ADAPTERS.values()} == {"hf", "gguf"}
 
 
@@ -59,18 +62,36 @@ def test_cpu_engines_always_run(name):
     assert ADAPTERS[name].can_run(CPU)[0] and ADAPTERS[name].can_run(H100)[0]
 
 
+def _smoke(name: str, port: int, gpu: bool):
+    return smoke_launch(ADAPTERS[name], "127.0.0.1", port, gpu)
+
+
 def test_vllm_command():
-    argv = ADAPTERS["vllm"].server_command(PY, MODEL, "127.0.0.1", 8123, "sk-1", gpu=True)
+    argv = ADAPTERS["vllm"].server_command(PY, MODEL, _smoke("vllm", 8123, True), "sk-1")
     assert argv[:3] == [str(PY), "-m", "vllm.entrypoints.openai.api_server"]
     assert argv[argv.index("--model") + 1] == str(MODEL)
     assert argv[argv.index("--port") + 1] == "8123"
     assert argv[argv.index("--api-key") + 1] == "sk-1"
     assert argv[argv.index("--served-model-name") + 1] == "tiny"
+    assert argv[argv.index("--dtype") + 1] == "float16"
     assert "--enforce-eager" in argv
 
 
+def test_production_launch_has_no_smoke_settings():
+    launch = LaunchSettings(served_name="m", host="0.0.0.0", port=1, gpu=True, dtype="bfloat16",
+                            context_length=8192, tensor_parallel=4)
+    argv = ADAPTERS["vllm"].server_command(PY, MODEL, launch, None)
+    assert "--enforce-eager" not in argv and "--gpu-memory-utilization" not in argv
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
+    assert argv[argv.index("--max-model-len") + 1] == "8192"
+    sg = ADAPTERS["sglang"].server_command(PY, MODEL, launch, None)
+    assert sg[sg.index("--tp") + 1] == "4" and "--disable-cuda-graph" not in sg
+    lc = ADAPTERS["llama-cpp-python"].server_command(PY, Path("/m.gguf"), launch, None)
+    assert "--type_k" not in lc  # llama.cpp's own F16 KV cache
+
+
 def test_sglang_command():
-    argv = ADAPTERS["sglang"].server_command(PY, MODEL, "127.0.0.1", 8124, None, gpu=True)
+    argv = ADAPTERS["sglang"].server_command(PY, MODEL, _smoke("sglang", 8124, True), None)
     assert argv[:3] == [str(PY), "-m", "sglang.launch_server"]
     assert argv[argv.index("--model-path") + 1] == str(MODEL)
     assert "--api-key" not in argv
@@ -78,20 +99,22 @@ def test_sglang_command():
 
 def test_transformers_command_device_follows_gpu():
     t = ADAPTERS["transformers"]
-    cpu = t.server_command(PY, MODEL, "127.0.0.1", 1, None, gpu=False)
+    cpu = t.server_command(PY, MODEL, _smoke("transformers", 1, False), None)
     assert cpu[1:5] == ["-m", "transformers.cli.transformers", "serve", str(MODEL)]
     assert cpu[cpu.index("--device") + 1] == "cpu"
-    gpu = t.server_command(PY, MODEL, "127.0.0.1", 1, None, gpu=True)
+    assert cpu[cpu.index("--dtype") + 1] == "float32"
+    gpu = t.server_command(PY, MODEL, _smoke("transformers", 1, True), None)
     assert gpu[gpu.index("--device") + 1] == "cuda"
     assert not t.supports_api_key
 
 
 def test_llama_cpp_commands_offload_and_f32_cache():
-    lc = ADAPTERS["llama-cpp-python"].server_command(PY, Path("/m.gguf"), "127.0.0.1", 2, "k", gpu=True)
+    launch = _smoke("llama-cpp-python", 2, True)
+    lc = ADAPTERS["llama-cpp-python"].server_command(PY, Path("/m.gguf"), launch, "k")
     assert lc[lc.index("--n_gpu_layers") + 1] == "-1"
     assert lc[lc.index("--type_k") + 1] == "0" and lc[lc.index("--api_key") + 1] == "k"
     assert dict(ADAPTERS["llama-cpp-python"].extra_body) == {"repeat_penalty": 1.0}
-    xl = ADAPTERS["xllamacpp"].server_command(PY, Path("/m.gguf"), "127.0.0.1", 3, None, gpu=False)
+    xl = ADAPTERS["xllamacpp"].server_command(PY, Path("/m.gguf"), _smoke("xllamacpp", 3, False), None)
     assert xl[1].endswith("xllamacpp_serve.py") and xl[xl.index("--n-gpu-layers") + 1] == "0"
     assert "--f32-kv-cache" in xl
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from smoke.reference import TinyReference, chatml_prompt
-from smoke.tiny_model import (
+from provision.tiny_model import (
     CHAT_TEMPLATE,
     IM_END,
     TinySpec,
@@ -19,6 +18,7 @@ from smoke.tiny_model import (
     gguf_tensors,
     rotary_to_llama_cpp,
 )
+from smoke.reference import TinyReference, chatml_prompt
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ built here. MANIFEST.json is written last.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -406,7 +407,9 @@ class _Bundler:
                 *Installer("uv", self.index).build_flags(),
                 str(root),
             ]
-            out = subprocess.run(argv, capture_output=True, text=True)
+            # A fixed zip timestamp: the same source makes the same bytes, so a re-run keeps the file.
+            env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
+            out = subprocess.run(argv, capture_output=True, text=True, env=env)
             wheels = sorted(Path(tmp).glob("xinfer_setup-*.whl"))
             if out.returncode != 0 or not wheels:
                 last = (out.stderr.strip().splitlines() or ["no output"])[-1]
@@ -416,7 +419,7 @@ class _Bundler:
 
     def built_wheels(self) -> None:
         """The llama-cpp-python wheel built here, when the target can run it."""
-        from provision.install.api import build_request
+        from provision.install.run import wheel_build_request as build_request
 
         host_arch = (
             "aarch64" if sys.platform == "linux" and _machine() in ("aarch64", "arm64") else _machine()
@@ -460,7 +463,7 @@ class _Bundler:
 
     def prune(self) -> None:
         """Files a previous run of this bundle left that this plan no longer needs."""
-        for sub in ("wheels", "wheelhouse", "locks"):
+        for sub in ("wheels", "wheelhouse", "locks", "simple"):
             d = self.out / sub
             if not d.is_dir():
                 continue
@@ -470,6 +473,13 @@ class _Bundler:
                     p.unlink()
                 elif p.is_dir() and not any(p.iterdir()):
                     p.rmdir()
+
+    def simple_index(self) -> None:
+        """DIR/simple: the wheels as a PEP 503 index, for tools that want an index URL (Xinference)."""
+        from provision.bundle.xinference_env import write_simple_index
+
+        for page in write_simple_index(self.out):
+            self.kept[page.relative_to(self.out).as_posix()] = "index"
 
     def manifest(self, seconds: float) -> Manifest:
         files: list[FileEntry] = [
@@ -558,6 +568,7 @@ def make_bundle(
     report.seconds = round(time.monotonic() - started, 1)
     if not dry_run:
         b.prune()
+        b.simple_index()
         report.manifest = b.manifest(report.seconds)
         write_manifest(out, report.manifest)
         (out / PARTIAL).unlink(missing_ok=True)

@@ -4,7 +4,8 @@ Layout of a bundle directory:
     MANIFEST.json            this record; written last, so its presence means the bundle is complete
     wheels/                  every wheel and sdist the plan needs, flat (a find-links directory)
     wheelhouse/<key>/        llama-cpp-python built here, when the target can run it
-    locks/<env>.txt          `uv pip compile --generate-hashes` output per environment
+    locks/pylock.<env>.toml  the PEP 751 lock uv wrote per environment (and build, xinfer-setup)
+    simple/                  the same files as a PEP 503 index (for Xinference's virtualenvs)
 
 verify_manifest() is the check `install --from-bundle` runs before touching anything: a file
 missing or altered is an OperationFailed naming it (exit 1); a manifest this tool cannot read
@@ -36,7 +37,7 @@ class FileEntry:
     path: str  # relative to the bundle, POSIX separators
     sha256: str
     size: int
-    role: str  # wheel | sdist | built | lock | tool
+    role: str  # wheel | sdist | built | lock | tool | index
 
 
 @dataclass(frozen=True)

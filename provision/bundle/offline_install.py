@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from provision.bundle.fetch import place
-from provision.bundle.manifest import Manifest, Target, verify_manifest
+from provision.bundle.manifest import Manifest, Target, check_files, read_manifest
 from provision.errors import UserError
 from provision.install import wheelhouse
 from provision.install.pipconfig import IndexConfig
@@ -123,16 +123,17 @@ def install_from_bundle(
     reporter: Reporter | None = None,
 ):
     """Verify the bundle, then install its plan from it with no network. Returns the receipt."""
-    from provision.install.api import InstallOptions, install_plan
     from provision.install.envs import locate
     from provision.install.receipt import write_receipt
+    from provision.install.run import InstallOptions, install_plan
     from provision.plan import PRIMARY_ENV
 
     root = Path(bundle_dir).expanduser().absolute()
     reporter = reporter or Reporter()
-    manifest = verify_manifest(root)
+    manifest = read_manifest(root)
+    check_fits_here(manifest)  # before hashing hundreds of MB for a bundle that cannot install here
+    check_files(root, manifest)
     reporter.say(f"bundle {root}: {len(manifest.files)} files match {root.name}/MANIFEST.json")
-    check_fits_here(manifest)
     plan = plan_from_dict(manifest.plan)
     wheels = root / "wheels"
     seed_cache(root, manifest, wheelhouse.cache_root())

@@ -14,6 +14,7 @@ import click
 from provision.commands.plan import check_request, plan_from_flags
 from provision.errors import OperationFailed, UserError
 from provision.plan import plan_from_dict
+from provision.redact import drop_masked_credentials, redact_obj
 
 
 def _check_flags(
@@ -30,8 +31,8 @@ def _check_flags(
 
 
 def _dry_run_report(plan, venv_root: Path | None) -> dict:
-    from provision.install.api import build_request
     from provision.install.envs import locate
+    from provision.install.run import wheel_build_request
     from provision.install.wheelhouse import built_wheel
 
     locations = locate(plan, venv_root)
@@ -45,7 +46,7 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
             "reason": b.reason,
         }
         if b.action == "install" and b.build is not None:
-            req = build_request(plan, b)
+            req = wheel_build_request(plan, b)
             wheel = built_wheel(req.key)
             entry.update(
                 cmake_args=list(req.effective_args),
@@ -92,6 +93,7 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
 @click.option("--index-url", metavar="URL", help="Package index (replaces pip's configured one).")
 @click.option("--find-links", multiple=True, metavar="DIR|URL", help="Extra wheel location (repeatable).")
 @click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of this arch, not -march=native.")
+@click.option("--no-wait", is_flag=True, help="Fail (exit 1) instead of waiting when another run holds ROOT.")
 @click.option(
     "--from-bundle", metavar="DIR", help="Install a bundle's plan from it alone, with no network (bundle -o)."
 )
@@ -108,35 +110,38 @@ def install(
     index_url,
     find_links,
     portable,
-    from_bundle,
+    no_wait=False,
+    from_bundle=None,
 ):
     """Carry a plan out: environments, torch, engines, verify, receipt."""
     if from_bundle:
         _install_from_bundle(from_bundle, venv_root, installer, as_json, locals())
         return
     _check_flags(auto, backends, profile_path, dry_run, from_receipt)
-    from provision.install.api import InstallOptions, install_plan
     from provision.install.executor import choose_installer
     from provision.install.pipconfig import read_index_config
     from provision.install.progress import Reporter
+    from provision.install.run import InstallOptions, install_plan
 
     root = Path(venv_root).expanduser() if venv_root else None
     replay_pins: dict[str, list[str]] = {}
+    replay_hashes: dict[str, dict[str, str]] = {}
     if from_receipt:
         from provision.install.receipt import read_receipt
 
         receipt = read_receipt(Path(from_receipt))
-        plan = plan_from_dict(receipt.plan)
+        plan = plan_from_dict(drop_masked_credentials(receipt.plan))
         built = {b.name for b in plan.backends if b.build is not None}
         replay_pins = {
             e.name: [p for p in e.packages if p.split("==")[0] not in built] for e in receipt.environments
         }
+        replay_hashes = {b.name: dict(b.hashes) for b in receipt.backends if b.hashes}
     else:
         plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable)
     if dry_run:
         report = _dry_run_report(plan, root)
         if as_json:
-            click.echo(json.dumps(report, indent=2))
+            click.echo(json.dumps(redact_obj(report), indent=2))
         else:
             for b in report["backends"]:
                 where = f" -> {b['environment']}" if b["environment"] else ""
@@ -145,10 +150,28 @@ def install(
                 click.echo(f"env {e['name']}: {e['prefix']} ({'exists' if e['exists'] else 'to create'})")
         return
     index = read_index_config().with_cli(index_url, tuple(find_links))
-    options = InstallOptions(installer=choose_installer(installer), index=index, replay_pins=replay_pins)
-    receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
+    options = InstallOptions(
+        installer=choose_installer(installer),
+        index=index,
+        replay_pins=replay_pins,
+        replay_hashes=replay_hashes,
+        wait=not no_wait,
+    )
+    # A backend the user named is a promise to install it: one this host cannot run is a failure,
+    # reported after the others are done. Under --auto a skip is information.
+    impossible = [b for b in plan.backends if b.name in backends and b.action == "skip"]
+    receipt = None
+    if plan.installs or not impossible:
+        receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
     if as_json:
-        click.echo(json.dumps(receipt.to_dict(), indent=2))
+        report = receipt.to_dict() if receipt else {
+            "ok": False,
+            "backends": [{"name": b.name, "status": "skipped", "reason": b.reason} for b in impossible],
+        }
+        click.echo(json.dumps(report, indent=2))
+    if impossible:
+        raise OperationFailed("; ".join(f"{b.name}: {b.reason}" for b in impossible))
+    assert receipt is not None
     _raise_unless_ok(receipt)
 
 

@@ -7,8 +7,11 @@ import os
 
 import click
 
+from provision.backends import check_known
+from provision.backends import names as backend_names
 from provision.errors import OperationFailed, UserError
-from provision.plan import BACKENDS, PlanRequest
+from provision.plan import PlanRequest
+from provision.redact import redact, redact_obj
 
 TORCH_INDEX_ENV = "XINFER_SETUP_TORCH_INDEX_URL"
 
@@ -18,12 +21,10 @@ def check_request(auto: bool, backends: tuple[str, ...]) -> None:
         raise UserError("--auto and --backend contradict each other: use one")
     if not auto and not backends:
         raise UserError("say what to plan: --auto (every backend) or --backend NAME (repeatable)")
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise UserError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKENDS)})")
+    check_known(backends)
 
 
-def build_request(
+def request_from_flags(
     auto: bool, backends: tuple[str, ...], torch_index_url: str | None, portable: bool, environ=os.environ
 ) -> PlanRequest:
     base = torch_index_url or environ.get(TORCH_INDEX_ENV) or None
@@ -46,7 +47,7 @@ def plan_from_flags(
 ):
     """The plan the command-line flags ask for (plan and install share it): checked, profiled, made."""
     check_request(auto, backends)
-    request = build_request(auto, backends, torch_index_url, portable)
+    request = request_from_flags(auto, backends, torch_index_url, portable)
     if profile_path:
         from provision.profile import load_profile
 
@@ -67,7 +68,7 @@ def plan_from_flags(
     "backends",
     multiple=True,
     metavar="NAME",
-    help=f"Plan this backend (repeatable): {', '.join(BACKENDS)}.",
+    help=f"Plan this backend (repeatable): {', '.join(backend_names())}.",
 )
 @click.option(
     "--profile", "profile_path", metavar="FILE", help="Plan for this host profile instead of probing."
@@ -85,9 +86,19 @@ def plan_from_flags(
     help=f"Mirror of https://download.pytorch.org/whl (also ${TORCH_INDEX_ENV}).",
 )
 @click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of the arch, not -march=native.")
-def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portable):
+@click.option(
+    "--cache-key", "cache_key", is_flag=True, help="Print one stable line for CI caches."
+)
+def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portable, cache_key):
     """Decide what to install, and why. CMAKE_ARGS in the environment reach llama-cpp-python's build."""
+    if cache_key and (as_json or resolve):
+        raise UserError("--cache-key prints one line: it takes no --json or --resolve")
     the_plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable)
+    if cache_key:
+        from provision.bundle.cache_key import cache_key as key_of
+
+        click.echo(key_of(the_plan))
+        return
     report = None
     if resolve:
         from provision.planner.resolve import resolve_plan
@@ -97,11 +108,11 @@ def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portab
         d = the_plan.to_dict()
         if report is not None:
             d["resolution"] = report.to_dict()
-        click.echo(json.dumps(d, indent=2))
+        click.echo(json.dumps(redact_obj(d), indent=2))
     else:
         from provision.planner.render import render_plan
 
-        click.echo(render_plan(the_plan))
+        click.echo(redact(render_plan(the_plan)))
         if report is not None:
             click.echo("")
             click.echo(report.render())

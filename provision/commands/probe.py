@@ -14,8 +14,11 @@ the host profile (schema v1) that `xinfer-setup plan --profile FILE` reads.
 \b
 Environment overrides (for CI and containers with no GPU attached):
   XINFER_SETUP_CUDA_DRIVER_VERSION=580.65.06   take this NVIDIA driver version
-                                               (as uv's UV_CUDA_DRIVER_VERSION); GPUs
-                                               are not probed
+                                               (as uv's UV_CUDA_DRIVER_VERSION); the
+                                               GPUs are still probed
+  XINFER_SETUP_CUDA_ARCH=8.0,9.0               plan for NVIDIA GPUs of these compute
+                                               capabilities (with the driver override,
+                                               nothing is probed: container builds)
   XINFER_SETUP_AMD_GPU_ARCHITECTURE=gfx942     plan for these AMD targets
                                                (comma-separated: gfx942,gfx90a)
   XINFER_SETUP_NO_GPU=1                        consult no GPU source at all

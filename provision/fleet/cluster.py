@@ -110,19 +110,11 @@ def read_credentials(ctx: Ctx) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def _tiny_model():
-    try:
-        from provision.tiny_model import ensure_tiny_model  # type: ignore[import-not-found]
-    except ImportError:  # before the generator moved out of smoke/
-        import importlib
-
-        ensure_tiny_model = importlib.import_module("smoke.tiny_model").ensure_tiny_model
-    return ensure_tiny_model()
-
-
 def stage_model(ctx: Ctx) -> Path:
     """The tiny model's GGUF (made here, offline) in a directory of its own, to push to a worker."""
-    tm = _tiny_model()
+    from provision.tiny_model import ensure_tiny_model
+
+    tm = ensure_tiny_model()
     d = ctx.dir / "models" / MODEL_NAME
     d.mkdir(parents=True, exist_ok=True)
     dest = d / tm.gguf_path.name

@@ -41,11 +41,11 @@ def plan_id(plan: Plan) -> str:
 
 
 def build_key(plan: Plan) -> str | None:
-    from provision.install.api import build_request
+    from provision.install.run import wheel_build_request
 
     for b in plan.installs:
         if b.build is not None:
-            return build_request(plan, b).key
+            return wheel_build_request(plan, b).key
     return None
 
 

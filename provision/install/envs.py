@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision import paths
 from provision.errors import OperationFailed
 from provision.install.executor import Installer, env_python
 from provision.plan import PRIMARY_ENV, Plan
@@ -28,8 +29,7 @@ class EnvLocation:
 
 
 def default_env_root(environ=os.environ) -> Path:
-    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "xinfer-setup" / "envs"
+    return paths.env_root(environ)
 
 
 def locate(plan: Plan, venv_root: Path | None, environ=os.environ) -> dict[str, EnvLocation]:

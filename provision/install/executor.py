@@ -51,20 +51,33 @@ class Installer:
     kind: str  # uv | pip
     index: IndexConfig
 
-    def _index_flags(self, extra_index_urls: tuple[str, ...]) -> list[str]:
+    def _index_flags(self, first_indexes: tuple[str, ...], exclusive: bool = False) -> list[str]:
+        """Index flags; `first_indexes` (the planned torch index, xllamacpp's) are asked first.
+
+        uv keeps its default first-index strategy: a package comes from the first index that has it,
+        never the highest version pooled across indexes (no unsafe-best-match, ever). pip can only
+        pool its indexes, so where a source must be the only one (`exclusive`: the torch step) pip
+        gets that index alone, with the configured find-links, as PyTorch's own instructions do.
+        """
         if self.kind == "uv":
-            flags = self.index.uv_flags()
-            for url in extra_index_urls:
-                flags[:0] = ["--index", url]  # first: uv asks indexes in the order given
-            if extra_index_urls and "--index-strategy" not in flags:
-                flags += ["--index-strategy", "unsafe-best-match"]
-            return flags
+            return self.index.uv_flags(first=first_indexes)
         flags = self.index.pip_flags()
-        if extra_index_urls:
+        if first_indexes and exclusive:
+            flags = ["--index-url", first_indexes[0]]
+            for url in first_indexes[1:]:
+                flags += ["--extra-index-url", url]
+            for link in self.index.find_links:
+                flags += ["--find-links", link]
+            return flags
+        if first_indexes:
             # A command-line --extra-index-url replaces pip's configured ones: pass them all.
-            for url in (*extra_index_urls, *self.index.extra_index_urls):
+            for url in (*first_indexes, *self.index.extra_index_urls):
                 flags += ["--extra-index-url", url]
         return flags
+
+    def env(self) -> dict[str, str]:
+        """Variables the installer needs beside os.environ (pip's cert/proxy settings, for uv)."""
+        return self.index.uv_env() if self.kind == "uv" else {}
 
     def build_flags(self) -> list[str]:
         """Index flags for `uv build` (its build environment); constraints apply to that env too."""
@@ -77,12 +90,13 @@ class Installer:
         requirements: list[str],
         constraints: Path | None = None,
         extra_index_urls: tuple[str, ...] = (),
+        exclusive: bool = False,
     ) -> list[str]:
         if self.kind == "uv":
             argv = [uv_bin() or "uv", "pip", "install", "--python", str(python)]
         else:
             argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
-        argv += self._index_flags(extra_index_urls)
+        argv += self._index_flags(extra_index_urls, exclusive)
         if constraints is not None:
             argv += ["--constraint", str(constraints)]
         return argv + list(requirements)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision.redact import redact
+
 
 class Reporter:
     """One line per event on stderr; build progress lines at most every few seconds."""
@@ -24,7 +26,7 @@ class Reporter:
 
     def say(self, message: str) -> None:
         if not self.quiet:
-            print(f"xinfer-setup: {message}", file=self.stream, flush=True)
+            print(f"xinfer-setup: {redact(message)}", file=self.stream, flush=True)
 
     def tick(self, message: str) -> None:
         now = time.monotonic()
@@ -72,7 +74,7 @@ def run_logged(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=tail_lines)
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
-        log.write(f"$ {' '.join(argv)}\n")
+        log.write(redact(f"$ {' '.join(argv)}") + "\n")
         log.flush()
         proc = subprocess.Popen(
             argv,
@@ -86,6 +88,7 @@ def run_logged(
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
+                line = redact(line)
                 log.write(line)
                 tail.append(line.rstrip("\n"))
                 if on_line is not None:

@@ -16,21 +16,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from provision.backends import registry
 from provision.errors import UserError
 from provision.plan import PRIMARY_ENV
+from provision.redact import redact_obj
 
 SCHEMA_VERSION = 1
 RECEIPT_REL = Path("share") / "xinfer-setup" / "receipt.json"
 
-# Backend name -> the distribution that carries it.
-BACKEND_DISTS = {
-    "xinference": "xinference",
-    "transformers": "transformers",
-    "vllm": "vllm",
-    "sglang": "sglang",
-    "llama-cpp-python": "llama-cpp-python",
-    "xllamacpp": "xllamacpp",
-}
+# Backend name -> the distribution that carries it (the registry's dist).
+BACKEND_DISTS = {b.name: b.dist for b in registry()}
 
 
 @dataclass(frozen=True)
@@ -52,6 +47,8 @@ class EnvRecord:
     notes: list[str] = field(default_factory=list)
     # Which version of verify's checks passed here: results are reused only under the same checks.
     verify_checks: str | None = None
+    # When verify last ran on this environment (UTC, ISO 8601); `status` reports it.
+    verified_at: str | None = None
 
 
 @dataclass
@@ -67,6 +64,8 @@ class BackendRecord:
     reason: str | None = None  # why skipped, or the error
     log: str | None = None
     verify: list[dict[str, Any]] = field(default_factory=list)
+    # dist -> "sha256=<hex>" of the file installed, where the installer records one (direct_url.json).
+    hashes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,7 +92,8 @@ class Receipt:
         return next((e for e in self.environments if e.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The receipt as stored and printed: redacted, so no credential reaches a file or a screen."""
+        d = redact_obj(asdict(self))
         d["ok"] = self.ok
         return d
 
@@ -143,9 +143,13 @@ def write_receipt(receipt: Receipt, primary_prefix: Path) -> Path:
     return path
 
 
+def primary_prefix(venv_root: Path | None = None) -> Path:
+    """The environment that holds a root's receipt: ROOT/main, or this interpreter's."""
+    return Path(venv_root) / PRIMARY_ENV if venv_root is not None else Path(sys.prefix)
+
+
 def receipt_path(venv_root: Path | None = None) -> Path:
-    prefix = Path(venv_root) / PRIMARY_ENV if venv_root is not None else Path(sys.prefix)
-    return prefix / RECEIPT_REL
+    return primary_prefix(venv_root) / RECEIPT_REL
 
 
 def installed_backends(venv_root: Path | None = None) -> dict[str, InstalledBackend]:

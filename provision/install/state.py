@@ -45,6 +45,7 @@ class Dist:
     version: str
     requires: tuple[str, ...]
     direct_url: str | None  # the URL it was installed from, when it came from a file/URL
+    archive_hash: str | None = None  # "sha256=<hex>" of that file, when the installer recorded it
 
     @property
     def local_tag(self) -> str | None:
@@ -71,13 +72,17 @@ def parse_listing(data: dict) -> EnvState:
     dists = {}
     for name, d in data["dists"].items():
         key = canonicalize_name(name)
-        direct = None
+        direct, archive = None, None
         if d.get("direct_url"):
             try:
-                direct = json.loads(d["direct_url"]).get("url")
-            except (ValueError, AttributeError):
+                info = json.loads(d["direct_url"])
+                direct = info.get("url")
+                hashes = (info.get("archive_info") or {}).get("hashes") or {}
+                legacy = (info.get("archive_info") or {}).get("hash")
+                archive = f"sha256={hashes['sha256']}" if "sha256" in hashes else legacy
+            except (ValueError, AttributeError, TypeError):
                 direct = None
-        dists[key] = Dist(key, d["version"], tuple(d.get("requires") or ()), direct)
+        dists[key] = Dist(key, d["version"], tuple(d.get("requires") or ()), direct, archive)
     return EnvState(dists, data.get("markers") or {})
 
 

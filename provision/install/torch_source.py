@@ -12,7 +12,9 @@ The PyPI default build (no local tag) is right only where the plan says index_ur
 
 from __future__ import annotations
 
+import base64
 import html.parser
+import http.client
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,8 +26,17 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 
 from provision.errors import OperationFailed
+from provision.redact import strip_userinfo
 
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
+# What PyTorch's indexes ship for a torch build besides the family itself: the compiler and the
+# CUDA runtime pieces. These come from the planned torch index only (torchtriton showed why).
+_FAMILY_PREFIXES = ("triton", "pytorch-triton", "nvidia-")
+
+
+def is_torch_family(name: str) -> bool:
+    n = canonicalize_name(name)
+    return n in TORCH_FAMILY or n.startswith(_FAMILY_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -42,16 +53,33 @@ class TorchSource:
     reason: str
 
 
+def _request(url: str, method: str = "GET") -> urllib.request.Request:
+    """A request for an index URL; credentials in its userinfo go as Basic auth, as pip sends them.
+
+    urllib cannot open `https://user:pw@host/...` (http.client takes `pw@host` for a port and
+    raises InvalidURL), which crashed install for anyone with a credentialed mirror in pip.conf.
+    """
+    bare, creds = strip_userinfo(url)
+    req = urllib.request.Request(bare, method=method)
+    if creds is not None:
+        token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    return req
+
+
+# Everything opening an index may raise when the index is down, refuses us or is misspelt.
+_NET_ERRORS = (urllib.error.URLError, OSError, ValueError, http.client.HTTPException)
+
+
 def index_reachable(url: str, timeout: float = 3.0) -> bool:
     """A HEAD of the index page for torch: cheap, and enough to know whether pip/uv could use it."""
     probe = url.rstrip("/") + "/torch/"
     if probe.startswith("file:"):
         return Path(urllib.request.url2pathname(urllib.parse.urlparse(probe).path)).exists()
     try:
-        req = urllib.request.Request(probe, method="HEAD")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (user-configured index)
+        with urllib.request.urlopen(_request(probe, "HEAD"), timeout=timeout) as resp:  # noqa: S310
             return resp.status < 400
-    except (urllib.error.URLError, OSError, ValueError):
+    except _NET_ERRORS:
         return False
 
 
@@ -59,11 +87,16 @@ class _Anchors(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.names: list[str] = []
+        self.sha256: dict[str, str] = {}  # file name -> the index's #sha256= fragment
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
             href = dict(attrs).get("href") or ""
-            self.names.append(urllib.parse.unquote(href.split("#")[0].rsplit("/", 1)[-1]))
+            url, _, fragment = href.partition("#")
+            name = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+            self.names.append(name)
+            if fragment.startswith("sha256="):
+                self.sha256[name] = fragment.split("=", 1)[1].lower()
 
 
 def wheel_names_in_html(text: str) -> list[str]:
@@ -85,10 +118,25 @@ def _read_url(url: str, timeout: float) -> str | None:
             return index.read_text(encoding="utf-8", errors="replace") if index.exists() else None
         return None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(_request(url), timeout=timeout) as resp:  # noqa: S310
             return resp.read().decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError, ValueError):
+    except _NET_ERRORS:
         return None
+
+
+def index_sha256(sources: tuple[str, ...], project: str, filename: str, timeout: float = 10.0) -> str | None:
+    """The sha256 the first index that lists `filename` gives for it (its #sha256= link fragment)."""
+    for src in sources:
+        if "://" not in src:
+            continue  # a find-links directory publishes no hashes
+        page = _read_url(f"{src.rstrip('/')}/{canonicalize_name(project)}/", timeout)
+        if page is None:
+            continue
+        parser = _Anchors()
+        parser.feed(page)
+        if filename in parser.sha256:
+            return parser.sha256[filename]
+    return None
 
 
 def list_wheels(sources: tuple[str, ...], project: str, timeout: float = 5.0) -> list[str]:

@@ -12,20 +12,11 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from provision.backends import registry
 from provision.install.wheelhouse import backends_in_names
 
-# Backend -> the import that proves it loads. transformers is checked through a model class:
-# with a mismatched torchvision, `import transformers` works but every model import fails.
-IMPORT_CHECKS = {
-    "xinference": "import xinference",
-    # LlamaForCausalLM loads modeling code, which imports audio/vision helpers (soundfile,
-    # torchvision) that `import transformers` and the lazy Auto classes never touch.
-    "transformers": "import transformers; transformers.LlamaConfig; transformers.LlamaForCausalLM",
-    "vllm": "import vllm",
-    "sglang": "import sglang",
-    "llama-cpp-python": "import llama_cpp",
-    "xllamacpp": "import xllamacpp",
-}
+# Backend -> the statements that prove it loads (the registry's import_check).
+IMPORT_CHECKS = {b.name: b.import_check for b in registry()}
 
 # Runs inside the environment being checked; stdlib + whatever is installed there.
 _FACTS_SCRIPT = r"""

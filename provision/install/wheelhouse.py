@@ -14,6 +14,7 @@ Facts this design follows (measured on a 2-core box):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision import paths
 from provision.errors import OperationFailed
 from provision.install.progress import Reporter, build_progress, run_logged
 
@@ -54,6 +56,8 @@ class BuildRequest:
     expected_backends: tuple[str, ...]
     cpu_features: tuple[str, ...]
     arch: str
+    # The nvcc version the plan was made with (CUDA builds); not part of the key, checked at build.
+    nvcc_version: str | None = None
 
     @property
     def effective_args(self) -> tuple[str, ...]:
@@ -69,8 +73,7 @@ class BuildRequest:
 
 
 def cache_root(environ=os.environ) -> Path:
-    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "xinfer-setup"
+    return paths.cache_dir(environ)
 
 
 def split_cmake_args(text: str) -> tuple[str, ...]:
@@ -139,18 +142,64 @@ def wheel_backends(wheel: Path) -> set[str]:
         return backends_in_names(zf.namelist())
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checked_wheel(key: str, root: Path, reporter: Reporter) -> Path | None:
+    """The wheelhouse's wheel for key if its bytes are still the ones built; else None (entry removed).
+
+    build.json keeps the wheel's sha256 from the build; a wheel that no longer matches it (a
+    truncated copy, a disk error, tampering) is not installed: it is removed, with a warning, and
+    rebuilt. An entry from before hashes were kept gets its hash recorded now, and says so.
+    """
+    wheel = built_wheel(key, root)
+    if wheel is None:
+        return None
+    meta_path = wheel.parent / "build.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = {}
+    actual = sha256_file(wheel)
+    recorded = meta.get("sha256")
+    if recorded is None:
+        meta["sha256"] = actual
+        meta_path.write_text(json.dumps(meta, indent=2))
+        reporter.say(f"{PROJECT} wheelhouse entry {key} had no recorded sha256: recorded {actual[:16]}… now")
+        return wheel
+    if recorded != actual:
+        reporter.say(
+            f"warning: {wheel.name} in the wheelhouse ({key}) does not match the sha256 recorded when it was "
+            f"built ({recorded[:16]}…, now {actual[:16]}…): removing it and building again"
+        )
+        shutil.rmtree(wheel.parent, ignore_errors=True)
+        return None
+    return wheel
+
+
 def built_wheel(key: str, root: Path | None = None) -> Path | None:
     d = (root or cache_root()) / "wheelhouse" / key
     wheels = sorted(d.glob("*.whl")) if d.is_dir() else []
     return wheels[0] if wheels else None
 
 
-def ensure_sdist(version: str, pip_flags: list[str], reporter: Reporter, root: Path) -> Path:
-    """The sdist, downloaded once by pip (which honours the user's index config)."""
+def ensure_sdist(
+    version: str, pip_flags: list[str], reporter: Reporter, root: Path, sources: tuple[str, ...] = ()
+) -> Path:
+    """The sdist, downloaded once by pip (which honours the user's index config), checked against
+    the sha256 the index publishes for it, on download and again on every reuse."""
     target = root / "sdist"
-    existing = sorted(target.glob(f"{SDIST_STEM}-{version}.tar.gz"))
-    if existing:
-        return existing[0]
+    name = f"{SDIST_STEM}-{version}.tar.gz"
+    existing = target / name
+    if existing.exists():
+        if _sdist_ok(existing, sources, reporter):
+            return existing
+        existing.unlink()
     target.mkdir(parents=True, exist_ok=True)
     reporter.say(f"downloading {PROJECT} {version} source")
     with tempfile.TemporaryDirectory(dir=target) as tmp:
@@ -173,9 +222,33 @@ def ensure_sdist(version: str, pip_flags: list[str], reporter: Reporter, root: P
         if out.returncode != 0 or not got:
             last = (out.stderr.strip().splitlines() or ["no output"])[-1]
             raise BuildFailed(f"cannot download the {PROJECT} {version} source: {last}")
+        if not _sdist_ok(got[0], sources, reporter):
+            raise BuildFailed(f"the downloaded {got[0].name} does not match the sha256 its index publishes")
         final = target / got[0].name
         os.replace(got[0], final)
+        stamp = got[0].with_name(got[0].name + ".sha256")
+        if stamp.exists():
+            os.replace(stamp, final.with_name(final.name + ".sha256"))
     return final
+
+
+def _sdist_ok(path: Path, sources: tuple[str, ...], reporter: Reporter) -> bool:
+    """The file's sha256 against the index's (or, offline, the one recorded when it was checked)."""
+    actual = sha256_file(path)
+    stamp = path.with_name(path.name + ".sha256")
+    from provision.install.torch_source import index_sha256
+
+    expected = index_sha256(sources, PROJECT, path.name) if sources else None
+    where = "its index"
+    if expected is None and stamp.exists():
+        expected, where = stamp.read_text().strip(), "the hash recorded when it was downloaded"
+    if expected is None:
+        reporter.say(f"{path.name}: no index publishes a sha256 for it; recording {actual[:16]}…")
+    elif expected != actual:
+        reporter.say(f"warning: {path.name} does not match the sha256 of {where}: fetching it again")
+        return False
+    stamp.write_text(actual + "\n")
+    return True
 
 
 def ensure_source(sdist: Path, version: str, root: Path) -> Path:
@@ -207,6 +280,42 @@ def compiler_launchers(args: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
+def cuda_build_env(
+    req: BuildRequest, environ: dict[str, str] | None = None, root: Path | None = None
+) -> dict[str, str]:
+    """For a CUDA build: CUDACXX and PATH for the planned nvcc, so CMake finds that compiler (the
+    classic "No CMAKE_CUDA_COMPILER could be found" when nvcc is off PATH). {} for other builds."""
+    if cmake_option(req.effective_args, "GGML_CUDA") not in ("ON", "1", "TRUE", "YES"):
+        return {}
+    from provision.probe.system import System
+    from provision.probe.toolchain import find_nvcc, parse_nvcc_version
+
+    system = System.current()
+    if environ is not None:
+        system = dataclasses.replace(system, env=dict(environ))
+    if root is not None:  # tests: /usr/local/cuda under another root
+        system = dataclasses.replace(system, root=root)
+    nvcc = find_nvcc(system)
+    if nvcc is None:
+        raise BuildFailed(
+            f"{PROJECT} {req.version}: a CUDA build is planned but no nvcc is on PATH, in $CUDA_HOME/bin "
+            "or in /usr/local/cuda/bin (install the CUDA toolkit, or set CUDA_HOME)"
+        )
+    if req.nvcc_version:
+        out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=30)
+        found = parse_nvcc_version(out.stdout + out.stderr)
+        if found and found.split(".")[:2] != req.nvcc_version.split(".")[:2]:
+            raise BuildFailed(
+                f"{PROJECT} {req.version}: the plan was made for nvcc {req.nvcc_version}, "
+                f"but {nvcc} is {found}"
+            )
+    bin_dir = str(Path(nvcc).parent)
+    path = (environ if environ is not None else os.environ).get("PATH", "")
+    env = {"CUDACXX": str(nvcc), "PATH": bin_dir + (os.pathsep + path if path else "")}
+    env["CUDAToolkit_ROOT"] = str(Path(os.path.realpath(nvcc)).parent.parent)
+    return env
+
+
 def build(
     req: BuildRequest,
     builder: str,
@@ -215,14 +324,17 @@ def build(
     pip_flags: list[str],
     reporter: Reporter,
     root: Path | None = None,
+    sources: tuple[str, ...] = (),
 ) -> Path:
-    """The wheel for req: from the wheelhouse when built before, else built now (logged)."""
+    """The wheel for req: from the wheelhouse when built before (and unchanged), else built now (logged).
+
+    `sources` are the indexes to check the sdist's sha256 against (pip's configured ones)."""
     root = root or cache_root()
-    cached = built_wheel(req.key, root)
+    cached = checked_wheel(req.key, root, reporter)
     if cached is not None:
         reporter.say(f"{PROJECT} {req.version}: using the wheel built before ({cached.parent.name})")
         return cached
-    src = ensure_source(ensure_sdist(req.version, pip_flags, reporter, root), req.version, root)
+    src = ensure_source(ensure_sdist(req.version, pip_flags, reporter, root, sources), req.version, root)
     log_path = root / "logs" / f"{PROJECT}-{req.key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     args = req.effective_args + compiler_launchers(req.effective_args)
     env = {
@@ -231,6 +343,7 @@ def build(
         "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
         # A fixed build tree per key (scikit-build-core's setting): ccache sees the same paths.
         "SKBUILD_BUILD_DIR": str(root / "build" / req.key),
+        **cuda_build_env(req),
     }
     out_dir = root / "wheelhouse" / f".tmp-{req.key}-{os.getpid()}"
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -303,6 +416,7 @@ def build(
                     "cpu_features": list(req.cpu_features),
                     "native": req.native,
                     "backends": sorted(found),
+                    "sha256": sha256_file(wheels[0]),
                     "build_s": round(time.monotonic() - started, 1),
                     "log": str(log_path),
                 },

@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass
 
 from provision.errors import OperationFailed, UserError
-from provision.plan import BuildSpec, Warning_
+from provision.plan import BuildSpec, PlanWarning
 from provision.planner.recipes import LlamaCppRecipes, NvccRange
 from provision.planner.versions import at_least, vtuple
 from provision.profile import HostProfile
@@ -31,21 +31,21 @@ _TRUE = ("ON", "1", "TRUE", "YES", "Y")
 class LlamaBuild:
     spec: BuildSpec
     reason: str
-    warnings: tuple[Warning_, ...] = ()
+    warnings: tuple[PlanWarning, ...] = ()
 
 
-def translate_user_args(text: str, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], tuple[Warning_, ...]]:
+def translate_user_args(text: str, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], tuple[PlanWarning, ...]]:
     """A user's CMAKE_ARGS with legacy names replaced by today's; UserError for what has no translation.
 
-    Sample (the seed's ROCm line): '-DLLAMA_HIPBLAS=on' -> ('-DGGML_HIP=on',) and a warning that,
-    passed through, it would have built CPU-only.
+    Sample (a ROCm line from older install guides): '-DLLAMA_HIPBLAS=on' -> ('-DGGML_HIP=on',)
+    and a warning that, passed through, it would have built CPU-only.
     """
     try:
         tokens = shlex.split(text)
     except ValueError as e:
         raise UserError(f"CMAKE_ARGS cannot be parsed ({e})") from None
     out: list[str] = []
-    warnings: list[Warning_] = []
+    warnings: list[PlanWarning] = []
     for tok in tokens:
         m = _DEFINE.match(tok)
         if not m:
@@ -66,7 +66,7 @@ def translate_user_args(text: str, rec: LlamaCppRecipes) -> tuple[tuple[str, ...
                 "GGML_HIPBLAS": "is silently ignored and builds CPU-only",
             }.get(name, "is a deprecated alias")
             warnings.append(
-                Warning_(
+                PlanWarning(
                     "cmake-legacy-name",
                     f"CMAKE_ARGS: -D{name} {effect} in llama-cpp-python "
                     f"{rec.for_version}; translated to -D{new}={value}",
@@ -108,11 +108,11 @@ def nvcc_range(nvcc: str, table: tuple[NvccRange, ...]) -> NvccRange | None:
     return next((r for r in table if at_least(nvcc, r.since)), None)
 
 
-def _cuda(profile: HostProfile, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], str, list[Warning_]]:
+def _cuda(profile: HostProfile, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], str, list[PlanWarning]]:
     """CUDA flags, or () with the reason a CUDA build is not possible here."""
     tc = profile.toolchain
     names = ", ".join(g.name for g in profile.nvidia_gpus)
-    warnings: list[Warning_] = []
+    warnings: list[PlanWarning] = []
     if not tc.nvcc:
         return (
             (),
@@ -134,7 +134,7 @@ def _cuda(profile: HostProfile, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], 
         )
     if tc.cuda_cublas is None:
         warnings.append(
-            Warning_(
+            PlanWarning(
                 "cuda-cublas-unknown",
                 f"the profile does not say whether nvcc {tc.nvcc} has cuBLAS; "
                 "assumed present for the CUDA build of llama-cpp-python",
@@ -167,7 +167,7 @@ def _cuda(profile: HostProfile, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], 
     for s in left:
         gpu = next(g for g in profile.nvidia_gpus if g.sm == s)
         warnings.append(
-            Warning_(
+            PlanWarning(
                 "llama-gpu-left-out",
                 f"llama-cpp-python: nvcc {tc.nvcc} cannot compile for "
                 f"{gpu.name} (sm_{s}); the build covers sm_{', sm_'.join(map(str, ok))} only "
@@ -204,9 +204,9 @@ def llama_build(
     if version != rec.for_version:
         raise OperationFailed(
             f"recipes: llama_cpp.toml describes llama-cpp-python {rec.for_version}, "
-            f"engines.toml plans {version}"
+            f"backends.toml plans {version}"
         )
-    warnings: list[Warning_] = []
+    warnings: list[PlanWarning] = []
     system, arch = profile.os.system, profile.os.arch
     args: tuple[str, ...] = ()
     if system == "darwin" and arch == "arm64":
@@ -234,7 +234,7 @@ def llama_build(
         reason += f"; with your CMAKE_ARGS ({' '.join(extra)})"
         if option(extra, rec.flags["cuda"]) and not profile.toolchain.nvcc:
             warnings.append(
-                Warning_(
+                PlanWarning(
                     "cmake-user-cuda-no-nvcc",
                     "CMAKE_ARGS asks for CUDA but the profile has no nvcc: the build will fail",
                 )

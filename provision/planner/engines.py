@@ -1,6 +1,6 @@
 """One decision per backend: install (where, which version, why) or skip (why, and what to do).
 
-Each function is pure: profile and recipes in, a Decision out. Which environment an engine
+Each function is pure: profile and recipes in, an EngineOutcome out. Which environment an engine
 goes into is decided here too, because the reason is a fact about its pins.
 """
 
@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from provision.plan import PRIMARY_ENV, BackendDecision, BuildSpec, TorchChoice, Warning_
+from provision.backends import RECIPE as BACKENDS_RECIPE
+from provision.backends import BackendRecipe
+from provision.plan import PRIMARY_ENV, BackendDecision, BuildSpec, PlanWarning, TorchChoice
 from provision.planner.cmake import llama_build
 from provision.planner.recipes import Recipes
 from provision.planner.torch_choice import engine_torch, gpu_label
 from provision.planner.versions import at_least, vtuple
-from provision.profile import HostProfile, NvidiaDriver
+from provision.profile import HostProfile
 
 
 @dataclass(frozen=True)
-class Decision:
+class EngineOutcome:
     backend: BackendDecision
-    warnings: tuple[Warning_, ...] = ()
+    warnings: tuple[PlanWarning, ...] = ()
     # For an engine in its own environment: its torch and the Python it needs.
     torch: TorchChoice | None = None
     env_python: str | None = None
@@ -27,8 +29,8 @@ class Decision:
     extras: tuple[str, ...] = field(default_factory=tuple)
 
 
-def skip(name: str, reason: str, *warnings: Warning_) -> Decision:
-    return Decision(BackendDecision(name, "skip", reason), tuple(warnings))
+def skip(name: str, reason: str, *warnings: PlanWarning) -> EngineOutcome:
+    return EngineOutcome(BackendDecision(name, "skip", reason), tuple(warnings))
 
 
 def py(profile: HostProfile) -> str:
@@ -50,7 +52,7 @@ def torch_installable(profile: HostProfile, recipes: Recipes) -> str | None:
     return None
 
 
-def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str]) -> Decision:
+def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str]) -> EngineOutcome:
     e = recipes.engine("xinference")
     if not at_least(py(profile), e["requires_python"]):
         return skip(
@@ -74,10 +76,10 @@ def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str])
     why.append("not [all] (image/audio/video stacks; and [all] lacks sglang)")
     if "vllm" in planned or "sglang" in planned:
         why.append(
-            "not [vllm]/[sglang]: its click<8.2.0 pin cannot co-install with them, "
+            f"not [vllm]/[sglang]: its {e['click_pin']} pin cannot co-install with them, "
             "so they get their own environments"
         )
-    return Decision(
+    return EngineOutcome(
         BackendDecision(
             "xinference", "install", "; ".join(why), (spec,), environment=PRIMARY_ENV, version=e["version"]
         ),
@@ -85,12 +87,12 @@ def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str])
     )
 
 
-def decide_transformers(profile: HostProfile, recipes: Recipes, torch: TorchChoice) -> Decision:
+def decide_transformers(profile: HostProfile, recipes: Recipes, torch: TorchChoice) -> EngineOutcome:
     e = recipes.engine("transformers")
-    if not at_least(py(profile), "3.10"):
+    if not at_least(py(profile), e["python_min"]):
         return skip(
             "transformers",
-            f"transformers {e['version']} needs Python >= 3.10, this environment has "
+            f"transformers {e['version']} needs Python >= {e['python_min']}, this environment has "
             f"{profile.python.version}",
         )
     blocked = torch_installable(profile, recipes)
@@ -107,17 +109,22 @@ def decide_transformers(profile: HostProfile, recipes: Recipes, torch: TorchChoi
             f"for this platform is {torch.version_spec[2:]} ({torch.reason}); "
             "GGUF models run on llama.cpp here",
         )
-    return Decision(
+    return EngineOutcome(
         BackendDecision(
             "transformers",
             "install",
             f"runs on torch {torch.variant}; {e['version']} is the newest transformers that co-installs "
-            "with xinference 4.1.0 (click<8.2.0 keeps huggingface-hub < 1.31)",
+            f"with xinference {_xinference_keeps_hub_low(recipes)}",
             (f"transformers{_extras(e)}=={e['version']}",),
             environment=PRIMARY_ENV,
             version=e["version"],
         ),
     )
+
+
+def _xinference_keeps_hub_low(recipes: Recipes) -> str:
+    x = recipes.engine("xinference")
+    return f"{x['version']} ({x['click_pin']} keeps huggingface-hub < {x['hub_ceiling']})"
 
 
 def _python_for(profile: HostProfile, e: dict, engine: str) -> tuple[str | None, str]:
@@ -163,12 +170,12 @@ def _cuda_engine_gate(profile: HostProfile, e: dict, engine: str, glibc_floor: s
 
 def _cuda_engine_install(
     profile: HostProfile, recipes: Recipes, base: str, e: dict, name: str, what: str, env_reason: str
-) -> Decision:
+) -> EngineOutcome:
     """Install a CUDA engine (vLLM, SGLang) into its own environment, on the GPUs it can use."""
     torch, left = engine_torch(profile, recipes, base, e["torch_variant"], e["torch"], name)
     env_python, py_note = _python_for(profile, e, name)
     warnings = tuple(
-        Warning_(
+        PlanWarning(
             "engine-gpu-left-out",
             f"{name} cannot use {gpu_label(g)} (needs compute capability "
             f">= {e['sm_min'] / 10:.1f}): hide it with CUDA_VISIBLE_DEVICES",
@@ -176,7 +183,7 @@ def _cuda_engine_install(
         for g in left
     )
     used = [g for g in profile.nvidia_gpus if g not in left]
-    return Decision(
+    return EngineOutcome(
         BackendDecision(
             name, "install",
             f"{', '.join(map(gpu_label, used))} on driver {profile.nvidia.driver_version}: {what}{py_note}",
@@ -190,7 +197,7 @@ def _cuda_engine_install(
     )
 
 
-def decide_vllm(profile: HostProfile, recipes: Recipes, base: str) -> Decision:
+def decide_vllm(profile: HostProfile, recipes: Recipes, base: str) -> EngineOutcome:
     e = recipes.engine("vllm")
     floor = e["glibc_aarch64"] if profile.os.arch == "aarch64" else e["glibc_x86_64"]
     why_not = _cuda_engine_gate(profile, e, "vllm", floor)
@@ -200,23 +207,24 @@ def decide_vllm(profile: HostProfile, recipes: Recipes, base: str) -> Decision:
         and not at_least(profile.nvidia.driver_version, e["driver_min"])
         and "driver >=" in why_not
     ):
-        why_not += f", or install a CUDA 12.9 build of vLLM yourself: {e['cuda12_hint']}"
+        why_not += f", or install a CUDA {e['cuda12_build']} build of vLLM yourself: {e['cuda12_hint']}"
     if why_not:
         return skip("vllm", why_not)
     if not profile.nvidia_gpus:
         return _vllm_rocm(profile, e)
+    x = recipes.engine("xinference")
     return _cuda_engine_install(
         profile, recipes, base, e, "vllm",
-        f"the CUDA 13 wheel of vllm {e['version']} (torch=={e['torch']})",
+        f"the CUDA {e['wheel_cuda']} wheel of vllm {e['version']} (torch=={e['torch']})",
         env_reason=(
-            f"vllm {e['version']} pins torch=={e['torch']} and needs huggingface-hub >= 1.31 "
-            "(click >= 8.4.2): "
-            "it cannot share xinference 4.1.0's environment (click<8.2.0) nor sglang's (torch==2.14.1)"
+            f"vllm {e['version']} pins torch=={e['torch']} and needs huggingface-hub >= {x['hub_ceiling']} "
+            f"(click >= {x['hub_click_min']}): it cannot share xinference {x['version']}'s environment "
+            f"({x['click_pin']}) nor sglang's (torch=={recipes.engine('sglang')['torch']})"
         ),
     )
 
 
-def _vllm_rocm(profile: HostProfile, e: dict) -> Decision:
+def _vllm_rocm(profile: HostProfile, e: dict) -> EngineOutcome:
     gfx = sorted({g.gfx for g in profile.amd_gpus if g.gfx})
     supported = [g for g in gfx if g in e["rocm_gfx"]]
     if not supported:
@@ -229,25 +237,28 @@ def _vllm_rocm(profile: HostProfile, e: dict) -> Decision:
         "vllm",
         f"{', '.join(supported)}: vLLM's ROCm wheels (Python {e['rocm_python']} only, glibc >= "
         f"{e['rocm_glibc']}, their own bundled torch) come from {e['rocm_index']}, not PyPI; not planned "
-        "automatically: install them into a Python 3.12 environment following vLLM's ROCm guide",
+        f"automatically: install them into a Python {e['rocm_python']} environment following vLLM's ROCm "
+        "guide",
     )
 
 
-def decide_sglang(profile: HostProfile, recipes: Recipes, base: str) -> Decision:
+def decide_sglang(profile: HostProfile, recipes: Recipes, base: str) -> EngineOutcome:
     e = recipes.engine("sglang")
     why_not = _cuda_engine_gate(profile, e, "sglang", e["glibc"])
     if why_not:
         return skip("sglang", why_not)
+    x, v = recipes.engine("xinference"), recipes.engine("vllm")
     if not profile.nvidia_gpus:
         return skip(
             "sglang", "AMD GPU: SGLang's ROCm builds ship as Docker images, there is no ROCm wheel on PyPI"
         )
     return _cuda_engine_install(
         profile, recipes, base, e, "sglang",
-        f"sglang {e['version']} (torch=={e['torch']}, CUDA 13)",
+        f"sglang {e['version']} (torch=={e['torch']}, CUDA {e['wheel_cuda']})",
         env_reason=(
-            f"sglang {e['version']} pins torch=={e['torch']} (vllm 0.33.0 pins 2.14.0) and needs "
-            "huggingface-hub >= 1.31, which xinference 4.1.0's click<8.2.0 excludes"
+            f"sglang {e['version']} pins torch=={e['torch']} (vllm {v['version']} pins {v['torch']}) and "
+            f"needs huggingface-hub >= {x['hub_ceiling']}, which xinference {x['version']}'s "
+            f"{x['click_pin']} excludes"
         ),
     )
 
@@ -277,7 +288,7 @@ def _extras(engine: dict) -> str:
 
 def decide_llama_cpp_python(
     profile: HostProfile, recipes: Recipes, user_cmake_args: str | None, portable: bool
-) -> Decision:
+) -> EngineOutcome:
     version = recipes.version("llama-cpp-python")
     build = llama_build(profile, recipes.llama_cpp, version, user_cmake_args, portable)
     problem = _compiler_problem(profile)
@@ -285,7 +296,7 @@ def decide_llama_cpp_python(
         return skip("llama-cpp-python", problem, *build.warnings)
     spec: BuildSpec = build.spec
     env = {"CMAKE_ARGS": " ".join(spec.cmake_args), "FORCE_CMAKE": "1"}
-    return Decision(
+    return EngineOutcome(
         BackendDecision(
             "llama-cpp-python",
             "install",
@@ -300,222 +311,29 @@ def decide_llama_cpp_python(
     )
 
 
-def decide_xllamacpp(profile: HostProfile, recipes: Recipes) -> Decision:
-    """xllamacpp: always installed where its wheels fit; the GPU index only where it runs every GPU.
-
-    Order: macOS -> PyPI (Metal on Apple Silicon); NVIDIA GPUs -> the newest CUDA index that has
-    code every GPU can run with this driver, else PyPI's CPU wheel with a warning; AMD GPUs on
-    Linux -> the newest ROCm index for the host's ROCm that lists every GPU's gfx, else CPU.
-    """
-    e = recipes.engine("xllamacpp")
-    v = e["version"]
-    if not at_least(py(profile), "3.10"):
+def decide_pinned(
+    profile: HostProfile, recipes: Recipes, backend: BackendRecipe, torch: TorchChoice
+) -> EngineOutcome:
+    """A backend with no rule of its own: its recipe's pin, where its environment rule puts it."""
+    if backend.python_min and not at_least(py(profile), backend.python_min):
         return skip(
-            "xllamacpp",
-            f"xllamacpp wheels are cp310-abi3: Python >= 3.10 needed, this environment has "
-            f"{profile.python.version}",
+            backend.name,
+            f"{backend.name} {backend.version} needs Python >= {backend.python_min}, "
+            f"this environment has {profile.python.version}",
         )
-    if profile.os.system == "linux" and not at_least(glibc(profile), "2.17"):
-        return skip(
-            "xllamacpp",
-            f"xllamacpp wheels are manylinux2014 (glibc >= 2.17); this host has "
-            f"{profile.os.libc or 'no glibc'}",
+    if backend.needs_torch:
+        blocked = torch_installable(profile, recipes)
+        if blocked:
+            return skip(backend.name, f"{backend.name} {backend.version} requires torch, and {blocked}")
+    why = f"{backend.name} {backend.version}, as recipes/{BACKENDS_RECIPE} pins it"
+    if backend.environment == "primary":
+        return EngineOutcome(
+            BackendDecision(backend.name, "install", f"{why}; co-installs with xinference",
+                            (backend.requirement,), environment=PRIMARY_ENV, version=backend.version)
         )
-    choice = _XllamaChoice(None, "CPU wheel from PyPI (no NVIDIA or AMD GPU)")
-    if profile.os.system == "darwin":
-        why = (
-            "PyPI wheel (Metal on Apple Silicon)"
-            if profile.os.arch == "arm64"
-            else "CPU wheel from PyPI (Intel Mac)"
-        )
-        choice = _XllamaChoice(None, why)
-    elif profile.nvidia_gpus:
-        choice = _xllamacpp_cuda(profile, e)
-    elif profile.amd_gpus and profile.os.system == "linux":
-        choice = _xllamacpp_rocm(profile, e)
-    index = f"{e['gpu_index_base']}/{choice.index}" if choice.index else None
-    return Decision(
-        BackendDecision(
-            "xllamacpp",
-            "install",
-            f"Xinference's llama.cpp engine (since 1.6): {choice.why}",
-            (f"xllamacpp=={v}",),
-            environment=PRIMARY_ENV,
-            version=v,
-            extra_index_urls=(index,) if index else (),
-        ),
-        choice.warnings,
-    )
-
-
-@dataclass(frozen=True)
-class _XllamaChoice:
-    index: str | None  # the GPU index's name (cu128, rocm-7.2.4), None for PyPI's wheel
-    why: str
-    warnings: tuple[Warning_, ...] = ()
-
-
-@dataclass(frozen=True)
-class _CudaWheel:
-    """One CUDA index of xllamacpp (recipes/engines.toml [[xllamacpp.cuda]])."""
-
-    index: str
-    cuda: str
-    driver_linux: str
-    driver_windows: str
-    sass: tuple[int, ...]  # native code, runs on exactly that arch
-    ptx: tuple[int, ...]  # PTX only: JIT onto arch >= it, when the driver supports `cuda`
-
-
-def _cpu_wheel(why: str, fix: str) -> _XllamaChoice:
-    msg = f"xllamacpp: {why}: {fix}"
-    return _XllamaChoice(
-        None, f"CPU wheel from PyPI: {why}: {fix}", (Warning_("xllamacpp-cpu-wheel", msg),)
-    )
-
-
-def _labels(gpus) -> list[str]:
-    return list(dict.fromkeys(gpu_label(g) for g in gpus))
-
-
-def _driver_cuda(driver: NvidiaDriver, table: list) -> str | None:
-    """The CUDA version the driver supports natively: as reported, else its driver branch's.
-
-    NVML's cudaDriverGetVersion / nvidia-smi's "CUDA Version: 13.1" is the profile's
-    cuda_driver_version; a profile read from /proc has only "590.48.01", hence the table.
-    """
-    if driver.cuda_driver_version:
-        return driver.cuda_driver_version
-    branch = vtuple(driver.driver_version)[:1]
-    return next((cuda for floor, cuda in table if branch and branch[0] >= int(floor)), None)
-
-
-def _branch_for_cuda(cuda: str, table: list) -> str | None:
-    """The oldest driver branch that natively supports CUDA `cuda` (13.2 -> 595)."""
-    fits = [int(floor) for floor, c in table if at_least(c, cuda)]
-    return str(min(fits)) if fits else None
-
-
-def _how_it_runs(sm: int, w: _CudaWheel) -> str:
-    if sm in w.sass:
-        return "native code"
-    return f"compute_{max(p for p in w.ptx if p <= sm)} PTX through the driver's JIT"
-
-
-def _wheel_problems(
-    w: _CudaWheel, gpus, driver: str, driver_cuda: str | None, system: str, table: list
-) -> tuple[list[str], str | None]:
-    """Why this index cannot run every GPU here, and the driver that would fix it (None: none)."""
-    problems: list[str] = []
-    needs = []
-    floor = w.driver_windows if system == "windows" else w.driver_linux
-    if not at_least(driver, floor):
-        problems.append(f"driver {driver} is older than its floor {floor}")
-        needs.append(floor)
-    fixable = True
-    for label, sm in dict.fromkeys((gpu_label(g), g.sm) for g in gpus):
-        if sm in w.sass:
-            continue
-        if not any(p <= sm for p in w.ptx):
-            problems.append(f"{label} has no code in the {w.index} wheel")
-            fixable = False
-        elif not at_least(driver_cuda, w.cuda):
-            need = _branch_for_cuda(w.cuda, table)
-            problems.append(
-                f"{label} has only PTX in the {w.index} wheel and driver {driver} supports "
-                f"CUDA {driver_cuda or 'unknown'} < {w.cuda}"
-            )
-            if need:
-                needs.append(need)
-            else:
-                fixable = False
-    return problems, (max(needs, key=vtuple) if fixable and needs else None)
-
-
-def _xllamacpp_cuda(profile: HostProfile, e: dict) -> _XllamaChoice:
-    gpus = profile.nvidia_gpus
-    names = ", ".join(_labels(gpus))
-    if profile.nvidia is None:
-        return _cpu_wheel(
-            f"{names}: no NVIDIA driver answers", "install the driver and plan again for a CUDA wheel"
-        )
-    platform = f"{profile.os.system}-{profile.os.arch}"
-    if platform not in e["cuda_platforms"]:
-        return _cpu_wheel(
-            f"xllamacpp's CUDA wheels are for {', '.join(e['cuda_platforms'])}, not {platform}",
-            "llama-cpp-python's source build can use the GPU",
-        )
-    if profile.os.system == "linux" and not at_least(glibc(profile), e["cuda_glibc_min"]):
-        return _cpu_wheel(
-            f"xllamacpp's CUDA wheels need glibc >= {e['cuda_glibc_min']} and this host has "
-            f"{profile.os.libc or 'no glibc'}, so {names} is not used",
-            "use a newer distribution (e.g. Ubuntu 22.04+) or a container for the GPU build",
-        )
-    driver = profile.nvidia.driver_version
-    table = e["driver_cuda"]
-    driver_cuda = _driver_cuda(profile.nvidia, table)
-    known = [g for g in gpus if g.sm]
-    warnings = tuple(
-        Warning_(
-            "xllamacpp-arch-unknown",
-            f"{label}: compute capability unknown; xllamacpp's CUDA wheel is assumed to cover it",
-        )
-        for label in _labels(g for g in gpus if not g.sm)
-    )
-    rejected: list[str] = []
-    fixes: list[tuple[str, str]] = []
-    for raw in e["cuda"]:
-        w = _CudaWheel(**{**raw, "sass": tuple(raw["sass"]), "ptx": tuple(raw["ptx"])})
-        problems, fix = _wheel_problems(w, known, driver, driver_cuda, profile.os.system, table)
-        if problems:
-            rejected.append(f"not {w.index}: {'; '.join(problems)}")
-            if fix:
-                fixes.append((fix, w.index))
-            continue
-        runs = "; ".join(
-            f"{label} runs its {_how_it_runs(sm, w)}"
-            for label, sm in dict.fromkeys((gpu_label(g), g.sm) for g in known)
-        )
-        why = (
-            f"{w.index} wheel from xllamacpp's GPU index: {runs or names} "
-            f"(driver {driver}, CUDA {driver_cuda or 'unknown'})"
-        )
-        return _XllamaChoice(w.index, "; ".join([why, *rejected]), warnings)
-    if fixes:
-        need, index = min(fixes, key=lambda f: vtuple(f[0]))
-        fix = f"upgrade the driver to >= {need} for the {index} wheel, or build llama.cpp from source"
-    else:
-        fix = "llama-cpp-python's source build can target it (CMAKE_CUDA_ARCHITECTURES)"
-    choice = _cpu_wheel(f"no xllamacpp CUDA wheel runs on every GPU here ({'; '.join(rejected)})", fix)
-    return _XllamaChoice(None, choice.why, (*warnings, *choice.warnings))
-
-
-def _xllamacpp_rocm(profile: HostProfile, e: dict) -> _XllamaChoice:
-    gpus = profile.amd_gpus
-    names = ", ".join(dict.fromkeys(f"{g.name} ({g.gfx or 'gfx unknown'})" for g in gpus))
-    rocm = profile.rocm.version if profile.rocm else None
-    have = f"ROCm {rocm}" if rocm else "no ROCm"
-    if not at_least(glibc(profile), e["rocm_glibc_min"]):
-        return _cpu_wheel(
-            f"xllamacpp's ROCm wheels need glibc >= {e['rocm_glibc_min']} and this host has "
-            f"{profile.os.libc or 'no glibc'}, so {names} is not used",
-            "use a newer distribution (e.g. Ubuntu 22.04+) or a container for the GPU build",
-        )
-    gfx = list(dict.fromkeys(g.gfx for g in gpus if g.gfx))
-    rejected: list[str] = []
-    for w in e["rocm"]:
-        problems = []
-        if not at_least(rocm, w["rocm_min"]):
-            problems.append(f"it is for ROCm >= {w['rocm_min']} and this host has {have}")
-        missing = [x for x in gfx if x not in w["gfx"]]
-        if missing:
-            problems.append(f"it has no kernels for {', '.join(missing)} (no JIT on ROCm)")
-        if problems:
-            rejected.append(f"not {w['index']}: {' and '.join(problems)}")
-            continue
-        why = f"{w['index']} wheel from xllamacpp's GPU index ({have}): kernels for {names}"
-        return _XllamaChoice(w["index"], "; ".join([why, *rejected]))
-    return _cpu_wheel(
-        f"no xllamacpp ROCm wheel runs {names} with {have} ({'; '.join(rejected)})",
-        "install the ROCm version of a wheel that lists the GPU, or build llama.cpp from source",
+    return EngineOutcome(
+        BackendDecision(backend.name, "install", why, (backend.requirement,), environment=backend.name,
+                        version=backend.version),
+        torch=torch if backend.needs_torch else None,
+        env_reason=f"{backend.name}: its own environment (its pins do not co-install with xinference)",
     )

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from provision import backends as registry
 from provision.errors import UserError
-from provision.plan import BACKENDS, PRIMARY_ENV, BackendDecision, Environment, Plan, PlanRequest, Warning_
-from provision.planner import engines
+from provision.plan import PRIMARY_ENV, BackendDecision, Environment, Plan, PlanRequest, PlanWarning
+from provision.planner import engines, xllamacpp
 from provision.planner.recipes import Recipes
 from provision.planner.torch_choice import choose_torch
 from provision.profile import HostProfile
-
-# Engines that need torch in the environment they are installed into.
-_NEEDS_TORCH = ("xinference", "transformers")
 
 
 def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> Plan:
@@ -18,34 +18,39 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
     base = request.torch_index_base or recipes.torch.index_base
     outcome = choose_torch(profile, recipes, base)
     torch = outcome.choice
-    warnings: list[Warning_] = list(outcome.warnings)
-    warnings += [Warning_("profile-note", n) for n in profile.notes]
+    warnings: list[PlanWarning] = list(outcome.warnings)
+    warnings += [PlanWarning("profile-note", n) for n in profile.notes]
 
-    decided: dict[str, engines.Decision] = {}
-    if "transformers" in asked:
-        decided["transformers"] = engines.decide_transformers(profile, recipes, torch)
-    if "llama-cpp-python" in asked:
-        decided["llama-cpp-python"] = engines.decide_llama_cpp_python(
+    # A backend's own rule where it has one; a backend without one installs its recipe's pin.
+    rules: dict[str, Callable[[], engines.EngineOutcome]] = {
+        "transformers": lambda: engines.decide_transformers(profile, recipes, torch),
+        "llama-cpp-python": lambda: engines.decide_llama_cpp_python(
             profile, recipes, request.user_cmake_args, request.portable_cpu
-        )
-    if "xllamacpp" in asked:
-        decided["xllamacpp"] = engines.decide_xllamacpp(profile, recipes)
-    if "vllm" in asked:
-        decided["vllm"] = engines.decide_vllm(profile, recipes, base)
-    if "sglang" in asked:
-        decided["sglang"] = engines.decide_sglang(profile, recipes, base)
+        ),
+        "xllamacpp": lambda: xllamacpp.decide_xllamacpp(profile, recipes),
+        "vllm": lambda: engines.decide_vllm(profile, recipes, base),
+        "sglang": lambda: engines.decide_sglang(profile, recipes, base),
+    }
+    decided: dict[str, engines.EngineOutcome] = {}
+    for name in asked:
+        if name != "xinference":
+            rule = rules.get(name)
+            recipe = registry.backend(name)
+            decided[name] = rule() if rule else engines.decide_pinned(profile, recipes, recipe, torch)
+    # Xinference last: its extras follow the engines planned beside it.
     if "xinference" in asked:
         planned = {n for n, d in decided.items() if d.backend.action == "install"}
         decided["xinference"] = engines.decide_xinference(profile, recipes, planned)
 
-    backends = tuple(decided[n].backend for n in BACKENDS if n in decided)
-    for n in BACKENDS:
+    order = registry.names()
+    backends = tuple(decided[n].backend for n in order if n in decided)
+    for n in order:
         if n in decided:
             warnings += decided[n].warnings
     environments = _environments(backends, decided, torch)
     if request.backends is None and not any(b.action == "install" for b in backends):
         warnings.append(
-            Warning_("nothing-to-install", "no backend can be installed on this host: see each reason")
+            PlanWarning("nothing-to-install", "no backend can be installed on this host: see each reason")
         )
     return Plan(
         profile=profile,
@@ -59,21 +64,19 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
 
 def _asked(request: PlanRequest) -> tuple[str, ...]:
     if request.backends is None:
-        return BACKENDS
-    unknown = [b for b in request.backends if b not in BACKENDS]
-    if unknown:
-        raise UserError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKENDS)})")
+        return registry.names()
+    registry.check_known(request.backends)
     if not request.backends:
         raise UserError("no backend asked for: use --auto or --backend NAME")
     return tuple(dict.fromkeys(request.backends))
 
 
 def _environments(
-    backends: tuple[BackendDecision, ...], decided: dict[str, engines.Decision], torch
+    backends: tuple[BackendDecision, ...], decided: dict[str, engines.EngineOutcome], torch
 ) -> tuple[Environment, ...]:
     main = tuple(b for b in backends if b.action == "install" and b.environment == PRIMARY_ENV)
     main_names = tuple(b.name for b in main)
-    needs_torch = any(n in _NEEDS_TORCH for n in main_names)
+    needs_torch = any(registry.backend(n).needs_torch for n in main_names)
     reason = (
         "primary: Xinference and the engines that co-install with it"
         if main
@@ -105,7 +108,7 @@ def _environments(
     return tuple(envs)
 
 
-def _dedupe(warnings: list[Warning_]) -> list[Warning_]:
+def _dedupe(warnings: list[PlanWarning]) -> list[PlanWarning]:
     seen: set[str] = set()
     out = []
     for w in warnings:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -16,6 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from provision.backends import backend_tables, read_recipe_text
 from provision.errors import OperationFailed
 
 
@@ -95,9 +95,8 @@ class Recipes:
 
 def _read(name: str) -> dict[str, Any]:
     try:
-        text = resources.files("provision.recipes").joinpath(name).read_text(encoding="utf-8")
-        return tomllib.loads(text)
-    except (OSError, tomllib.TOMLDecodeError) as e:
+        return tomllib.loads(read_recipe_text(name))
+    except tomllib.TOMLDecodeError as e:
         raise OperationFailed(f"recipes/{name} cannot be read: {e}") from None
 
 
@@ -142,5 +141,5 @@ def recipes_from_dicts(
 
 def load_recipes() -> Recipes:
     return recipes_from_dicts(
-        _read("torch.toml"), _read("engines.toml"), _read("llama_cpp.toml"), _read("resolve.toml")
+        _read("torch.toml"), dict(backend_tables()), _read("llama_cpp.toml"), _read("resolve.toml")
     )

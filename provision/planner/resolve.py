@@ -20,11 +20,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from provision.errors import OperationFailed
+from provision.install.requirements import requirement_name
 from provision.plan import Environment, Plan
 from provision.planner.recipes import Recipes, ResolveRecipes, load_recipes
 from provision.planner.versions import vtuple
@@ -91,20 +92,13 @@ def target_platform(plan: Plan, rec: ResolveRecipes) -> str:
     return f"{arch}-manylinux_{tags[-1].replace('.', '_')}"
 
 
-def _name(req: str) -> str | None:
-    try:
-        return canonicalize_name(Requirement(req).name)
-    except InvalidRequirement:
-        return None
-
-
 def env_inputs(plan: Plan, env: Environment, recipes: Recipes) -> tuple[list[str], list[str], list[str]]:
     """(requirements, excluded names, notes) for resolving one environment."""
     built = {b.name: b for b in plan.installs if b.environment == env.name and b.build is not None}
     reqs: list[str] = []
     notes: list[str] = []
     for r in env.requirements:
-        name = _name(r)
+        name = requirement_name(r)
         if name in built:
             requires = list(recipes.engine(name).get("requires", []))
             reqs += requires

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provision.plan import TorchChoice, Warning_
+from provision.plan import PlanWarning, TorchChoice
 from provision.planner.recipes import CudaBuild, Recipes
 from provision.planner.versions import at_least, sm_label
 from provision.profile import GPU, HostProfile
@@ -24,7 +24,7 @@ from provision.profile import GPU, HostProfile
 @dataclass(frozen=True)
 class TorchOutcome:
     choice: TorchChoice
-    warnings: tuple[Warning_, ...] = ()
+    warnings: tuple[PlanWarning, ...] = ()
 
 
 def index_url(base: str, variant: str) -> str:
@@ -94,7 +94,7 @@ def choose_torch(profile: HostProfile, recipes: Recipes, base: str) -> TorchOutc
                 version_spec=t.macos_x86_64_spec,
             ),
             (
-                Warning_(
+                PlanWarning(
                     "torch-intel-mac",
                     f"Intel Mac: torch is capped at {t.macos_x86_64_spec[2:]} "
                     "(no newer macOS x86_64 wheels); GPU engines are unavailable",
@@ -112,7 +112,7 @@ def choose_torch(profile: HostProfile, recipes: Recipes, base: str) -> TorchOutc
         if usable:
             left = [g for g in amd if g not in usable]
             warnings = tuple(
-                Warning_(
+                PlanWarning(
                     "torch-gpu-left-out",
                     f"{g.name} ({g.gfx or 'gfx unknown'}) has no kernels in "
                     f"torch's {t.rocm_variant} wheels: it will not be used",
@@ -134,7 +134,7 @@ def choose_torch(profile: HostProfile, recipes: Recipes, base: str) -> TorchOutc
         return TorchOutcome(
             _cpu(profile, base, f"{names}: not among the GPUs torch's ROCm wheels support: CPU build"),
             (
-                Warning_(
+                PlanWarning(
                     "torch-no-gpu-build", f"{names}: no ROCm build of torch supports it; torch runs on CPU"
                 ),
             ),
@@ -159,11 +159,11 @@ def _choose_nvidia(profile: HostProfile, recipes: Recipes, base: str) -> TorchOu
             f"{names}: no NVIDIA driver answers (nvidia-smi/NVML): install the NVIDIA driver "
             "(>= 580 for CUDA 13 builds) and plan again; until then torch is the CPU build"
         )
-        return TorchOutcome(_cpu(profile, base, msg), (Warning_("nvidia-no-driver", msg),))
+        return TorchOutcome(_cpu(profile, base, msg), (PlanWarning("nvidia-no-driver", msg),))
     driver = profile.nvidia.driver_version
     unknown = [g for g in gpus if not g.sm]
-    warnings: list[Warning_] = [
-        Warning_("gpu-arch-unknown", f"{g.name}: compute capability unknown; assumed covered by the build")
+    warnings: list[PlanWarning] = [
+        PlanWarning("gpu-arch-unknown", f"{g.name}: compute capability unknown; assumed covered by the build")
         for g in unknown
     ]
     allowed = cuda_builds_allowed(profile, recipes)
@@ -176,7 +176,7 @@ def _choose_nvidia(profile: HostProfile, recipes: Recipes, base: str) -> TorchOu
             f"accepts: upgrade the driver (>= 580 for CUDA 13 builds, >= {floor} for cu126); "
             "until then torch is the CPU build"
         )
-        return TorchOutcome(_cpu(profile, base, msg), (*warnings, Warning_("nvidia-driver-too-old", msg)))
+        return TorchOutcome(_cpu(profile, base, msg), (*warnings, PlanWarning("nvidia-driver-too-old", msg)))
     build, left_out = choose_cuda(gpus, allowed)
     if build is None:
         labels = ", ".join(gpu_label(g) for g in left_out)
@@ -184,7 +184,7 @@ def _choose_nvidia(profile: HostProfile, recipes: Recipes, base: str) -> TorchOu
             f"{labels}: no torch CUDA build the driver {driver} allows has kernels for it; "
             "torch is the CPU build"
         )
-        return TorchOutcome(_cpu(profile, base, msg), (*warnings, Warning_("torch-no-gpu-build", msg)))
+        return TorchOutcome(_cpu(profile, base, msg), (*warnings, PlanWarning("torch-no-gpu-build", msg)))
     covered = tuple(dict.fromkeys(sm_label(g.sm) for g in gpus if g.sm and build.covers(g.sm)))
     floor = driver_floor(build, system)
     reason = (
@@ -199,14 +199,14 @@ def _choose_nvidia(profile: HostProfile, recipes: Recipes, base: str) -> TorchOu
             f"{', '.join(covered)} that driver {driver} allows, and torch dropped it in {build.torch_max}: "
             f"torch{spec} is planned; a driver >= 580 allows current cu130 builds"
         )
-        warnings.append(Warning_("torch-legacy-index", msg))
+        warnings.append(PlanWarning("torch-legacy-index", msg))
         reason += f"; only torch{spec} has this index"
     newer = [b for b in recipes.torch.cuda if not b.torch_max and b not in allowed]
     if not build.torch_max and newer and any(b.covers(g.sm) for b in newer for g in gpus if g.sm):
         reason += f" (a driver >= {driver_floor(newer[0], system)} would allow {newer[0].variant})"
     for g in left_out:
         warnings.append(
-            Warning_(
+            PlanWarning(
                 "torch-gpu-left-out",
                 f"{gpu_label(g)} is left out: {build.variant} has no kernels for it "
                 f"(it covers {', '.join(covered)}); hide it with CUDA_VISIBLE_DEVICES",

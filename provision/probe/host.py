@@ -13,7 +13,8 @@ GPU switch  XINFER_SETUP_NO_GPU=1 skips every GPU source below.
 PCI       /sys/bus/pci/devices/*/{class,vendor,device}: display and 3D controllers, so a
           GPU with no working driver is still seen.
 NVIDIA    1. XINFER_SETUP_CUDA_DRIVER_VERSION (a driver version, as uv's
-             UV_CUDA_DRIVER_VERSION): taken as the driver, GPUs not probed.
+             UV_CUDA_DRIVER_VERSION) replaces the driver found below, keeping its GPUs;
+             XINFER_SETUP_CUDA_ARCH=8.0,9.0 replaces the GPUs; both: nothing is probed.
           2. NVML (pynvml), tried when there is evidence of a driver (an NVIDIA PCI
              device, /proc/driver/nvidia, /dev/nvidiactl, WSL's /dev/dxg, a trusted
              nvidia-smi; always on Windows).

@@ -23,6 +23,7 @@ from provision.probe.system import System
 from provision.profile import GPU, NvidiaDriver
 
 ENV_CUDA_DRIVER_VERSION = "XINFER_SETUP_CUDA_DRIVER_VERSION"
+ENV_CUDA_ARCH = "XINFER_SETUP_CUDA_ARCH"
 SMI_TIMEOUT_S = 15.0
 MIB = 1024 * 1024
 
@@ -43,6 +44,26 @@ def driver_from_env(value: str) -> NvidiaDriver:
             f"{ENV_CUDA_DRIVER_VERSION}={value!r} is not an NVIDIA driver version (expected e.g. 580.65.06)"
         )
     return NvidiaDriver(driver_version=value, cuda_driver_version=None, source="env")
+
+
+def gpus_from_arch_env(value: str) -> tuple[GPU, ...]:
+    """XINFER_SETUP_CUDA_ARCH=8.0,9.0 (also sm_90 or 90): one GPU per compute capability, so a
+    GPU-less container build can plan for the GPUs it will run on."""
+    gpus = []
+    for i, item in enumerate(v.strip() for v in value.split(",") if v.strip()):
+        m = re.fullmatch(r"(?:sm_?)?(\d{1,2})\.?(\d)", item, re.I)
+        if not m or not 3 <= int(m.group(1)) <= 15:
+            raise UserError(
+                f"{ENV_CUDA_ARCH}={value!r}: {item!r} is not a CUDA compute capability "
+                "(expected e.g. 8.0,9.0)"
+            )
+        cc = f"{int(m.group(1))}.{m.group(2)}"
+        gpus.append(
+            GPU("nvidia", f"NVIDIA GPU with compute capability {cc} ({ENV_CUDA_ARCH})", None, cc, index=i)
+        )
+    if not gpus:
+        raise UserError(f"{ENV_CUDA_ARCH} is set but names no compute capability (expected e.g. 8.0,9.0)")
+    return tuple(gpus)
 
 
 def _text(value: Any) -> str:
@@ -165,12 +186,36 @@ def driver_evidence(system: System, pci: list[PciDisplay], smi: str | None) -> b
 
 
 def probe_nvidia(system: System, pci: list[PciDisplay]) -> Found[NvidiaFindings]:
-    override = system.env.get(ENV_CUDA_DRIVER_VERSION)
-    if override:
+    """The GPUs and driver, with the overrides applied on top of what is probed.
+
+    XINFER_SETUP_CUDA_DRIVER_VERSION replaces the driver and keeps the probed GPUs;
+    XINFER_SETUP_CUDA_ARCH replaces the GPUs. With both set nothing is probed (a container build).
+    """
+    driver_env, arch_env = system.env.get(ENV_CUDA_DRIVER_VERSION), system.env.get(ENV_CUDA_ARCH)
+    driver = driver_from_env(driver_env) if driver_env else None
+    arch_gpus = gpus_from_arch_env(arch_env) if arch_env else None
+    if driver is not None and arch_gpus is not None:
         return Found(
-            NvidiaFindings((), driver_from_env(override)),
-            (f"nvidia: driver version {override.strip()} from {ENV_CUDA_DRIVER_VERSION}; GPUs not probed",),
+            NvidiaFindings(arch_gpus, driver),
+            (
+                f"nvidia: driver {driver.driver_version} and GPUs from "
+                f"{ENV_CUDA_DRIVER_VERSION}/{ENV_CUDA_ARCH}; nothing probed",
+            ),
         )
+    probed = _probe_nvidia(system, pci)
+    notes = list(probed.notes)
+    gpus, found_driver = probed.value.gpus, probed.value.driver
+    if driver is not None:
+        was = f" (probed: {found_driver.driver_version})" if found_driver else ""
+        notes.append(f"nvidia: driver version {driver.driver_version} from {ENV_CUDA_DRIVER_VERSION}{was}")
+        found_driver = driver
+    if arch_gpus is not None:
+        notes.append(f"nvidia: GPUs from {ENV_CUDA_ARCH} ({len(gpus)} probed GPU(s) set aside)")
+        gpus = arch_gpus
+    return Found(NvidiaFindings(gpus, found_driver), tuple(notes))
+
+
+def _probe_nvidia(system: System, pci: list[PciDisplay]) -> Found[NvidiaFindings]:
     notes: list[str] = []
     smi = str(p) if (p := system.trusted_which("nvidia-smi")) else None
     found: NvidiaFindings | None = None

@@ -105,6 +105,12 @@ def _find(system: System, tool: Tool) -> Path | None:
     return None
 
 
+def find_nvcc(system: System) -> Path | None:
+    """nvcc where the probe looks for it (PATH, $CUDA_HOME/bin, $CUDA_PATH/bin, /usr/local/cuda/bin):
+    the one the plan was made with, for the build to use."""
+    return _find(system, next(t for t in TOOLS if t.field == "nvcc"))
+
+
 class ToolReport(NamedTuple):
     path: Path | None
     version: str | None

@@ -15,29 +15,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from provision.backends import registry
 from provision.errors import UserError
 from provision.profile import HostProfile
 from provision.serve.model_facts import ModelFacts
 from provision.serve.rules import FamilyRule, GpuEngineRule, ServeRules
 
 LLAMA_CPP_ENGINES = ("xllamacpp", "llama-cpp-python")
-# What --engine accepts: the plan's backend names and the short names.
+# What --engine accepts: every backend that serves models (it has an adapter), and "llama.cpp"
+# for whichever llama.cpp binding is installed.
 ENGINE_ALIASES = {
-    "vllm": ("vllm",),
-    "sglang": ("sglang",),
-    "transformers": ("transformers",),
+    **{b.name: (b.name,) for b in registry() if b.adapter},
     "llama.cpp": LLAMA_CPP_ENGINES,
-    "llama-cpp-python": ("llama-cpp-python",),
-    "xllamacpp": ("xllamacpp",),
 }
-# Plan backend name -> the model_engine Xinference's launch API takes.
-XINFERENCE_ENGINE_NAMES = {
-    "transformers": "Transformers",
-    "vllm": "vLLM",
-    "sglang": "SGLang",
-    "xllamacpp": "llama.cpp",
-    "llama-cpp-python": "llama.cpp",
-}
+# Plan backend name -> the model_engine Xinference's launch API takes (the registry's).
+XINFERENCE_ENGINE_NAMES = {b.name: b.xinference_engine for b in registry() if b.xinference_engine}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ Decisions are made by the pure functions in choice.py; this module gathers their
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
 import signal
 import socket
@@ -18,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provision import paths
+from provision.engines.adapters import EngineAdapter, LaunchSettings
 from provision.errors import OperationFailed, UserError
 from provision.install.receipt import InstalledBackend
 from provision.profile import HostProfile
@@ -30,9 +31,6 @@ DEFAULT_PORTS = {"native": 8000, "xinference": 9997}
 NATIVE_READY_TIMEOUT_S = 900.0  # a 70B model from a slow disk
 XINFERENCE_READY_TIMEOUT_S = 300.0
 # The flag after which each adapter's command names the served model (the adapters say "tiny").
-SERVED_NAME_FLAGS = {"llama-cpp-python": "--model_alias", "xllamacpp": "--alias",
-                     "vllm": "--served-model-name", "sglang": "--served-model-name"}
-
 
 @dataclass(frozen=True)
 class ServeRequest:
@@ -77,14 +75,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def with_served_name(engine: str, argv: list[str], name: str) -> list[str]:
-    flag = SERVED_NAME_FLAGS.get(engine)
-    if flag is None or flag not in argv:
-        return argv
-    i = argv.index(flag)
-    return [*argv[: i + 1], name, *argv[i + 2:]]
-
-
 def installed_for_via(installed: dict[str, InstalledBackend], hint_args: str) -> dict[str, InstalledBackend]:
     """Engines Xinference can drive: those in its own environment; its llama.cpp engine is
     xllamacpp, so llama-cpp-python does not count."""
@@ -113,7 +103,7 @@ def check_port_free(host: str, port: int) -> None:
 def model_forms(model: str) -> list[ModelFacts]:
     if model == TINY and not Path(model).exists():
         try:
-            from smoke.tiny_model import ensure_tiny_model
+            from provision.tiny_model import ensure_tiny_model
         except ImportError as e:
             raise OperationFailed(
                 f"the tiny model needs the smoke extras (pip install 'xinfer-setup[smoke]'): {e}") from None
@@ -165,7 +155,7 @@ def decide(req: ServeRequest) -> Decision:
         xinf_python = all_installed["xinference"].python
         return Decision(choice, xinference_command(xinf_python, req.host, port), req.host, port,
                         TINY if req.model == TINY else choice.model.name, python=xinf_python)
-    from smoke.engines import ADAPTERS
+    from provision.engines.adapters import ADAPTERS
 
     adapter = ADAPTERS[choice.engine]
     python = installed[choice.engine].python
@@ -173,18 +163,23 @@ def decide(req: ServeRequest) -> Decision:
     upstream_port = None
     listen_host, listen_port = req.host, port
     if guard:
-        from smoke.server import free_port
+        from provision.engines.server import free_port
 
         upstream_port = free_port()
         listen_host, listen_port = "127.0.0.1", upstream_port
-    argv = adapter.server_command(python, choice.model.path, listen_host, listen_port,
-                                  None if guard else req.api_key, gpu=gpu)
-    if choice.engine in SERVED_NAME_FLAGS:
-        served = choice.model.name if req.model != TINY else TINY
-        argv = with_served_name(choice.engine, argv, served)
-    else:
-        served = str(choice.model.path)  # transformers serve takes no alias: it names the model by its path
+    served = TINY if req.model == TINY else choice.model.name
+    launch = _launch_settings(adapter, served, listen_host, listen_port, gpu)
+    argv = adapter.server_command(python, choice.model.path, launch, None if guard else req.api_key)
+    # transformers serve takes no alias: it names the model by its path.
+    served = adapter.served_model(choice.model.path) or served
     return Decision(choice, argv, req.host, port, served, upstream_port=upstream_port, python=python)
+
+
+def _launch_settings(adapter: EngineAdapter, served: str, host: str, port: int, gpu: bool) -> LaunchSettings:
+    # The settings serve has always used; sizing them to the model and the GPUs is serve's next step.
+    return LaunchSettings(served_name=served, host=host, port=port, gpu=gpu,
+                          dtype="float32" if adapter.float32 else "float16", context_length=2048,
+                          gpu_memory_fraction=0.2 if gpu else None, enforce_eager=True, f32_kv_cache=True)
 
 
 # ---------------------------------------------------------------- serving
@@ -199,8 +194,7 @@ def _raise_stop(signum, frame):
 
 
 def run_dir(kind: str, port: int) -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "xinfer-setup" / "serve" / f"{kind}-{port}"
+    return paths.serve_run_dir(kind, port)
 
 
 def serve(req: ServeRequest, decision: Decision, say: Callable[[str], None]) -> None:
@@ -227,8 +221,8 @@ def _wait_forever(server, what: str) -> None:
 
 
 def _serve_native(req: ServeRequest, d: Decision, say: Callable[[str], None]) -> None:
-    from smoke.engines import ADAPTERS
-    from smoke.server import ManagedServer, ServerError
+    from provision.engines.adapters import ADAPTERS
+    from provision.engines.server import ManagedServer, ServerError
 
     rd = run_dir(d.choice.engine, d.port)
     rd.mkdir(parents=True, exist_ok=True)
@@ -264,8 +258,8 @@ def _serve_native(req: ServeRequest, d: Decision, say: Callable[[str], None]) ->
 
 
 def _serve_via_xinference(req: ServeRequest, d: Decision, say: Callable[[str], None]) -> None:
+    from provision.engines.server import ServerError
     from provision.serve.xinference import XinferenceApi, XinferenceServer, xinference_env
-    from smoke.server import ServerError
 
     auth = not is_loopback(d.host)
     rd = run_dir("xinference", d.port)

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provision.engines.server import ManagedServer
 from provision.errors import OperationFailed
 from provision.serve.choice import XINFERENCE_ENGINE_NAMES
 from provision.serve.model_facts import ModelFacts
-from smoke.server import ManagedServer
 
 # Xinference matches a launch against the registered spec by this label; it sizes nothing.
 MODEL_SIZE_LABEL = 1

@@ -23,13 +23,15 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision.errors import OperationFailed
+
 # Server processes alive right now, for the exit-time sweep.
 _LIVE: set[ManagedServer] = set()
 
 CLEAN_EXIT_CODES = (0, -signal.SIGTERM, 128 + signal.SIGTERM)
 
 
-class ServerError(Exception):
+class ServerError(OperationFailed):
     """A server that would not start, died, or answered garbage; carries its last log lines."""
 
     def __init__(self, message: str, log_tail: str = ""):

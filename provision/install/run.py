@@ -14,42 +14,32 @@ environment plus verify.
 from __future__ import annotations
 
 import datetime
-import shutil
+import os
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-
 from provision import __version__
+from provision.backends import backend as registry_backend
 from provision.errors import OperationFailed
 from provision.install import state as state_mod
 from provision.install import wheelhouse
+from provision.install.disk import check_free_disk, estimate_disk_mb
 from provision.install.envs import EnvLocation, ensure_env, locate
 from provision.install.executor import Installer
-from provision.install.pipconfig import IndexConfig, read_index_config
+from provision.install.ledger import merge_receipts
+from provision.install.pipconfig import PYPI_SIMPLE, IndexConfig, read_index_config
 from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
-from provision.install.torch_source import TORCH_FAMILY, TorchSource, resolve_torch_source
+from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
+from provision.install.torch_source import TORCH_FAMILY, TorchSource, is_torch_family, resolve_torch_source
 from provision.install.verify import EnvExpectation, checks_fingerprint, collect_facts, evaluate
 from provision.plan import BackendDecision, Environment, Plan
-
-# Rough disk use per backend once installed (MB), with downloads and build trees; checked
-# before starting so a full disk is refused up front. Measured here for the CPU stack.
-DISK_MB = {
-    "xinference": 1500,
-    "transformers": 300,
-    "llama-cpp-python": 700,
-    "xllamacpp": 300,
-    "vllm": 6000,
-    "sglang": 6000,
-}
-TORCH_DISK_MB = {"cpu": 1200, "mps": 1000}
-TORCH_GPU_DISK_MB = 7000
 
 
 @dataclass
@@ -59,33 +49,32 @@ class InstallOptions:
     index: IndexConfig | None = None
     # env name -> exact pins (name==version) from a receipt being replayed.
     replay_pins: dict[str, list[str]] = field(default_factory=dict)
+    # backend -> {dist: "sha256=<hex>"} from a receipt being replayed: those files and no others.
+    replay_hashes: dict[str, dict[str, str]] = field(default_factory=dict)
     cache_dir: Path | None = None
     check_disk: bool = True
+    # Another run holding the root: wait for it (saying so), or fail at once naming its pid.
+    wait: bool = True
     # Installing from a bundle: no index is asked, not even whether the torch index answers.
     offline: bool = False
 
 
-def _name(req: str) -> str | None:
-    try:
-        return canonicalize_name(Requirement(req).name)
-    except InvalidRequirement:
-        return None
-
-
 def env_extras(env: Environment, plan: Plan) -> list[str]:
     """Requirements of the environment that no backend's package list covers (and not torch)."""
-    covered = {_name(p) for b in plan.installs if b.environment == env.name for p in b.packages}
-    return [r for r in env.requirements if _name(r) not in covered and _name(r) not in TORCH_FAMILY]
+    covered = {requirement_name(p) for b in plan.installs if b.environment == env.name for p in b.packages}
+    covered |= set(TORCH_FAMILY)
+    return [r for r in env.requirements if requirement_name(r) not in covered]
 
 
-def build_request(plan: Plan, backend: BackendDecision) -> wheelhouse.BuildRequest:
+def wheel_build_request(plan: Plan, backend: BackendDecision) -> wheelhouse.BuildRequest:
     assert backend.build is not None
     return wheelhouse.BuildRequest(
-        version=backend.version or _pinned_version(backend.packages, backend.name),
+        version=backend.version or pinned_version(backend.packages, backend.name),
         cmake_args=tuple(backend.build.cmake_args),
         expected_backends=tuple(backend.build.expected_backends),
         cpu_features=wheelhouse.isa_features(plan.profile.cpu.flags or _local_cpu_flags()),
         arch=plan.profile.os.arch,
+        nvcc_version=plan.profile.toolchain.nvcc,
     )
 
 
@@ -97,55 +86,6 @@ def _local_cpu_flags() -> tuple[str, ...]:
     except OSError:
         pass
     return ()
-
-
-def _requirement_for(packages: tuple[str, ...], name: str) -> Requirement | None:
-    """The plan's requirement for distribution `name` among a backend's packages."""
-    for p in packages:
-        try:
-            r = Requirement(p)
-        except InvalidRequirement:
-            continue
-        if canonicalize_name(r.name) == canonicalize_name(name):
-            return r
-    return None
-
-
-def _pinned_version(packages: tuple[str, ...], name: str) -> str:
-    r = _requirement_for(packages, name)
-    pins = [s.version for s in r.specifier if s.operator == "=="] if r else []
-    if not pins:
-        raise OperationFailed(f"{name}: the plan gives no exact version to build")
-    return pins[0]
-
-
-def _extras_of(packages: tuple[str, ...], name: str) -> str:
-    r = _requirement_for(packages, name)
-    return "[" + ",".join(sorted(r.extras)) + "]" if r and r.extras else ""
-
-
-def estimate_disk_mb(plan: Plan, todo: list[str]) -> int:
-    total = 0
-    for name in todo:
-        total += DISK_MB.get(name, 500)
-    for env in plan.environments:
-        if env.torch is not None and any(b in todo for b in env.backends):
-            total += TORCH_DISK_MB.get(env.torch.variant, TORCH_GPU_DISK_MB)
-    return total
-
-
-def check_free_disk(need_mb: int, paths: list[Path]) -> None:
-    """Refuse before downloading anything when a target filesystem is too small (numbers in the message)."""
-    for p in paths:
-        probe = p
-        while not probe.exists():
-            probe = probe.parent
-        free_mb = shutil.disk_usage(probe).free // (1024 * 1024)
-        if free_mb < need_mb:
-            raise OperationFailed(
-                f"not enough disk space: the planned installs need about {need_mb} MB, "
-                f"{probe} has {free_mb} MB free"
-            )
 
 
 class _Run:
@@ -163,7 +103,7 @@ class _Run:
         self.env_records: dict[str, EnvRecord] = {}
         self.notes: list[str] = []
         self._states: dict[str, state_mod.EnvState] = {}
-        self.previous = _previous_receipt(self.primary.prefix)
+        self.previous = _previous_receipt(self.primary.prefix, reporter)
         # env name -> where its torch came from, for a matching torchvision later.
         self._companions: dict[str, TorchSource] = {}
         for b in plan.backends:
@@ -194,12 +134,28 @@ class _Run:
             environments=list(self.env_records.values()),
             backends=list(self.records.values()),
             notes=self.notes,
-            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            created_at=_now(),
             tool_version=__version__,
         )
 
     def save(self) -> Path:
-        return write_receipt(self.receipt(), self.primary.prefix)
+        """Write what this run did into the root's receipt, keeping every entry still on disk."""
+        listings: dict[str, state_mod.EnvState | None] = {}
+
+        def present(rec: BackendRecord, env: EnvRecord) -> bool:
+            if env.python not in listings:
+                python = Path(env.python)
+                listings[env.python] = state_mod.read_state(python) if python.exists() else None
+            listing = listings[env.python]
+            return listing is not None and listing.get(_dist_name_of(rec.name)) is not None
+
+        try:
+            return write_receipt(merge_receipts(self.previous, self.receipt(), present), self.primary.prefix)
+        except OSError as e:
+            # Written by rename: the previous receipt, if any, is still whole.
+            raise OperationFailed(
+                f"cannot write the receipt under {self.primary.prefix}: {e.strerror or e}"
+            ) from None
 
     # ------------------------------------------------------------ steps
 
@@ -212,7 +168,10 @@ class _Run:
     def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
         self.reporter.say(what)
         self._states.clear()
-        return subprocess.run(argv, capture_output=True, text=True)
+        # pip's cert/proxy settings reach uv as variables (uv does not read pip.conf).
+        return subprocess.run(
+            argv, capture_output=True, text=True, env={**os.environ, **self.installer.env()}
+        )
 
     def _fail_text(self, out: subprocess.CompletedProcess) -> str:
         lines = [ln for ln in (out.stderr or out.stdout or "").strip().splitlines() if ln.strip()]
@@ -231,6 +190,7 @@ class _Run:
             tv = current.get("torchvision")
             if tv and tv.local_tag == torch.local_tag:
                 pins.append(f"torchvision=={tv.version}")
+            pins += family_pins(current)
             self.env_records[env.name].torch = {
                 "requirement": pins[0],
                 "source": "already installed",
@@ -250,8 +210,12 @@ class _Run:
         )
         self.reporter.say(f"[{env.name}] torch: {source.torch_requirement} ({source.reason})")
         extra = (source.index_url,) if source.index_url else ()
+        # The torch family comes from the planned index only: for uv it is asked first (first-index),
+        # for pip it is the only index.
         out = self._run(
-            self.installer.install_argv(loc.python, [source.torch_requirement], extra_index_urls=extra),
+            self.installer.install_argv(
+                loc.python, [source.torch_requirement], extra_index_urls=extra, exclusive=True
+            ),
             f"[{env.name}] installing {source.torch_requirement}",
         )
         if out.returncode != 0:
@@ -266,7 +230,7 @@ class _Run:
             "version": source.torch_requirement.split("==", 1)[-1],
         }
         self._companions[env.name] = source
-        return [source.torch_requirement, *source.companions]
+        return [source.torch_requirement, *source.companions, *family_pins(self.state(loc))]
 
     def install_env(self, env: Environment) -> None:
         loc = self.locations[env.name]
@@ -286,7 +250,7 @@ class _Run:
         pins += self.opts.replay_pins.get(env.name, [])
         with tempfile.TemporaryDirectory(prefix="xinfer-setup-") as tmp:
             constraints = Path(tmp) / "constraints.txt"
-            constraints.write_text("\n".join(_merge_pins(pins)) + "\n")
+            constraints.write_text("\n".join(merge_pins(pins)) + "\n")
             extras = env_extras(env, self.plan)
             for i, backend in enumerate(backends):
                 self.install_backend(env, loc, backend, constraints, extras if i == 0 else [])
@@ -309,7 +273,7 @@ class _Run:
             if backend.build is not None:
                 reqs = self._build_requirement(backend, loc, current)
             else:
-                reqs = [p for p in backend.packages if _name(p) not in TORCH_FAMILY] + extras
+                reqs = [p for p in backend.packages if requirement_name(p) not in TORCH_FAMILY] + extras
                 if not state_mod.unmet(reqs, current, state_mod.deliberately_absent(current)):
                     reqs = []
             if reqs:
@@ -334,6 +298,9 @@ class _Run:
             dist = self.state(loc).get(_dist_name(backend))
             rec.status = "installed" if dist else "failed"
             rec.version = dist.version if dist else rec.version
+            # The installer's own record of the file it installed (direct_url.json's archive hash).
+            if dist and dist.archive_hash:
+                rec.hashes[dist.name] = dist.archive_hash
             rec.reason = None if dist else f"{_dist_name(backend)} is not installed after the step"
         finally:
             rec.duration_s = round(time.monotonic() - started, 1)
@@ -341,15 +308,18 @@ class _Run:
     def _build_requirement(
         self, backend: BackendDecision, loc: EnvLocation, current: state_mod.EnvState
     ) -> list[str]:
-        req = build_request(self.plan, backend)
+        req = wheel_build_request(self.plan, backend)
         dist = current.get(backend.name)
         rec = self.records[backend.name]
         rec.cmake_args = list(req.effective_args)
         marker = f"/wheelhouse/{req.key}/"
         if dist is not None and dist.version == req.version and dist.direct_url and marker in dist.direct_url:
             rec.source = dist.direct_url
+            wheel_file = Path(urllib.request.url2pathname(urllib.parse.urlparse(dist.direct_url).path))
+            if wheel_file.is_file():
+                self._record_wheel_hash(backend, wheel_file)
             # The build is right; an extra asked for since ([server]) may still be missing.
-            wanted = f"{backend.name}{_extras_of(backend.packages, backend.name)}=={req.version}"
+            wanted = f"{backend.name}{extras_of(backend.packages, backend.name)}=={req.version}"
             if state_mod.unmet([wanted], current):
                 return [f"{wanted.split('==')[0]} @ {dist.direct_url}"]
             return []
@@ -361,8 +331,10 @@ class _Run:
             self.index.pip_flags(),
             self.reporter,
             self.cache,
+            sources=self._hash_sources(),
         )
         rec.source = wheel.as_uri()
+        self._record_wheel_hash(backend, wheel)
         if dist is not None:
             # Same version, other build: the installer would call it satisfied.
             out = self._run(
@@ -371,7 +343,25 @@ class _Run:
             )
             if out.returncode != 0:
                 raise OperationFailed(self._fail_text(out))
-        return [f"{backend.name}{_extras_of(backend.packages, backend.name)} @ {wheel.as_uri()}"]
+        return [f"{backend.name}{extras_of(backend.packages, backend.name)} @ {wheel.as_uri()}"]
+
+    def _record_wheel_hash(self, backend: BackendDecision, wheel: Path) -> None:
+        """The wheelhouse wheel's sha256 into the receipt; on a replay it must be the receipt's."""
+        name = _dist_name(backend)
+        actual = f"sha256={wheelhouse.sha256_file(wheel)}"
+        wanted = self.opts.replay_hashes.get(backend.name, {}).get(name)
+        if wanted and wanted != actual:
+            raise OperationFailed(
+                f"--from-receipt: the {name} wheel at hand ({actual[:23]}…) is not the file the receipt "
+                f"installed ({wanted[:23]}…); remove {wheel.parent} to build it again, then compare"
+            )
+        self.records[backend.name].hashes[name] = actual
+
+    def _hash_sources(self) -> tuple[str, ...]:
+        """The indexes pip would ask, PyPI when none is configured: where the sdist's sha256 is read."""
+        if self.index.no_index:
+            return ()
+        return (self.index.index_url or PYPI_SIMPLE, *self.index.extra_index_urls)
 
     def fix_torchvision(self, env: Environment, loc: EnvLocation) -> None:
         """A torchvision not built for this torch breaks transformers' imports: replace or remove it."""
@@ -421,6 +411,7 @@ class _Run:
         for b in installed:
             self.records[b].verify = [dict(c) for c in old[b].verify]
         self.env_records[env.name].notes = list(old_env.notes)
+        self.env_records[env.name].verified_at = old_env.verified_at
         return True
 
     def verify_env(self, env: Environment, loc: EnvLocation) -> None:
@@ -435,6 +426,7 @@ class _Run:
         if self._reuse_verify(env, installed):
             self.reporter.say(f"[{env.name}] nothing changed since the last verified install")
             return
+        self.env_records[env.name].verified_at = _now()
         for check in verify_environment(self.plan, env, loc.python, installed):
             target = [check.backend] if check.backend in installed else list(installed)
             for b in target:
@@ -449,29 +441,41 @@ class _Run:
             self.reporter.say(f"[{env.name}] verify FAILED {line}")
 
 
-def _previous_receipt(prefix: Path) -> Receipt | None:
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def family_pins(state: state_mod.EnvState) -> list[str]:
+    """Exact pins for the torch family the torch step installed (triton, nvidia-*, ...): later steps
+    resolve against other indexes and must not swap any of them for another index's build."""
+    return [
+        f"{d.name}=={d.version}"
+        for d in state.dists.values()
+        if is_torch_family(d.name) and d.name not in TORCH_FAMILY  # those three: torch_pins decides
+    ]
+
+
+def _previous_receipt(prefix: Path, reporter: Reporter) -> Receipt | None:
+    from provision.errors import UserError
     from provision.install.receipt import RECEIPT_REL, read_receipt
 
+    path = prefix / RECEIPT_REL
+    if not path.exists():
+        return None
     try:
-        return read_receipt(prefix / RECEIPT_REL) if (prefix / RECEIPT_REL).exists() else None
-    except Exception:  # an unreadable old receipt only means verifying again
+        return read_receipt(path)
+    except UserError as e:
+        # Truncated or not ours: nothing in it can be trusted; this run verifies afresh and rewrites it.
+        reporter.say(f"ignoring the unreadable receipt ({e}); this run writes a new one")
         return None
 
 
-def _merge_pins(pins: list[str]) -> list[str]:
-    """One pin per project, the first given winning (torch pins come before replay pins)."""
-    seen: dict[str, str] = {}
-    for p in pins:
-        n = _name(p)
-        if n and n not in seen:
-            seen[n] = p
-    return list(seen.values())
-
-
 def _dist_name(backend: BackendDecision) -> str:
-    from provision.install.receipt import BACKEND_DISTS
+    return _dist_name_of(backend.name)
 
-    return BACKEND_DISTS.get(backend.name, backend.name)
+
+def _dist_name_of(backend: str) -> str:
+    return registry_backend(backend).dist
 
 
 def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:
@@ -510,6 +514,13 @@ def install_plan(
     opts.venv_root = venv_root if venv_root is not None else opts.venv_root
     opts.installer = installer or opts.installer
     reporter = reporter or Reporter()
+    from provision.lock import root_lock
+
+    with root_lock(opts.venv_root, wait=opts.wait, say=reporter.say):
+        return _install_locked(plan, opts, reporter)
+
+
+def _install_locked(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Receipt:
     run = _Run(plan, opts, reporter)
     if opts.check_disk:
         todo = [

@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import click
 
+from provision.backends import check_known
 from provision.errors import OperationFailed, UserError
 
 
 def _installed_pythons(venv_root: Path | None) -> dict[str, Path]:
     """{backend: python of the environment it was installed into}, from the install receipt."""
-    try:
-        from provision.install.receipt import installed_backends
-    except ImportError:
-        # No installer in this build: engines importable by this interpreter are all there is.
-        from smoke.engines import ADAPTERS
+    from provision.install.receipt import installed_backends
 
-        found = {}
-        for backend in ADAPTERS:
-            try:
-                metadata.version(backend)
-            except metadata.PackageNotFoundError:
-                continue
-            found[backend] = Path(sys.executable)
-        return found
     return {name: b.python for name, b in installed_backends(venv_root).items()}
 
 
@@ -74,11 +61,9 @@ def _raise_on_sigterm(signum, frame):
               help="Where tiny models are cached (default ~/.cache/xinfer-setup/models).")
 def smoke(venv_root: Path | None, backends: tuple[str, ...], as_json: bool, cache_dir: Path | None) -> None:
     """Run a tiny local model on every installed engine: load, generate, serve, answer, stop."""
-    from smoke.engines import ADAPTERS
+    from provision.engines.adapters import ADAPTERS
 
-    unknown = [b for b in backends if b not in ADAPTERS]
-    if unknown:
-        raise UserError(f"unknown backend {unknown[0]!r}; choose from {', '.join(ADAPTERS)}")
+    check_known(backends, among=ADAPTERS)
     if venv_root is not None and not venv_root.is_dir():
         raise UserError(f"--venv {venv_root}: no such directory")
 
@@ -93,14 +78,21 @@ def smoke(venv_root: Path | None, backends: tuple[str, ...], as_json: bool, cach
         raise UserError("no engine is installed here; run `xinfer-setup install` first")
 
     from provision.probe import probe_host
-    from smoke.runner import run_smoke
-    from smoke.tiny_model import ensure_tiny_model
+    from provision.tiny_model import ensure_tiny_model
+    from smoke.runner import EngineResult, run_smoke
 
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         model = ensure_tiny_model(cache_dir)
         work_dir = Path(tempfile.mkdtemp(prefix="xinfer-smoke-"))
         report = run_smoke(installed, probe_host(), model, work_dir)
+        if not backends:
+            # An engine that is not installed (never, or uninstalled since) is a skip with its reason.
+            hint = f" --venv {venv_root}" if venv_root else ""
+            report.results += [
+                EngineResult(name, "skip", f"not installed (`xinfer-setup install --backend {name}{hint}`)")
+                for name in ADAPTERS if name not in installed
+            ]
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from provision import paths
+from provision.errors import OperationFailed
+
 # Bump when the bytes this module writes change for the same spec.
 GENERATOR_VERSION = 1
 
@@ -89,13 +92,12 @@ class TinyModel:
         return IM_END
 
 
-class TinyModelError(Exception):
+class TinyModelError(OperationFailed):
     pass
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "xinfer-setup" / "models"
+    return paths.models_cache()
 
 
 def cache_key(spec: TinySpec, corpus: str) -> str:

@@ -1,0 +1,136 @@
+"""Hashes end to end: the sdist against its index's sha256, wheelhouse wheels against the sha256
+recorded at build, the receipt's record of the installed wheel, and a replay that demands it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from support.auth_index import auth_index
+
+from provision.install import wheelhouse
+from provision.install.progress import Reporter
+from provision.install.torch_source import index_sha256
+
+REAL_CACHE = wheelhouse.cache_root()
+SDIST = REAL_CACHE / "sdist" / "llama_cpp_python-0.3.36.tar.gz"
+
+
+class Said(Reporter):
+    def __init__(self, stop_on: str | None = None) -> None:
+        super().__init__(quiet=True)
+        self.lines: list[str] = []
+        self.stop_on = stop_on
+
+    def say(self, message: str) -> None:
+        self.lines.append(message)
+        if self.stop_on and message.startswith(self.stop_on):
+            raise _Stopped(message)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _entry(root: Path, key: str, content: bytes, sha: str | None) -> Path:
+    d = root / "wheelhouse" / key
+    d.mkdir(parents=True)
+    wheel = d / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("llama_cpp/lib/libggml-cpu.so", content)
+    meta = {"version": "0.3.36", "backends": ["cpu"]}
+    if sha is not None:
+        meta["sha256"] = wheelhouse.sha256_file(wheel) if sha == "right" else sha
+    (d / "build.json").write_text(json.dumps(meta))
+    return wheel
+
+
+def test_a_wheel_that_matches_its_build_hash_is_reused(tmp_path):
+    wheel = _entry(tmp_path, "k1", b"x" * 100, "right")
+    said = Said()
+    assert wheelhouse.checked_wheel("k1", tmp_path, said) == wheel
+    assert said.lines == []
+
+
+def test_a_corrupted_wheel_is_detected_removed_and_warned_about(tmp_path):
+    wheel = _entry(tmp_path, "k1", b"x" * 100, "right")
+    data = bytearray(wheel.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    wheel.write_bytes(bytes(data))
+    said = Said()
+    assert wheelhouse.checked_wheel("k1", tmp_path, said) is None
+    assert not wheel.parent.exists()
+    assert len(said.lines) == 1 and said.lines[0].startswith("warning:") and "building again" in said.lines[0]
+
+
+def test_an_entry_from_before_hashes_gets_one_recorded(tmp_path):
+    wheel = _entry(tmp_path, "k1", b"y", None)
+    said = Said()
+    assert wheelhouse.checked_wheel("k1", tmp_path, said) == wheel
+    meta = json.loads((wheel.parent / "build.json").read_text())
+    assert meta["sha256"] == wheelhouse.sha256_file(wheel)
+    assert "had no recorded sha256" in said.lines[0]
+
+
+def test_index_sha256_reads_the_link_fragment(tmp_path):
+    wheel = tmp_path / "llama_cpp_python-0.3.36-py3-none-any.whl"
+    wheel.write_bytes(b"w")
+    with auth_index([wheel], "u", "p") as (base, _):
+        url = base.replace("http://", "http://u:p@")
+        page_hash = index_sha256(("/a/find-links/dir", url), "llama-cpp-python", wheel.name)
+        missing = index_sha256((url,), "llama-cpp-python", "llama_cpp_python-9.9.9.tar.gz")
+    assert page_hash == wheelhouse.sha256_file(wheel)
+    assert missing is None  # not listed: no hash invented
+
+
+@pytest.mark.skipif(
+    not SDIST.exists(), reason="needs the llama-cpp-python 0.3.36 sdist in the wheelhouse cache"
+)
+def test_sdist_is_checked_against_pypis_sha256_and_a_bad_copy_refused(tmp_path):
+    """Real: PyPI's simple page publishes the sdist's sha256 (PyPI is reachable here)."""
+    sources = ("https://pypi.org/simple",)
+    expected = index_sha256(sources, "llama-cpp-python", SDIST.name)
+    if expected is None:
+        pytest.skip("PyPI's simple page is not reachable from here")
+    copy = tmp_path / "sdist" / SDIST.name
+    copy.parent.mkdir()
+    shutil.copyfile(SDIST, copy)
+    said = Said()
+    assert wheelhouse._sdist_ok(copy, sources, said)
+    assert copy.with_name(copy.name + ".sha256").read_text().strip() == expected
+    with open(copy, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0garbage\0")
+    assert not wheelhouse._sdist_ok(copy, sources, said)
+    assert "does not match the sha256 of its index" in said.lines[-1]
+    # Offline, the hash recorded at download is the reference.
+    assert not wheelhouse._sdist_ok(copy, (), said)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not SDIST.exists(), reason="needs the llama-cpp-python 0.3.36 sdist in the wheelhouse cache"
+)
+def test_a_corrupted_wheelhouse_wheel_starts_a_rebuild(tmp_path):
+    """The fault-matrix row: corrupt the real built wheel in a private copy of the cache; build()
+    must refuse it and start building (stopped at its first step: the full ~8 min build is what the
+    session install does on a cold cache, not repeated here)."""
+    req = wheelhouse.BuildRequest("0.3.36", (), ("cpu",), ("avx2",), "x86_64")
+    root = tmp_path / "cache"
+    (root / "sdist").mkdir(parents=True)
+    shutil.copyfile(SDIST, root / "sdist" / SDIST.name)
+    wheel = _entry(root, req.key, b"z" * 1000, "right")
+    with open(wheel, "r+b") as f:
+        f.seek(10)
+        f.write(b"corrupted")
+    said = Said(stop_on="building llama-cpp-python")
+    with pytest.raises(_Stopped):
+        wheelhouse.build(
+            req, "uv", Path("/nonexistent/python"), [], [], said, root, sources=("https://pypi.org/simple",)
+        )
+    assert said.lines[0].startswith("warning:") and req.key in said.lines[0]
+    assert not wheel.exists()
+    assert said.lines[-1].startswith("building llama-cpp-python 0.3.36")
