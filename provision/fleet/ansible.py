@@ -114,6 +114,9 @@ def run_playbook(
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_DEPRECATION_WARNINGS": "0",
         "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "1"),
+        # Ansible's default ssh args without -C: what fleet pushes (wheels) is compressed already,
+        # and compressing it again costs the controller's CPU per host.
+        "ANSIBLE_SSH_ARGS": os.environ.get("ANSIBLE_SSH_ARGS", "-o ControlMaster=auto -o ControlPersist=60s"),
         "ANSIBLE_FORKS": str(forks or os.environ.get("ANSIBLE_FORKS") or max(5, min(50, len(fleet.hosts)))),
         "ANSIBLE_PYTHON_INTERPRETER": os.environ.get("ANSIBLE_PYTHON_INTERPRETER", "auto_silent"),
         "XINFER_FLEET_EVENTS": str(events_path),
