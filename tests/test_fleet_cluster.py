@@ -212,22 +212,31 @@ def test_unreachable_host_is_reported_and_the_others_finish(harness, inv):
     assert "host3" in out.stderr.strip().splitlines()[-1]
 
 
-def test_reachability_failures_name_the_address(harness, inv):
+def test_reachability_failures_name_the_address(harness, inv, tmp_path):
+    """host2 cannot reach the supervisor (a blackhole route in its namespace); host3 advertises an
+    address the supervisor has no route to (198.19.255.13, benchmarking range, on no interface)."""
     sup, w2, w3 = harness.hosts
-    routes = [(w2, sup.address), (sup, w3.address)]
-    for h, target in routes:
-        assert h.exec("ip", "route", "add", "blackhole", f"{target}/32").returncode == 0
+    bad = tmp_path / "bad-address.ini"
+    bad.write_text(
+        inv["inventory"]
+        .read_text()
+        .replace(
+            f"host3 ansible_host={w3.address}",
+            f"host3 ansible_host={w3.address} xinfer_address=198.19.255.13",
+        )
+    )
+    assert w2.exec("ip", "route", "add", "blackhole", f"{sup.address}/32").returncode == 0
     try:
-        out = fleet("up", *args(inv))
+        out = fleet("up", *args(inv, inventory=bad))
         rep = report_of(out)
     finally:
-        for h, target in routes:
-            h.exec("ip", "route", "del", "blackhole", f"{target}/32")
+        w2.exec("ip", "route", "del", "blackhole", f"{sup.address}/32")
     assert out.returncode == 1
     rows = {h["name"]: h for h in rep["hosts"]}
-    assert rows["host2"]["status"] == "failed" and f"{sup.address}:9997" in rows["host2"]["reason"]
+    assert rows["host2"]["status"] == "failed"
+    assert f"cannot reach supervisor-api at {sup.address}:9997" in rows["host2"]["reason"]
     assert rows["host3"]["status"] == "failed"
-    assert f"cannot reach host3 at {w3.address}:9998" in rows["host3"]["reason"]
+    assert "the supervisor host1 cannot reach host3 at 198.19.255.13:9998" in rows["host3"]["reason"]
     assert rows["host1"]["status"] == "unchanged"
 
 
