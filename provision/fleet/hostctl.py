@@ -236,6 +236,10 @@ def start(args: argparse.Namespace) -> None:
     for p in paths.values():
         p.parent.mkdir(parents=True, exist_ok=True)
     env = json.loads(args.env or "{}")
+    program = json.loads(args.argv)[0]
+    if not Path(program).exists():
+        reason = f"{program} is not installed: run `xinfer-setup fleet install` first"
+        _emit({"changed": False, "reason": reason}, 1)
     settings = {
         "role": args.role,
         "root": str(root),
