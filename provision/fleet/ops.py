@@ -10,11 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision.errors import OperationFailed, UserError
+from provision.errors import OperationFailed
 from provision.fleet.ansible import PlayRun, run_playbook
 from provision.fleet.inventory import Fleet
 from provision.fleet.report import FleetReport, HostRow
-from provision.fleet.wheels import HostFacts, check_python, parse_facts, self_wheel, tool_wheels
+from provision.fleet.wheels import HostFacts, check_python, self_wheel, tool_wheels
 
 
 @dataclass
@@ -126,9 +126,6 @@ def read_facts(ctx: Ctx) -> dict[str, HostFacts]:
     if not path.exists():
         return {}
     return {n: HostFacts(**d) for n, d in json.loads(path.read_text()).items()}
-
-
-__all__ = ["Ctx", "OperationFailed", "UserError", "new_report", "parse_facts", "probe"]
 
 
 # ------------------------------------------------------------------ plan

@@ -4,7 +4,7 @@ and whatever the command adds (plans, builds, supervisor, model). Rendered for p
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Status = Literal["ok", "changed", "unchanged", "failed", "unreachable", "skipped", "drift"]
@@ -72,33 +72,3 @@ class FleetReport:
         for note in self.notes:
             lines += ["", note]
         return "\n".join(lines)
-
-
-def rows_from(outcomes: dict[str, Any], roles: dict[str, str]) -> list[HostRow]:
-    return (
-        [HostRow(name=n, role=roles[n], status="skipped") for n in roles]
-        if not outcomes
-        else [
-            HostRow(
-                name=n,
-                role=roles[n],
-                status=_status(outcomes.get(n)),
-                reason=getattr(outcomes.get(n), "reason", None),
-            )
-            for n in roles
-        ]
-    )
-
-
-def _status(outcome: Any) -> Status:
-    if outcome is None:
-        return "skipped"
-    state = outcome.state
-    if state == "not run":
-        return "skipped"
-    if state == "ok":
-        return "unchanged"
-    return state
-
-
-__all__ = ["FleetReport", "HostRow", "asdict", "rows_from"]

@@ -12,7 +12,6 @@ tool's wheel do not change.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import subprocess
@@ -72,18 +71,6 @@ class HostFacts:
         glibc = self.glibc
         libc = f"manylinux_{glibc[0]}_{glibc[1]}" if glibc else "linux"
         return f"cp{self.python_minor[0]}{self.python_minor[1]}-{self.machine}-{libc}"
-
-
-def parse_facts(stdout: str) -> HostFacts:
-    """The one JSON line the facts task prints (see playbooks/facts.yml)."""
-    for line in reversed(stdout.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            d = json.loads(line)
-            return HostFacts(
-                python=d["python"], machine=d["machine"], libc=d.get("libc") or "", root=d["root"]
-            )
-    raise ValueError("no JSON line in the facts output")
 
 
 def check_python(name: str, facts: HostFacts) -> None:
