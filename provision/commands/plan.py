@@ -8,13 +8,13 @@ import os
 import click
 
 from provision.backends import check_known
-from provision.backends import names as backend_names
+from provision.commands import options
+from provision.commands.options import TORCH_INDEX_ENV
 from provision.errors import OperationFailed, UserError
 from provision.plan import PlanRequest
 from provision.planner.model_types import parse_model_types
 from provision.redact import redact, redact_obj
 
-TORCH_INDEX_ENV = "XINFER_SETUP_TORCH_INDEX_URL"
 MODEL_TYPES_HELP = "Xinference model types: llm,embedding,rerank,image,audio,video or all (default: llm)."
 
 
@@ -70,31 +70,19 @@ def plan_from_flags(
     return make_plan(profile, request, load_recipes())
 
 
-@click.command()
-@click.option("--auto", is_flag=True, help="Consider every backend for this machine.")
-@click.option(
-    "--backend",
-    "backends",
-    multiple=True,
-    metavar="NAME",
-    help=f"Plan this backend (repeatable): {', '.join(backend_names())}.",
-)
-@click.option(
-    "--profile", "profile_path", metavar="FILE", help="Plan for this host profile instead of probing."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the plan (schema v1) as JSON.")
+@options.command("plan", "CMAKE_ARGS in the environment reach llama-cpp-python's build.")
+@options.auto()
+@options.backend("Plan this backend")
+@options.profile("Plan for this host profile instead of probing.")
+@options.as_json("Print the plan (schema v1) as JSON.")
 @click.option(
     "--resolve",
     "resolve",
     is_flag=True,
     help="Check every environment with a real resolver for the target platform.",
 )
-@click.option(
-    "--torch-index-url",
-    metavar="BASE",
-    help=f"Mirror of https://download.pytorch.org/whl (also ${TORCH_INDEX_ENV}).",
-)
-@click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of the arch, not -march=native.")
+@options.torch_index_url()
+@options.portable()
 @click.option("--model-types", metavar="TYPES", help=MODEL_TYPES_HELP)
 @click.option(
     "--cache-key", "cache_key", is_flag=True, help="Print one stable line for CI caches."
@@ -102,7 +90,6 @@ def plan_from_flags(
 def plan(
     auto, backends, profile_path, as_json, resolve, torch_index_url, portable, cache_key, model_types=None
 ):
-    """Decide what to install, and why. CMAKE_ARGS in the environment reach llama-cpp-python's build."""
     if cache_key and (as_json or resolve):
         raise UserError("--cache-key prints one line: it takes no --json or --resolve")
     the_plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable, model_types)
