@@ -96,7 +96,7 @@ def smoke(venv_root: str | None, backends: tuple[str, ...], as_json: bool, cache
             ]
             from smoke.model_types import installed_type_results  # embedding/rerank via Xinference
 
-            report.results += installed_type_results(venv_root, work_dir)
+            report.results += installed_type_results(Path(venv_root) if venv_root else None, work_dir)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
@@ -32,7 +33,7 @@ CHECKED_TYPES = ("embedding", "rerank")
 EMBEDDING_ATOL = 1e-4
 RERANK_ATOL = 1e-4
 READY_TIMEOUT_S = 300.0
-TEXTS = {
+TEXTS: dict[str, Any] = {
     "inputs": ["the cat sat on the river", "paris is the capital of france", "a dog and a bird"],
     "query": "what is the capital of france",
     "documents": ["paris is the capital of france", "the dog runs to the river", "a fish in water"],
@@ -63,7 +64,9 @@ def check_model_types(python: Path, types: tuple[str, ...], work_dir: Path) -> l
     if not types:
         return []
     work_dir.mkdir(parents=True, exist_ok=True)
-    rows = {t: {"backend": f"xinference-{t}", "status": "fail", "reason": "not attempted"} for t in types}
+    rows: dict[str, dict[str, Any]] = {
+        t: {"backend": f"xinference-{t}", "status": "fail", "reason": "not attempted"} for t in types
+    }
     try:
         expected = _generate(python, work_dir / "tiny-encoders")
     except OperationFailed as e:
@@ -140,7 +143,7 @@ def _check_embedding(api: XinferenceApi, base_url: str, expected: dict) -> str:
         "max_tokens": 64, "language": ["en"], "model_specs": [_spec(expected["embedding_dir"])],
     })
     client = OpenAI(base_url=base_url, api_key="not-used", max_retries=0, timeout=120)
-    got = client.embeddings.create(model=uid, input=TEXTS["inputs"])
+    got = client.embeddings.create(model=uid, input=list(TEXTS["inputs"]))
     vectors = [d.embedding for d in sorted(got.data, key=lambda d: d.index)]
     want = expected["embeddings"]
     assert len(vectors) == len(want), f"{len(vectors)} vectors for {len(want)} inputs"

@@ -59,7 +59,7 @@ def main() -> None:
     encoder.save_pretrained(hf)
     tok.save_pretrained(hf)
 
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer, models  # type: ignore[import-not-found]
 
     st = SentenceTransformer(modules=[models.Transformer(str(hf), max_seq_length=64),
                                       models.Pooling(32, pooling_mode="mean")], device="cpu")

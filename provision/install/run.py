@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import os
 import subprocess
 import sys
@@ -285,20 +286,20 @@ class _Run:
             if self._build_is_installed(backend, req, self.state(loc)):
                 continue
             self.reporter.say(f"[{loc.name}] {backend.name}: building in the background meanwhile")
-            self.builds.start(
-                backend.name,
-                lambda req=req, loc=loc: wheelhouse.build(
-                    req,
-                    self.installer.kind,
-                    loc.python,
-                    self.installer.build_flags(),
-                    self.index.pip_flags(),
-                    self.reporter,
-                    self.cache,
-                    sources=self._hash_sources(),
-                    installer_env=self.installer.env(),
-                ),
-            )
+            self.builds.start(backend.name, functools.partial(self._build_wheel, req, loc))
+
+    def _build_wheel(self, req: wheelhouse.BuildRequest, loc: EnvLocation) -> Path:
+        return wheelhouse.build(
+            req,
+            self.installer.kind,
+            loc.python,
+            self.installer.build_flags(),
+            self.index.pip_flags(),
+            self.reporter,
+            self.cache,
+            sources=self._hash_sources(),
+            installer_env=self.installer.env(),
+        )
 
     def install_env(self, env: Environment) -> None:
         loc = self.locations[env.name]

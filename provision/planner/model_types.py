@@ -10,14 +10,18 @@ decision out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from provision.errors import UserError
 from provision.plan import PlanWarning, TorchChoice
+
+if TYPE_CHECKING:  # engines imports the planner's pieces; only its type is needed here
+    from provision.planner.engines import EngineOutcome
 
 ModelType = Literal["llm", "embedding", "rerank", "image", "audio", "video"]
 MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
@@ -75,7 +79,7 @@ def _companion_gap(t: dict[str, Any], torch: TorchChoice) -> str | None:
 
 
 def decide_types(
-    asked: tuple[str, ...], recipe: dict[str, Any], torch: TorchChoice, xinference_ok: str | None
+    asked: tuple[str, ...], recipe: Mapping[str, Any], torch: TorchChoice, xinference_ok: str | None
 ) -> list[TypeOutcome]:
     """One outcome per non-LLM type asked for. xinference_ok: None, or why xinference is skipped."""
     out = []
@@ -99,7 +103,7 @@ def decide_types(
     return out
 
 
-def not_all_reason(recipe: dict[str, Any], xinference: dict[str, Any], taken: list[str]) -> str:
+def not_all_reason(recipe: Mapping[str, Any], xinference: Mapping[str, Any], taken: list[str]) -> str:
     """What `xinference[all]` would have pulled, and why it is not taken as it is."""
     all_extras = recipe["all_extras"]
     parts = [
@@ -115,8 +119,12 @@ def not_all_reason(recipe: dict[str, Any], xinference: dict[str, Any], taken: li
 
 
 def apply(
-    decision, asked: tuple[str, ...], recipe: dict[str, Any], xinference: dict[str, Any], torch: TorchChoice
-):
+    decision: EngineOutcome,
+    asked: tuple[str, ...],
+    recipe: Mapping[str, Any],
+    xinference: Mapping[str, Any],
+    torch: TorchChoice,
+) -> EngineOutcome:
     """The xinference decision with the asked model types' extras added, their reasons and skips.
 
     `decision` is provision.planner.engines.Decision; a skipped xinference gets each asked type
@@ -147,7 +155,7 @@ def apply(
     )
 
 
-def leave_out_llm(name: str):
+def leave_out_llm(name: str) -> EngineOutcome:
     """An LLM engine's decision when --model-types does not ask for LLMs."""
     from provision.planner.engines import skip
 
