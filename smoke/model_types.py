@@ -168,8 +168,9 @@ def _check_rerank(api: XinferenceApi, base_url: str, expected: dict) -> str:
     assert sorted(got) == list(range(len(want))), f"rerank answered indexes {sorted(got)}"
     worst = max(abs(got[i] - w) for i, w in enumerate(want))
     assert worst <= RERANK_ATOL, f"/v1/rerank scores differ from sigmoid(logit) by {worst:.2e}"
-    order = [r["index"] for r in results]
-    assert order == sorted(range(len(want)), key=lambda i: -want[i]), f"rerank order {order}"
+    # Ranked best first; documents whose scores tie within the tolerance may come in either order.
+    ranked = [got[r["index"]] for r in results]
+    assert all(a >= b - RERANK_ATOL for a, b in zip(ranked, ranked[1:], strict=False)), f"rerank order {ranked}"
     return f"/v1/rerank scores equal sigmoid(logit) of the direct computation (max |diff| {worst:.1e})"
 
 
