@@ -170,7 +170,8 @@ def _check_rerank(api: XinferenceApi, base_url: str, expected: dict) -> str:
     assert worst <= RERANK_ATOL, f"/v1/rerank scores differ from sigmoid(logit) by {worst:.2e}"
     # Ranked best first; documents whose scores tie within the tolerance may come in either order.
     ranked = [got[r["index"]] for r in results]
-    assert all(a >= b - RERANK_ATOL for a, b in zip(ranked, ranked[1:], strict=False)), f"rerank order {ranked}"
+    in_order = all(a >= b - RERANK_ATOL for a, b in zip(ranked, ranked[1:], strict=False))
+    assert in_order, f"rerank order {ranked}"
     return f"/v1/rerank scores equal sigmoid(logit) of the direct computation (max |diff| {worst:.1e})"
 
 
