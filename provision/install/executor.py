@@ -91,12 +91,19 @@ class Installer:
         constraints: Path | None = None,
         extra_index_urls: tuple[str, ...] = (),
         exclusive: bool = False,
+        reinstall: tuple[str, ...] = (),
     ) -> list[str]:
         if self.kind == "uv":
             argv = [uv_bin() or "uv", "pip", "install", "--python", str(python)]
         else:
             argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
         argv += self._index_flags(extra_index_urls, exclusive)
+        # Named packages only: a blanket reinstall would fetch torch again, from indexes that may
+        # not carry its variant. (pip cannot name them: it gets --force-reinstall without deps.)
+        for name in reinstall if self.kind == "uv" else ():
+            argv += ["--reinstall-package", name]
+        if reinstall and self.kind == "pip":
+            argv += ["--force-reinstall", "--no-deps"]
         if constraints is not None:
             argv += ["--constraint", str(constraints)]
         return argv + list(requirements)
