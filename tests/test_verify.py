@@ -80,6 +80,17 @@ def test_environment_that_cannot_run_fails_every_backend():
     assert [c.ok for c in checks] == [False, False]
 
 
+def test_gpu_archs_follow_the_torch_variant():
+    from provision.install.verify import gpu_archs
+    from provision.profile import load_profile
+
+    profiles = Path(__file__).parent / "profiles"
+    mixed = load_profile(profiles / "linux-mixed-3090-1070-driver580.json")
+    assert gpu_archs(mixed, "cu126") == ("sm_86", "sm_61")
+    assert gpu_archs(mixed, "cpu") == gpu_archs(mixed, None) == ()
+    assert gpu_archs(load_profile(profiles / "linux-mi300x-rocm6.3.json"), "rocm7.1") == ("gfx942",)
+
+
 # ---- verify by function: what ggml registers and what xllamacpp loads (recorded here, then varied
 # at the layer this machine cannot produce: a GPU build's registry names and loaded libraries).
 

@@ -92,7 +92,10 @@ class Installer:
         extra_index_urls: tuple[str, ...] = (),
         exclusive: bool = False,
         reinstall: tuple[str, ...] = (),
+        excludes: Path | None = None,
     ) -> list[str]:
+        """excludes: a requirements file of projects left out of the resolution (uv only; pip has
+        no such option, so the caller removes them afterwards)."""
         if self.kind == "uv":
             argv = [uv_bin() or "uv", "pip", "install", "--python", str(python)]
         else:
@@ -106,6 +109,8 @@ class Installer:
             argv += ["--force-reinstall", "--no-deps"]
         if constraints is not None:
             argv += ["--constraint", str(constraints)]
+        if excludes is not None and self.kind == "uv":
+            argv += ["--excludes", str(excludes)]
         return argv + list(requirements)
 
     def uninstall_argv(self, python: Path, names: list[str]) -> list[str]:

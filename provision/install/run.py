@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision import __version__
-from provision.backends import backend as registry_backend
 from provision.errors import OperationFailed
 from provision.install import state as state_mod
 from provision.install import wheelhouse
@@ -37,7 +36,7 @@ from provision.install.executor import Installer
 from provision.install.ledger import merge_receipts
 from provision.install.pipconfig import PYPI_SIMPLE, IndexConfig, read_index_config
 from provision.install.progress import Reporter
-from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
+from provision.install.receipt import BackendRecord, EnvRecord, Receipt, backend_dist, write_receipt
 from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
 from provision.install.torch_source import TORCH_FAMILY, TorchSource, is_torch_family, resolve_torch_source
 from provision.install.verify import (
@@ -45,6 +44,7 @@ from provision.install.verify import (
     checks_fingerprint,
     collect_facts,
     evaluate,
+    gpu_archs,
     xllamacpp_build_of,
 )
 from provision.plan import BackendDecision, Environment, Plan
@@ -174,7 +174,7 @@ class _Run:
                 python = Path(env.python)
                 listings[env.python] = state_mod.read_state(python) if python.exists() else None
             listing = listings[env.python]
-            return listing is not None and listing.get(_dist_name_of(rec.name)) is not None
+            return listing is not None and listing.get(backend_dist(rec.name, rec.packages)) is not None
 
         try:
             return write_receipt(
@@ -216,7 +216,7 @@ class _Run:
         spec = choice.version_spec or ""
         # A build from the default index (index_url None) carries no variant tag to compare.
         same_build = torch is not None and (choice.index_url is None or torch.local_tag == choice.variant)
-        if same_build and not state_mod.unmet([f"torch{spec}"], current):
+        if torch is not None and same_build and not state_mod.unmet([f"torch{spec}"], current):
             pins = [f"torch=={torch.version}"]
             tv = current.get("torchvision")
             if tv and tv.local_tag == torch.local_tag:
@@ -321,27 +321,36 @@ class _Run:
                 reqs = self._build_requirement(backend, loc, current, force=suspect)
             else:
                 reqs = [p for p in backend.packages if requirement_name(p) not in TORCH_FAMILY] + extras
-                if not suspect and not state_mod.unmet(reqs, current, state_mod.deliberately_absent(current)):
+                left_out = state_mod.deliberately_absent(current) | set(backend.excludes)
+                if not suspect and not state_mod.unmet(reqs, current, frozenset(left_out)):
                     reqs = []
             if reqs:
+                excludes = None
+                if backend.excludes:  # beside the constraints, in the same temporary directory
+                    excludes = constraints.parent / f"excludes-{backend.name}.txt"
+                    excludes.write_text("\n".join(backend.excludes) + "\n")
                 again: tuple[str, ...] = ()
                 if suspect:
                     again = tuple(n for n in state_mod.closure(reqs, current) if not is_torch_family(n))
                     self.reporter.say(f"[{env.name}] {backend.name}: its last install failed; reinstalling")
                 out = self._run(
-                    self.installer.install_argv(loc.python, reqs, constraints, extra_index, reinstall=again),
+                    self.installer.install_argv(
+                        loc.python, reqs, constraints, extra_index, reinstall=again, excludes=excludes
+                    ),
                     f"[{env.name}] installing {backend.name}: {' '.join(reqs)}",
                     env.name,
                 )
                 if out.returncode != 0:
                     raise OperationFailed(self._fail_text(out))
+                self._remove_excluded(env, loc, backend)
                 rec.source = rec.source or "package index"
             else:
                 rec.source = rec.source or "already installed"
                 self.reporter.say(f"[{env.name}] {backend.name}: already installed")
         except OperationFailed as e:
             rec.status, rec.reason = "failed", str(e)
-            rec.log = getattr(e, "log_path", None) and str(e.log_path)
+            log_path = getattr(e, "log_path", None)  # a failed source build names its log
+            rec.log = str(log_path) if log_path else None
             self.reporter.say(f"[{env.name}] {backend.name} FAILED: {e}")
         except KeyboardInterrupt:
             rec.status, rec.reason = "failed", "interrupted"
@@ -364,6 +373,18 @@ class _Run:
         return (old.status == "failed" and old.reason not in (None, "not attempted")) or (
             old.status == "installed" and any(not c.get("ok") for c in old.verify)
         )
+
+    def _remove_excluded(self, env: Environment, loc: EnvLocation, backend: BackendDecision) -> None:
+        """pip cannot leave a dependency out of a resolution: remove what it pulled against the plan."""
+        present = [n for n in backend.excludes if self.state(loc).get(n) is not None]
+        if not present:
+            return
+        out = self._run(
+            self.installer.uninstall_argv(loc.python, present),
+            f"[{env.name}] removing {', '.join(present)}: the plan leaves them out of {backend.name}",
+        )
+        if out.returncode != 0:
+            raise OperationFailed(self._fail_text(out))
 
     def _build_requirement(
         self, backend: BackendDecision, loc: EnvLocation, current: state_mod.EnvState, force: bool = False
@@ -462,18 +483,20 @@ class _Run:
         """Verify's findings depend only on what is installed: same packages, same passing results."""
         prev = self.previous
         old_env = prev.environment(env.name) if prev else None
-        if old_env is None or old_env.packages != self.env_records[env.name].packages:
+        if prev is None or old_env is None or old_env.packages != self.env_records[env.name].packages:
             return False
         if old_env.verify_checks != checks_fingerprint():
             return False
         old = {b: prev.backend(b) for b in installed}
-        if not all(
-            r and r.status == "installed" and r.verify and all(c["ok"] for c in r.verify)
-            for r in old.values()
-        ):
+        passed = {
+            b: r
+            for b, r in old.items()
+            if r and r.status == "installed" and r.verify and all(c["ok"] for c in r.verify)
+        }
+        if len(passed) != len(old):
             return False
-        for b in installed:
-            self.records[b].verify = [dict(c) for c in old[b].verify]
+        for b, r in passed.items():
+            self.records[b].verify = [dict(c) for c in r.verify]
         self.env_records[env.name].notes = list(old_env.notes)
         self.env_records[env.name].verified_at = old_env.verified_at
         return True
@@ -535,24 +558,16 @@ def _previous_receipt(prefix: Path, reporter: Reporter) -> Receipt | None:
 
 
 def _dist_name(backend: BackendDecision) -> str:
-    return _dist_name_of(backend.name)
-
-
-def _dist_name_of(backend: str) -> str:
-    return registry_backend(backend).dist
+    return backend_dist(backend.name, backend.packages)
 
 
 def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:
-    archs = []
-    if env.torch is not None and env.torch.variant.startswith("cu"):
-        archs = [f"sm_{g.sm}" for g in plan.profile.nvidia_gpus if g.sm]
-    elif env.torch is not None and env.torch.variant.startswith("rocm"):
-        archs = [g.gfx for g in plan.profile.amd_gpus if g.gfx]
+    variant = env.torch.variant if env.torch else None
     llama = plan.backend("llama-cpp-python")
     return EnvExpectation(
         backends=backends,
-        torch_variant=env.torch.variant if env.torch else None,
-        gpu_archs=tuple(dict.fromkeys(archs)),
+        torch_variant=variant,
+        gpu_archs=gpu_archs(plan.profile, variant),
         llama_backends=tuple(llama.build.expected_backends) if llama and llama.build else (),
         xllamacpp_build=_xllamacpp_build(plan),
     )
@@ -597,7 +612,9 @@ def _install_locked(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Rec
     run = _Run(plan, opts, reporter)
     if opts.check_disk:
         todo = [
-            b.name for b in plan.installs if not run.state(run.locations[b.environment]).get(_dist_name(b))
+            b.name
+            for b in plan.installs
+            if b.environment is not None and not run.state(run.locations[b.environment]).get(_dist_name(b))
         ]
         if todo:
             check_free_disk(

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from provision.backends import registry
+from provision.install.requirements import local_tag
 from provision.install.wheelhouse import backends_in_names
+from provision.profile import HostProfile
 
 # Backend -> the statements that prove it loads (the registry's import_check).
 IMPORT_CHECKS = {b.name: b.import_check for b in registry()}
@@ -126,6 +128,17 @@ class EnvExpectation:
     xllamacpp_build: str | None = None  # "cpu", "cuda" or "hip": the xllamacpp wheel planned
 
 
+def gpu_archs(profile: HostProfile, torch_variant: str | None) -> tuple[str, ...]:
+    """The GPU archs a torch build of this variant must cover here: sm_XY for a CUDA build,
+    gfxNNN for a ROCm one, none otherwise (install's expectation and verify's share it)."""
+    archs: list[str] = []
+    if torch_variant and torch_variant.startswith("cu"):
+        archs = [f"sm_{g.sm}" for g in profile.nvidia_gpus if g.sm]
+    elif torch_variant and torch_variant.startswith("rocm"):
+        archs = [g.gfx for g in profile.amd_gpus if g.gfx]
+    return tuple(dict.fromkeys(archs))
+
+
 def collect_facts(python: Path, backends: tuple[str, ...], timeout_s: int = 600) -> dict:
     checks = {b: IMPORT_CHECKS[b] for b in backends if b in IMPORT_CHECKS}
     try:
@@ -151,7 +164,7 @@ def torch_variant_of(version: str, cuda: str | None, hip: str | None) -> str:
     ("2.11.0", "13.0", None) -> cu130 (PyPI's default Linux build has no tag);
     ("2.5.1+rocm6.2", None, "6.2.41133-dd7f95766") -> rocm6.2.
     """
-    local = version.split("+", 1)[1] if "+" in version else None
+    local = local_tag(version)
     if local:
         return local
     if cuda:
@@ -217,7 +230,7 @@ def evaluate(expect: EnvExpectation, facts: dict) -> list[Check]:
     tv = facts.get("torchvision")
     if tv and torch and "version" in torch:
         t_tag = torch_variant_of(torch["version"], torch.get("cuda"), torch.get("hip"))
-        tv_local = tv["version"].split("+", 1)[1] if "+" in tv["version"] else None
+        tv_local = local_tag(tv["version"])
         mismatch = tv["error"] or (tv_local is not None and tv_local != t_tag)
         checks.append(
             Check(
