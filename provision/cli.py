@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # Every line any layer prints leaves through one redaction (URL passwords, API keys, tokens).
     if not isinstance(sys.stdout, RedactingStream):
-        sys.stdout = RedactingStream(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = RedactingStream(sys.stdout)
     if not isinstance(sys.stderr, RedactingStream):
-        sys.stderr = RedactingStream(sys.stderr)  # type: ignore[assignment]
+        sys.stderr = RedactingStream(sys.stderr)
     try:
         cli.main(args=argv, prog_name="xinfer-setup", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -187,8 +187,9 @@ def _serve_and_ask(adapter: EngineAdapter, python: Path, model_path: Path, gpu: 
         raise EngineFailed(f"server: {e}", e.log_tail) from None
     except (openai.OpenAIError, AnswerError) as e:
         raise EngineFailed(f"chat: {_one_line(e)}", server.log_tail(LOG_TAIL_LINES)) from None
-    if not server.stop_result.clean:
-        code = server.stop_result.returncode
+    stopped = server.stop_result  # set by leaving the `with`
+    if stopped is not None and not stopped.clean:
+        code = stopped.returncode
         raise EngineFailed(f"server did not stop cleanly after SIGTERM (exit {code})",
                            server.log_tail(LOG_TAIL_LINES))
     if result.hardware is None:

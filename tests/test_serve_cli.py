@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from provision.install.receipt import BACKEND_DISTS, BackendRecord, EnvRecord, Receipt, write_receipt
-from tests.conftest import REPO, cli
+from tests.support.cli import REPO, cli
 
 FIX = Path(__file__).parent / "fixtures" / "models"
+PROFILES = Path(__file__).parent / "profiles"
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_directory_that_is_not_a_model_is_exit_2(tmp_path):
 
 
 def test_profile_only_with_dry_run():
-    _one_line_error(cli("serve", "tiny", "--profile", str(FIX / "profiles" / "macos-m1max.json")), 2,
+    _one_line_error(cli("serve", "tiny", "--profile", str(PROFILES / "macos-m1max.json")), 2,
                     "--profile describes another machine")
 
 
@@ -158,13 +159,13 @@ def test_dry_run_with_another_machines_profile():
     # An L40S on driver 580: plan --auto installs vLLM there (CUDA 13 wheel), so the tiny
     # llama (pytorch format, no quantization, a vLLM family) goes to vLLM.
     done = cli("serve", "tiny", "--dry-run", "--json", "--profile",
-               str(Path(__file__).parent / "profiles" / "linux-l40s-driver580.json"))
+               str(PROFILES / "linux-l40s-driver580.json"))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["engine"] in ("vllm", "sglang")
     # An RTX 3090 on driver 570: vllm 0.33.0 / sglang 0.5.23 need a CUDA 13 driver (>= 580), so
     # plan --auto skips them there and the model goes to transformers.
     done = cli("serve", "tiny", "--dry-run", "--json", "--profile",
-               str(FIX / "profiles" / "linux-rtx3090-driver570.json"))
+               str(PROFILES / "linux-rtx3090-driver570.json"))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["engine"] == "transformers"
 
