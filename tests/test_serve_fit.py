@@ -18,9 +18,7 @@ from provision.serve.sources import local_candidate
 
 FIX = Path(__file__).parent / "fixtures" / "models"
 HF = FIX / "hf"
-# tests/profiles (the planner's matrix) and two serve-only machines: 4 x H100, RTX 4090 on driver 550.
 PROFILES = Path(__file__).parent / "profiles"
-SERVE_PROFILES = FIX / "profiles"
 LLAMA3_8B = HF / "meta-llama--Meta-Llama-3-8B-Instruct"
 LLAMA31_70B = HF / "meta-llama--Llama-3.1-70B-Instruct"
 QWEN25_32B = HF / "Qwen--Qwen2.5-32B-Instruct"
@@ -30,8 +28,7 @@ CPU_ENGINES = frozenset({"transformers", "xllamacpp", "llama-cpp-python"})
 
 
 def plan(model: Path, profile: str, installed=GPU_ENGINES, **opts):
-    where = SERVE_PROFILES if (SERVE_PROFILES / f"{profile}.json").exists() else PROFILES
-    return decide_serving([local_candidate(model)], load_profile(where / f"{profile}.json"), installed,
+    return decide_serving([local_candidate(model)], load_profile(PROFILES / f"{profile}.json"), installed,
                           load_serve_rules(), load_fit_facts(), ServeOptions(**opts), "127.0.0.1", 8000)
 
 
@@ -199,7 +196,7 @@ def test_gguf_size_is_its_tensors_and_llama_cpp_offloads_all_layers(llama3_gguf)
     # Q8_0: 34 bytes per 32 weights; 8.03e9 weights; the real file is 8.54 GB.
     assert 8.4e9 < cand.weights_bytes < 8.6e9
     assert cand.shape.kv_heads == 8 and cand.shape.max_context == 8192
-    p = decide_serving([cand], load_profile(SERVE_PROFILES / "linux-rtx4090-driver550.json"), CPU_ENGINES,
+    p = decide_serving([cand], load_profile(PROFILES / "linux-rtx4090-driver550.json"), CPU_ENGINES,
                        load_serve_rules(), load_fit_facts(), ServeOptions(), "127.0.0.1", 8000)
     assert p.choice.engine == "xllamacpp" and p.fit.fits and p.fit.context_length == 8192
     cmd = argv(p)

@@ -14,9 +14,7 @@ from tests.conftest import cli
 from tests.test_serve_cli import serve_root  # noqa: F401 - the fixture
 
 FIX = Path(__file__).parent / "fixtures" / "models"
-# tests/profiles (the planner's matrix) and two serve-only machines: 4 x H100, RTX 4090 on driver 550.
 PROFILES = Path(__file__).parent / "profiles"
-SERVE_PROFILES = FIX / "profiles"
 
 pytestmark = pytest.mark.slow  # the session's real install (or XINFER_TEST_ENGINE_PYTHON)
 
@@ -44,7 +42,7 @@ def test_built_in_name_unquantized_when_it_fits(serve_root):  # noqa: F811
 def test_built_in_name_picks_the_best_spec_that_fits(serve_root):  # noqa: F811
     # 32B on a 24 GB card: not bf16 (61 GiB), not 8-bit (35 GiB): a 4-bit spec.
     d = json.loads(_dry(serve_root, "qwen2.5-instruct", "--size", "32", "--profile",
-                        str(SERVE_PROFILES / "linux-rtx4090-driver550.json")).stdout)
+                        str(PROFILES / "linux-rtx4090-driver550.json")).stdout)
     assert d["quantization"] == "Int4" and d["format"] in ("gptq", "awq") and d["memory"]["fits"]
     assert "context lowered" in d["reason"]
     # A CPU with 31 GiB: Mixtral only as a GGUF.
@@ -54,13 +52,13 @@ def test_built_in_name_picks_the_best_spec_that_fits(serve_root):  # noqa: F811
     assert d["engine"] in ("xllamacpp", "llama-cpp-python")
     # Four H100s: the unquantized 70B, spanning them.
     d = json.loads(_dry(serve_root, "llama-3.1-instruct", "--size", "70", "--profile",
-                        str(SERVE_PROFILES / "linux-4x-h100-driver590.json")).stdout)
+                        str(PROFILES / "linux-4x-h100-driver590.json")).stdout)
     assert (d["format"], d["quantization"], d["memory"]["devices"]) == ("pytorch", "none", 4)
 
 
 def test_built_in_name_that_does_not_fit_prints_fits_false(serve_root):  # noqa: F811
     d = json.loads(_dry(serve_root, "qwen2.5-instruct", "--size", "72", "--format", "pytorch", "--profile",
-                        str(SERVE_PROFILES / "linux-rtx4090-driver550.json")).stdout)
+                        str(PROFILES / "linux-rtx4090-driver550.json")).stdout)
     assert d["memory"]["fits"] is False and d["memory"]["need_gib"] > d["memory"]["have_gib"]
 
 

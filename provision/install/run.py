@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision import __version__
-from provision.backends import backend as registry_backend
 from provision.errors import OperationFailed
 from provision.install import state as state_mod
 from provision.install import wheelhouse
@@ -36,7 +35,7 @@ from provision.install.executor import Installer
 from provision.install.ledger import merge_receipts
 from provision.install.pipconfig import PYPI_SIMPLE, IndexConfig, read_index_config
 from provision.install.progress import Reporter
-from provision.install.receipt import BackendRecord, EnvRecord, Receipt, write_receipt
+from provision.install.receipt import BackendRecord, EnvRecord, Receipt, backend_dist, write_receipt
 from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
 from provision.install.torch_source import TORCH_FAMILY, TorchSource, is_torch_family, resolve_torch_source
 from provision.install.verify import (
@@ -174,7 +173,7 @@ class _Run:
                 python = Path(env.python)
                 listings[env.python] = state_mod.read_state(python) if python.exists() else None
             listing = listings[env.python]
-            return listing is not None and listing.get(_dist_name_of(rec.name)) is not None
+            return listing is not None and listing.get(backend_dist(rec.name, rec.packages)) is not None
 
         try:
             return write_receipt(
@@ -307,16 +306,24 @@ class _Run:
                 reqs = self._build_requirement(backend, loc, current)
             else:
                 reqs = [p for p in backend.packages if requirement_name(p) not in TORCH_FAMILY] + extras
-                if not state_mod.unmet(reqs, current, state_mod.deliberately_absent(current)):
+                left_out = state_mod.deliberately_absent(current) | set(backend.excludes)
+                if not state_mod.unmet(reqs, current, frozenset(left_out)):
                     reqs = []
             if reqs:
+                excludes = None
+                if backend.excludes:  # beside the constraints, in the same temporary directory
+                    excludes = constraints.parent / f"excludes-{backend.name}.txt"
+                    excludes.write_text("\n".join(backend.excludes) + "\n")
                 out = self._run(
-                    self.installer.install_argv(loc.python, reqs, constraints, extra_index),
+                    self.installer.install_argv(
+                        loc.python, reqs, constraints, extra_index, excludes=excludes
+                    ),
                     f"[{env.name}] installing {backend.name}: {' '.join(reqs)}",
                     env.name,
                 )
                 if out.returncode != 0:
                     raise OperationFailed(self._fail_text(out))
+                self._remove_excluded(env, loc, backend)
                 rec.source = rec.source or "package index"
             else:
                 rec.source = rec.source or "already installed"
@@ -339,6 +346,18 @@ class _Run:
             rec.reason = None if dist else f"{_dist_name(backend)} is not installed after the step"
         finally:
             rec.duration_s = round(time.monotonic() - started, 1)
+
+    def _remove_excluded(self, env: Environment, loc: EnvLocation, backend: BackendDecision) -> None:
+        """pip cannot leave a dependency out of a resolution: remove what it pulled against the plan."""
+        present = [n for n in backend.excludes if self.state(loc).get(n) is not None]
+        if not present:
+            return
+        out = self._run(
+            self.installer.uninstall_argv(loc.python, present),
+            f"[{env.name}] removing {', '.join(present)}: the plan leaves them out of {backend.name}",
+        )
+        if out.returncode != 0:
+            raise OperationFailed(self._fail_text(out))
 
     def _build_requirement(
         self, backend: BackendDecision, loc: EnvLocation, current: state_mod.EnvState
@@ -511,11 +530,7 @@ def _previous_receipt(prefix: Path, reporter: Reporter) -> Receipt | None:
 
 
 def _dist_name(backend: BackendDecision) -> str:
-    return _dist_name_of(backend.name)
-
-
-def _dist_name_of(backend: str) -> str:
-    return registry_backend(backend).dist
+    return backend_dist(backend.name, backend.packages)
 
 
 def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from provision.backends import RECIPE as BACKENDS_RECIPE
 from provision.backends import BackendRecipe
 from provision.plan import PRIMARY_ENV, BackendDecision, BuildSpec, PlanWarning, TorchChoice
+from provision.planner import vllm_cpu
 from provision.planner.cmake import llama_build
 from provision.planner.recipes import EngineTable, Recipes
 from provision.planner.torch_choice import engine_torch, gpu_label
@@ -198,8 +199,12 @@ def _cuda_engine_install(
     )
 
 
-def decide_vllm(profile: HostProfile, recipes: Recipes, base: str) -> EngineOutcome:
+def decide_vllm(profile: HostProfile, recipes: Recipes, base: str, by_name: bool = False) -> EngineOutcome:
     e = recipes.engine("vllm")
+    if vllm_cpu.applies(profile):
+        if by_name:
+            return vllm_cpu.decide(profile, recipes, base)
+        return skip("vllm", f"{_cuda_engine_gate(profile, e, 'vllm', '0')}{vllm_cpu.auto_note(recipes)}")
     floor = e["glibc_aarch64"] if profile.os.arch == "aarch64" else e["glibc_x86_64"]
     why_not = _cuda_engine_gate(profile, e, "vllm", floor)
     if (

@@ -36,7 +36,7 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
             profile, recipes, request.user_cmake_args, request.portable_cpu
         ),
         "xllamacpp": lambda: xllamacpp.decide_xllamacpp(profile, recipes),
-        "vllm": lambda: engines.decide_vllm(profile, recipes, base),
+        "vllm": lambda: engines.decide_vllm(profile, recipes, base, by_name=request.backends is not None),
         "sglang": lambda: engines.decide_sglang(profile, recipes, base),
     }
     decided: dict[str, engines.EngineOutcome] = {}
