@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli
-from support.netns import loopback_only_netns, netns_available
 
 from provision.install.receipt import read_receipt
+from tests.support.cli import REPO, cli
+from tests.support.netns import loopback_only_netns, netns_available
 
 pytestmark = pytest.mark.slow
 
