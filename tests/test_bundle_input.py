@@ -12,13 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli
 
 from provision.bundle.lock import files_from_pylock, sdist_build_requires, sdist_requires
 from provision.bundle.make import check_out_dir
 from provision.bundle.manifest import Manifest, Target, write_manifest
 from provision.bundle.offline_install import fit_problem, offline_environment
 from provision.errors import UserError
+from tests.support.cli import REPO, cli
 
 H100 = REPO / "tests" / "profiles" / "linux-h100-driver590.json"
 

@@ -7,11 +7,10 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from conftest import REPO, cli
-
 from provision.bundle.cache_key import _recipes, cache_key
 from provision.plan import plan_from_dict
 from provision.profile import load_profile
+from tests.support.cli import REPO, cli
 
 H100 = REPO / "tests" / "profiles" / "linux-h100-driver590.json"
 KEY = re.compile(r"^xinfer-setup-[0-9a-f]{64}$")

@@ -100,6 +100,20 @@ EXPECTED = {
         # cu132's compute_90 PTX needs a CUDA 13.2 driver; 590 supports 13.1.
         reasons={"xllamacpp": "cu128 wheel"},
     ),
+    # Four H100s plan like one: the plan is per host; serve spreads a model over them.
+    "linux-4x-h100-driver590": row(
+        "cu130",
+        {},
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
+        GPU_ENVS,
+        reasons={"xllamacpp": "cu128 wheel"},
+    ),
+    "linux-rtx4090-driver550": row(
+        "cu126",
+        no_gpu_engines(vllm="driver >= 580", sglang="driver >= 580"),
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=89"),
+        warnings=("cuda-cublas-unknown",),
+    ),
     "linux-8x-h200-driver570": row(
         "cu126",
         no_gpu_engines(sglang="driver 570.133.20 runs CUDA <= 12.8"),
@@ -338,3 +352,16 @@ def test_reasons_follow_the_recipe_pins(recipes):
     assert "xinference 9.9.0 (click<9.1 keeps huggingface-hub < 7.7)" in plan.backend("transformers").reason
     assert "(vllm 0.99.0 pins 2.98.0)" in plan.environment("sglang").reason
     assert "nor sglang's (torch==2.97.0)" in plan.environment("vllm").reason
+
+
+def test_a_recorded_plan_with_an_unknown_action_is_refused(recipes):
+    import json
+
+    from provision.errors import UserError
+    from provision.plan import plan_from_dict
+
+    plan = make_plan(load_profile(PROFILES / "linux-graviton3-cpu.json"), PlanRequest(), recipes)
+    d = json.loads(plan.to_json())
+    d["backends"][0]["action"] = "upgrade"
+    with pytest.raises(UserError, match="backend action 'upgrade' is not one of install, skip"):
+        plan_from_dict(d)

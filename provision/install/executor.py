@@ -91,7 +91,10 @@ class Installer:
         constraints: Path | None = None,
         extra_index_urls: tuple[str, ...] = (),
         exclusive: bool = False,
+        excludes: Path | None = None,
     ) -> list[str]:
+        """excludes: a requirements file of projects left out of the resolution (uv only; pip has
+        no such option, so the caller removes them afterwards)."""
         if self.kind == "uv":
             argv = [uv_bin() or "uv", "pip", "install", "--python", str(python)]
         else:
@@ -99,6 +102,8 @@ class Installer:
         argv += self._index_flags(extra_index_urls, exclusive)
         if constraints is not None:
             argv += ["--constraint", str(constraints)]
+        if excludes is not None and self.kind == "uv":
+            argv += ["--excludes", str(excludes)]
         return argv + list(requirements)
 
     def uninstall_argv(self, python: Path, names: list[str]) -> list[str]:

@@ -22,7 +22,7 @@ from provision.errors import OperationFailed, UserError
 from provision.install import state as state_mod
 from provision.install.executor import Installer
 from provision.install.ledger import drop_backend
-from provision.install.receipt import BACKEND_DISTS, Receipt, write_receipt
+from provision.install.receipt import BACKEND_DISTS, Receipt, backend_dist, write_receipt
 from provision.plan import PRIMARY_ENV
 
 
@@ -84,7 +84,7 @@ def plan_removal(receipt: Receipt, backend: str, state: state_mod.EnvState) -> t
     rec = receipt.backend(backend)
     if rec is None or rec.status == "skipped" or rec.environment is None:
         raise _not_installed(receipt, backend)
-    dist = canonicalize_name(BACKEND_DISTS.get(backend, backend))
+    dist = canonicalize_name(backend_dist(backend, rec.packages))
     others = [
         b for b in receipt.backends
         if b.name != backend and b.status == "installed" and b.environment == rec.environment

