@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, cli
+
+from tests.support.cli import REPO, cli
 
 pytestmark = pytest.mark.slow
 
