@@ -185,7 +185,7 @@ def deliberately_absent(state: EnvState) -> frozenset[str]:
 def closure(requirements: list[str] | tuple[str, ...], state: EnvState) -> list[str]:
     """Installed distributions the requirements pull in (themselves and their Requires-Dist, with
     extras and markers read as `unmet` reads them): what a suspect step reinstalls."""
-    markers = {**default_environment(), **state.markers}
+    markers: dict[str, str] = {**cast("dict[str, str]", default_environment()), **state.markers}
     found: dict[str, None] = {}
     todo = list(requirements)
     seen: set[tuple[str, frozenset[str]]] = set()
