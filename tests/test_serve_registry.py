@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli
+from tests.support.cli import cli
 from tests.test_serve_cli import serve_root  # noqa: F401 - the fixture
 
 FIX = Path(__file__).parent / "fixtures" / "models"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli
+from tests.support.cli import cli
 
 FIX = Path(__file__).parent / "fixtures" / "models"
 H100 = str(Path(__file__).parent / "profiles" / "linux-h100-driver590.json")

@@ -14,8 +14,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.markers import InvalidMarker
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from provision.errors import OperationFailed, UserError
@@ -35,49 +33,6 @@ class Removal:
     env_removed: bool
 
 
-def requirement_closure(state: state_mod.EnvState, roots: list[str]) -> dict[str, str]:
-    """{distribution: the root that needs it} for everything `roots` (requirements, with extras)
-    pull in within this environment, following installed metadata only."""
-    needed: dict[str, str] = {}
-    todo: list[tuple[str, frozenset[str], str]] = []
-    for root in roots:
-        try:
-            req = Requirement(root)
-        except InvalidRequirement:
-            continue
-        todo.append((canonicalize_name(req.name), frozenset(req.extras), root))
-    seen: set[tuple[str, frozenset[str]]] = set()
-    while todo:
-        name, extras, root = todo.pop()
-        if (name, extras) in seen:
-            continue
-        seen.add((name, extras))
-        needed.setdefault(name, root)
-        dist = state.get(name)
-        if dist is None:
-            continue
-        for line in dist.requires:
-            try:
-                req = Requirement(line)
-            except InvalidRequirement:
-                continue
-            if req.marker is not None and not _marker_holds(req, state.markers, extras):
-                continue
-            todo.append((canonicalize_name(req.name), frozenset(req.extras), root))
-    return needed
-
-
-def _marker_holds(req: Requirement, markers: dict[str, str], extras: frozenset[str]) -> bool:
-    assert req.marker is not None
-    try:
-        for extra in extras or {""}:
-            if req.marker.evaluate({**markers, "extra": extra}):
-                return True
-    except InvalidMarker:
-        return False
-    return False
-
-
 def plan_removal(receipt: Receipt, backend: str, state: state_mod.EnvState) -> tuple[str, bool]:
     """(distribution to remove, whether the whole environment goes). Raises UserError when the
     backend is not recorded, or another installed backend needs it."""
@@ -89,14 +44,13 @@ def plan_removal(receipt: Receipt, backend: str, state: state_mod.EnvState) -> t
         b for b in receipt.backends
         if b.name != backend and b.status == "installed" and b.environment == rec.environment
     ]
-    roots = [p for b in others for p in (b.packages or [BACKEND_DISTS.get(b.name, b.name)])]
-    needed = requirement_closure(state, roots)
-    if dist in needed:
-        needer = next((b.name for b in others if needed[dist] in (b.packages or [])), needed[dist])
-        raise UserError(
-            f"{backend} is needed by {needer} ({needed[dist]}) in the environment {rec.environment}: "
-            f"uninstall {needer} first, or keep {backend}"
-        )
+    for other in others:
+        roots = other.packages or [BACKEND_DISTS.get(other.name, other.name)]
+        if dist in {canonicalize_name(n) for n in state_mod.closure(roots, state)}:
+            raise UserError(
+                f"{backend} is needed by {other.name} ({', '.join(roots)}) in the environment "
+                f"{rec.environment}: uninstall {other.name} first, or keep {backend}"
+            )
     env_removed = rec.environment != PRIMARY_ENV and not others
     return dist, env_removed
 
