@@ -62,7 +62,7 @@ def read_recipe_text(name: str) -> str:
         try:
             folder = resources.files("provision.recipes")
         except ModuleNotFoundError:
-            folder = resources.files("provision").joinpath("..", "recipes")
+            folder = resources.files("provision").joinpath("..").joinpath("recipes")
         return folder.joinpath(name).read_text(encoding="utf-8")
     except OSError as e:
         raise OperationFailed(f"recipes/{name} cannot be read: {e}") from None

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "smoke": ("smoke.command", "smoke", "Run a tiny local model on every installed engine."),
     "serve": ("provision.commands.serve", "serve", "Serve a model with the best engine here."),
     "bundle": ("provision.commands.bundle", "bundle", "Download what a plan installs, for offline installs."),
+    "fleet": ("provision.commands.fleet", "fleet", "Provision hosts with Ansible; run Xinference on them."),
 }
 
 
@@ -57,9 +58,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # Every line any layer prints leaves through one redaction (URL passwords, API keys, tokens).
     if not isinstance(sys.stdout, RedactingStream):
-        sys.stdout = RedactingStream(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = RedactingStream(sys.stdout)
     if not isinstance(sys.stderr, RedactingStream):
-        sys.stderr = RedactingStream(sys.stderr)  # type: ignore[assignment]
+        sys.stderr = RedactingStream(sys.stderr)
     try:
         cli.main(args=argv, prog_name="xinfer-setup", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -71,9 +71,9 @@ def _alive(pid: int | None) -> bool:
 
 
 def _command() -> str:
-    args = [os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]]
-    # Only the verb and flags' names: arguments may hold URLs with credentials.
-    return " ".join(a for a in args[:3] if not a.startswith(("http", "/")))[:80]
+    """`xinfer-setup install` (the verb only: arguments may hold URLs with credentials)."""
+    verb = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    return f"xinfer-setup {verb}".strip()
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from provision.backends import names as backend_names
 from provision.profile import HostProfile
@@ -20,6 +20,9 @@ SCHEMA_VERSION = 1
 # Backend names as the plan and the CLI spell them, in the order plans list them in: a view of
 # the registry (recipes/backends.toml), kept under this name for the modules that import it.
 BACKENDS = backend_names()
+
+Action = Literal["install", "skip"]
+ACTIONS: tuple[Action, ...] = ("install", "skip")
 
 # The environment Xinference and everything that co-installs with it goes into.
 PRIMARY_ENV = "main"
@@ -62,7 +65,7 @@ class BuildSpec:
 @dataclass(frozen=True)
 class BackendDecision:
     name: str
-    action: str  # install | skip
+    action: Action
     reason: str
     packages: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -165,6 +168,8 @@ def _torch_from(d: dict[str, Any] | None) -> TorchChoice | None:
 
 def _backend_from(d: dict[str, Any]) -> BackendDecision:
     build = d.get("build")
+    if d["action"] not in ACTIONS:
+        raise TypeError(f"backend action {d['action']!r} is not one of {', '.join(ACTIONS)}")
     return BackendDecision(
         name=d["name"],
         action=d["action"],
@@ -198,6 +203,9 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
         backends_req = request.get("backends")
         codes = d.get("warning_codes") or []
         messages = d.get("warnings") or []
+        torch = _torch_from(d["torch"])
+        if torch is None:
+            raise TypeError("the plan has no torch choice")
         return Plan(
             profile=profile_from_dict(d["profile"]),
             request=PlanRequest(
@@ -206,7 +214,7 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
                 user_cmake_args=request.get("user_cmake_args"),
                 portable_cpu=bool(request.get("portable_cpu", False)),
             ),
-            torch=_torch_from(d["torch"]),
+            torch=torch,
             backends=tuple(_backend_from(b) for b in d["backends"]),
             environments=tuple(
                 Environment(

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The test command (README): a project venv, lint, then every test, slow ones included.
+# The test command (README): a project venv, lint, type check, then every test, slow ones included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,fleet]'
 .venv/bin/ruff check .
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from provision.backends import check_known
+from provision.commands import options
 from provision.errors import OperationFailed, UserError
 
 
@@ -51,25 +52,23 @@ def _raise_on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-@click.command("smoke")
-@click.option("--venv", "venv_root", type=click.Path(path_type=Path), default=None,
-              help="The --venv ROOT the engines were installed under.")
-@click.option("--backend", "backends", multiple=True, metavar="NAME",
-              help="Only this backend (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@options.command("smoke", "Each engine loads, generates, serves, answers and stops.")
+@options.venv("The --venv ROOT the engines were installed under.")
+@options.backend("Only this backend", list_names=False)
+@options.as_json("Print the report as JSON.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Where tiny models are cached (default ~/.cache/xinfer-setup/models).")
-def smoke(venv_root: Path | None, backends: tuple[str, ...], as_json: bool, cache_dir: Path | None) -> None:
-    """Run a tiny local model on every installed engine: load, generate, serve, answer, stop."""
+def smoke(venv_root: str | None, backends: tuple[str, ...], as_json: bool, cache_dir: Path | None) -> None:
     from provision.engines.adapters import ADAPTERS
 
+    root = Path(venv_root) if venv_root else None
     # Xinference itself is smoked too: the tiny model through its own engines.
     smoked = (*ADAPTERS, "xinference")
     check_known(backends, among=smoked)
-    if venv_root is not None and not venv_root.is_dir():
-        raise UserError(f"--venv {venv_root}: no such directory")
+    if root is not None and not root.is_dir():
+        raise UserError(f"--venv {root}: no such directory")
 
-    installed = {k: v for k, v in _installed_pythons(venv_root).items() if k in smoked}
+    installed = {k: v for k, v in _installed_pythons(root).items() if k in smoked}
     if backends:
         missing = [b for b in backends if b not in installed]
         if missing:
@@ -90,7 +89,7 @@ def smoke(venv_root: Path | None, backends: tuple[str, ...], as_json: bool, cach
         report = run_smoke(installed, probe_host(), model, work_dir)
         if not backends:
             # An engine that is not installed (never, or uninstalled since) is a skip with its reason.
-            hint = f" --venv {venv_root}" if venv_root else ""
+            hint = f" --venv {root}" if root else ""
             report.results += [
                 EngineResult(name, "skip", f"not installed (`xinfer-setup install --backend {name}{hint}`)")
                 for name in smoked if name not in installed

@@ -28,6 +28,8 @@ NEW_TOKENS = 16
 
 def _probe(python: str, backend: str, model: Path, prompt_ids: list[int], gpu: bool) -> tuple[dict, str]:
     argv = ADAPTERS[backend].probe_command(Path(python), model, prompt_ids, NEW_TOKENS, logits=True, gpu=gpu)
+    if argv is None:
+        raise ValueError(f"{backend} has no in-process probe")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     line = next((x for x in done.stdout.splitlines() if x.startswith(RESULT_MARKER)), None)

@@ -85,6 +85,8 @@ class TinyReference:
             if prompt_logits is None:
                 prompt_logits = logits
             ids.append(int(np.argmax(logits[-1])))
+        if prompt_logits is None:
+            raise ValueError("greedy() needs new_tokens >= 1")
         return Greedy(list(prompt_ids), ids[len(prompt_ids):], prompt_logits)
 
     def chat_text(self, greedy: Greedy) -> str:

@@ -299,8 +299,9 @@ def _serve_and_ask(adapter: EngineAdapter, python: Path, model_path: Path, expec
     except (openai.OpenAIError, AnswerError, OSError, KeyError, ValueError) as e:
         tasks.check()
         raise EngineFailed(f"chat: {_one_line(e)}", server.log_tail(LOG_TAIL_LINES)) from None
-    if not server.stop_result.clean:
-        code = server.stop_result.returncode
+    stopped = server.stop_result  # set by leaving the `with`
+    if stopped is not None and not stopped.clean:
+        code = stopped.returncode
         raise EngineFailed(f"server did not stop cleanly after SIGTERM (exit {code})",
                            server.log_tail(LOG_TAIL_LINES))
     if result.hardware is None:

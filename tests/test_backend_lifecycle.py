@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
 
 from provision.install.executor import uv_bin
 from provision.install.receipt import installed_backends, read_receipt, receipt_path
+from tests.support.cli import cli
 
 pytestmark = pytest.mark.slow
 

@@ -142,3 +142,21 @@ def test_a_table_without_dist_is_planner_facts_not_a_backend():
                     "environment": "primary", "needs_torch": False},
               "a-cpu": {"distribution": "a-cpu", "version": "2"}}
     assert [b.name for b in backends.recipes_from_table(tables)] == ["a"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("plan", "--profile", str(PROFILES / "linux-graviton3-cpu.json")),
+        ("install", "--dry-run"),
+        ("uninstall", "--venv", "ROOT"),
+        ("smoke", "--venv", "ROOT"),
+    ],
+)
+def test_every_command_refuses_an_unknown_backend_in_the_same_words(command, tmp_path):
+    from tests.support.cli import cli
+
+    done = cli(*(str(tmp_path) if a == "ROOT" else a for a in command), "--backend", "tensorrt")
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("xinfer-setup: unknown backend 'tensorrt' (choose from "), done.stderr

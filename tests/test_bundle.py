@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli
 
 from provision.bundle.manifest import MANIFEST, read_manifest, sha256_of
+from tests.support.cli import REPO, cli
 from tests.support.netns import loopback_only_netns, netns_available
 
 pytestmark = pytest.mark.slow
@@ -214,3 +215,27 @@ def test_online_install_time_baseline(tmp_path):
     done = cli("install", "--auto", "--venv", str(tmp_path / "envs"))
     assert done.returncode == 0, done.stderr[-2000:]
     print(f"\nonline install: {time.monotonic() - started:.1f} s (n=1)")
+
+
+def test_xinference_virtualenv_installs_from_the_bundle_offline(offline_install, host_bundle, tmp_path):
+    """Xinference with per-model virtualenvs on (its default), inside the offline namespace: the tiny
+    model is registered with a virtualenv block asking for a package the parent lacks (ninja, in
+    the bundle as a build backend); the launch installs it from the bundle and the model answers."""
+    ns, root, done, _ = offline_install
+    assert done.returncode == 0, done.stderr[-2000:]
+    python = root / "main" / "bin" / "python"
+    assert subprocess.run([str(python), "-c", "import ninja"], capture_output=True).returncode != 0
+    home = tmp_path / "xinference-home"
+    home.mkdir()
+    driver = [sys.executable, "-m", "tests.support.xinference_venv_offline", str(python), str(host_bundle)]
+    run = ns.run([*driver, str(home), "9997", "ninja"], cwd=REPO, timeout=1200)
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert run.returncode == 0, result
+    assert result["reply"]["choices"][0]["message"]["content"], result["reply"]
+    assert result["env"]["UV_FIND_LINKS"] == str(host_bundle / "wheels")
+    (venv,) = [Path(v).parent for v in result["venvs"]]
+    assert "tiny-offline" in str(venv)
+    assert list(venv.glob("lib/python*/site-packages/ninja-*.dist-info")), (
+        "ninja not installed in the model's venv"
+    )
+    print(f"\nXinference launch with a virtualenv install, offline: {result['launch_s']} s (n=1)")

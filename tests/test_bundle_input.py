@@ -12,13 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli
 
 from provision.bundle.lock import files_from_pylock, sdist_build_requires, sdist_requires
 from provision.bundle.make import check_out_dir
 from provision.bundle.manifest import Manifest, Target, write_manifest
 from provision.bundle.offline_install import fit_problem, offline_environment
 from provision.errors import UserError
+from tests.support.cli import REPO, cli
 
 H100 = REPO / "tests" / "profiles" / "linux-h100-driver590.json"
 
@@ -253,3 +253,38 @@ def test_offline_environment_restores_the_callers(tmp_path):
         assert env["UV_OFFLINE"] == "1" and env["PIP_NO_INDEX"] == "1"
         assert "UV_INDEX_URL" not in env and env["PIP_FIND_LINKS"] == str(tmp_path)
     assert env == {"UV_INDEX_URL": "https://mirror", "PIP_CONFIG_FILE": "/etc/mine.conf"}
+
+
+def test_xinference_offline_env(tmp_path):
+    import subprocess
+
+    from provision.bundle.xinference_env import write_simple_index, xinference_offline_env
+
+    bundle = tmp_path / "bundle"
+    (bundle / "wheels").mkdir(parents=True)
+    (bundle / "wheels" / "demo_pkg-1.0-py3-none-any.whl").write_bytes(b"not really a wheel")
+    pages = write_simple_index(bundle)
+    page = (bundle / "simple" / "demo-pkg" / "index.html").read_text()
+    assert "../../wheels/demo_pkg-1.0-py3-none-any.whl#sha256=" in page and len(pages) == 2
+
+    # A parent with pip (this interpreter): Xinference's strict offline mode, its pip.conf as pip reads it.
+    env = xinference_offline_env(bundle, tmp_path / "conf", sys.executable)
+    assert env["XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL"] == "1"
+    assert env["UV_OFFLINE"] == "1" and env["UV_FIND_LINKS"] == str(bundle / "wheels")
+    assert env["XINFERENCE_VIRTUAL_ENV_FIND_LINKS_ALLOWED_ROOTS"] == str(bundle / "wheels")
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PIP_CONFIG_FILE": env["PIP_CONFIG_FILE"]},
+    ).stdout
+    assert f"global.index-url='{(bundle / 'simple').as_uri()}/'" in listed, listed
+    assert "global.extra-index-url=''" in listed, listed  # the site's own mirrors blanked
+
+    # A parent made by uv (no pip): Xinference could read no index_url, so no strict mode.
+    from provision.install.executor import uv_bin
+
+    venv = tmp_path / "nopip"
+    subprocess.run([uv_bin(), "venv", "--python", sys.executable, str(venv)], check=True, capture_output=True)
+    env = xinference_offline_env(bundle, tmp_path / "conf2", venv / "bin" / "python")
+    assert "XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL" not in env and env["UV_OFFLINE"] == "1"

@@ -7,11 +7,10 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from conftest import REPO, cli
-
 from provision.bundle.cache_key import _recipes, cache_key
 from provision.plan import plan_from_dict
 from provision.profile import load_profile
+from tests.support.cli import REPO, cli
 
 H100 = REPO / "tests" / "profiles" / "linux-h100-driver590.json"
 KEY = re.compile(r"^xinfer-setup-[0-9a-f]{64}$")
@@ -54,10 +53,10 @@ def test_changes_with_a_recipe_and_the_tool_version():
     done = cli("plan", "--auto", "--profile", str(H100), "--json")
     plan = plan_from_dict(json.loads(done.stdout))
     recipes = _recipes()
-    assert "engines.toml" in recipes and "torch.toml" in recipes
+    assert "backends.toml" in recipes and "torch.toml" in recipes
     base = cache_key(plan, recipes)
     assert cache_key(plan, dict(recipes)) == base
-    changed = {**recipes, "engines.toml": recipes["engines.toml"] + "\n# a comment is a change too\n"}
+    changed = {**recipes, "backends.toml": recipes["backends.toml"] + "\n# a comment is a change too\n"}
     assert cache_key(plan, changed) != base
     assert cache_key(plan, recipes, version="0.2.0") != base
     # The profile loaded again, and the plan made from it again, give the same key.

@@ -230,3 +230,29 @@ def test_uv_is_never_asked_to_pool_indexes():
         if re.search(r"unsafe-best-match\"|'unsafe", p.read_text())
     ]
     assert hits == []
+
+
+def test_soundfile_comes_with_its_library_under_first_index(tmp_path):
+    """Real uv, this machine's pip config: the mirror's pure-Python soundfile 0.14.0 (no bundled
+    libsndfile; it breaks transformers' audio imports) must not win over PyPI's manylinux wheel."""
+    import subprocess
+
+    from provision.install.executor import uv_bin
+
+    cfg = read_index_config()
+    if not cfg.extra_index_urls:
+        pytest.skip("no extra index configured here: nothing can shadow PyPI")
+    inst = Installer("uv", cfg)
+    venv = tmp_path / "v"
+    assert subprocess.run(inst.venv_argv(venv), capture_output=True).returncode == 0
+    python = venv / "bin" / "python"
+    done = subprocess.run(inst.install_argv(python, ["soundfile==0.14.0"]), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "--index-strategy" not in inst.install_argv(python, ["soundfile"])
+    loaded = subprocess.run(
+        [python, "-c", "import soundfile; print(soundfile.__libsndfile_version__)"],
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-500:]
+    assert uv_bin()

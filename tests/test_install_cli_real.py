@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli
 
 from provision.install.receipt import read_receipt
+from tests.support.cli import REPO, cli
 
 
 def _receipt(root: Path):

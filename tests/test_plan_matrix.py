@@ -338,3 +338,16 @@ def test_reasons_follow_the_recipe_pins(recipes):
     assert "xinference 9.9.0 (click<9.1 keeps huggingface-hub < 7.7)" in plan.backend("transformers").reason
     assert "(vllm 0.99.0 pins 2.98.0)" in plan.environment("sglang").reason
     assert "nor sglang's (torch==2.97.0)" in plan.environment("vllm").reason
+
+
+def test_a_recorded_plan_with_an_unknown_action_is_refused(recipes):
+    import json
+
+    from provision.errors import UserError
+    from provision.plan import plan_from_dict
+
+    plan = make_plan(load_profile(PROFILES / "linux-graviton3-cpu.json"), PlanRequest(), recipes)
+    d = json.loads(plan.to_json())
+    d["backends"][0]["action"] = "upgrade"
+    with pytest.raises(UserError, match="backend action 'upgrade' is not one of install, skip"):
+        plan_from_dict(d)

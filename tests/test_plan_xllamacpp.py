@@ -354,3 +354,15 @@ def test_unknown_arch_is_warned_and_assumed_covered(recipes):
     b, warnings = decide(p, recipes)
     assert b.extra_index_urls == (f"{BASE}/cu132",)
     assert "NVIDIA Graphics Device" in warnings["xllamacpp-arch-unknown"]
+
+
+def test_python_and_glibc_floors_come_from_the_recipe():
+    recipes = load_recipes()
+    profile = load_profile(PROFILES / "linux-graviton3-cpu.json")  # Python 3.11, glibc 2.34
+
+    def reason(**floors: str) -> str:
+        bumped = replace(recipes, xllamacpp=replace(recipes.xllamacpp, **floors))
+        return make_plan(profile, PlanRequest(backends=("xllamacpp",)), bumped).backend("xllamacpp").reason
+
+    assert "cp312-abi3: Python >= 3.12 needed" in reason(python_min="3.12")
+    assert "manylinux2014 (glibc >= 2.40)" in reason(linux_glibc_min="2.40")

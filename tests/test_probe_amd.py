@@ -6,12 +6,12 @@ import json
 import re
 
 import pytest
-from test_probe_support import RAW, RecordedRunner, make_system, ok, pci_device, raw, write_tree
 
 from provision.errors import UserError
 from provision.probe import amd_parse as p
 from provision.probe.amd import ENV_AMD_GPU_ARCHITECTURE, KFD_NODES, probe_amd
 from provision.probe.pci import display_controllers
+from tests.support.probe import RAW, RecordedRunner, make_system, ok, pci_device, raw, write_tree
 
 KFD = {
     "kfd-topology-node-properties__cpu-node0-on-mi300x-host.txt": None,

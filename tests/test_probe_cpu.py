@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import cpuinfo
 import pytest
-from test_probe_support import make_system, raw, recorded, write_tree
 
 from provision.probe import apple
 from provision.probe.cpu import cpuinfo_from_proc, parse_cgroup_cpu_max, parse_meminfo_mb, probe_cpu
+from tests.support.probe import make_system, raw, recorded, write_tree
 
 # file -> (brand, flags that must be there, flags that must not)
 PROC_CPUINFO = {

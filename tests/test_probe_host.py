@@ -10,7 +10,10 @@ import sys
 
 import pynvml
 import pytest
-from test_probe_support import (
+
+from provision.probe import probe_host
+from provision.profile import profile_from_dict
+from tests.support.probe import (
     FakeNvml,
     RecordedRunner,
     make_system,
@@ -20,9 +23,6 @@ from test_probe_support import (
     recorded,
     write_tree,
 )
-
-from provision.probe import probe_host
-from provision.profile import profile_from_dict
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, python_flags: tuple[str, ...] = ()):

@@ -11,7 +11,13 @@ import stat
 
 import pynvml
 import pytest
-from test_probe_support import (
+
+from provision.errors import UserError
+from provision.probe import nvidia_parse
+from provision.probe.nvidia import ENV_CUDA_ARCH, ENV_CUDA_DRIVER_VERSION, probe_nvidia
+from provision.probe.pci import display_controllers
+from provision.probe.system import find_executable
+from tests.support.probe import (
     FakeNvml,
     RecordedRunner,
     failed,
@@ -22,12 +28,6 @@ from test_probe_support import (
     timed_out,
     write_tree,
 )
-
-from provision.errors import UserError
-from provision.probe import nvidia_parse
-from provision.probe.nvidia import ENV_CUDA_ARCH, ENV_CUDA_DRIVER_VERSION, probe_nvidia
-from provision.probe.pci import display_controllers
-from provision.probe.system import find_executable
 
 SMI = "/usr/bin/nvidia-smi"
 QUERY_ARGS = (f"--query-gpu={','.join(nvidia_parse.QUERY_FIELDS)}", "--format=csv,noheader,nounits")

@@ -6,9 +6,9 @@ import csv
 import io
 
 import pytest
-from test_probe_support import RAW, raw
 
 from provision.probe import nvidia_parse as p
+from tests.support.probe import RAW, raw
 
 # file -> (GPU count, first GPU's name as printed, its total MiB, driver, CUDA)
 TABLES = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 import stat
 
 import pytest
-from test_probe_support import RecordedRunner, make_system, ok, raw, recorded, write_tree
 
 from provision.probe import toolchain as tc
 from provision.probe.system import run_command
+from tests.support.probe import RecordedRunner, make_system, ok, raw, recorded, write_tree
 
 
 def test_recorded_versions():

@@ -15,9 +15,10 @@ from provision.serve.rules import load_serve_rules
 
 FIX = Path(__file__).parent / "fixtures" / "models"
 RULES = load_serve_rules()
-CUDA = load_profile(FIX / "profiles" / "linux-rtx3090-driver570.json")
-CPU = load_profile(FIX / "profiles" / "linux-graviton3-cpu.json")
-MAC = load_profile(FIX / "profiles" / "macos-m1max.json")
+PROFILES = Path(__file__).parent / "profiles"
+CUDA = load_profile(PROFILES / "linux-rtx3090-driver570.json")
+CPU = load_profile(PROFILES / "linux-graviton3-cpu.json")
+MAC = load_profile(PROFILES / "macos-m1max.json")
 ALL = frozenset({"transformers", "vllm", "sglang", "xllamacpp", "llama-cpp-python"})
 NO_GPU_ENGINES = frozenset({"transformers", "xllamacpp", "llama-cpp-python"})
 

@@ -36,7 +36,9 @@ FAKE_SERVER = textwrap.dedent(
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            if self.headers.get("Authorization") not in (None, "Bearer sk-test"):
+            # The key it demands comes from the test (FAKE_SERVER_KEY); a missing header is refused too.
+            required = os.environ.get("FAKE_SERVER_KEY")
+            if required and self.headers.get("Authorization") != "Bearer " + required:
                 self.send_response(401); self.end_headers(); return
             body = b"<html>not json</html>" if mode == "garbage" else json.dumps(
                 {"object": "list", "data": [{"id": "tiny", "object": "model"}]}).encode()
@@ -128,13 +130,23 @@ def test_exit_143_after_sigterm_is_clean(fake):
     assert result.clean
 
 
-def test_api_key_is_sent(fake):
+def test_api_key_is_sent(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_SERVER_KEY", "sk-test")
     server = fake("ok", api_key="sk-test")
     with server:
         assert server.models == ["tiny"]
 
 
-def test_wrong_api_key_fails_fast(fake):
+def test_a_server_that_demands_a_key_refuses_a_client_without_one(fake, monkeypatch):
+    """The check above can fail: without the key the fake server answers 401."""
+    monkeypatch.setenv("FAKE_SERVER_KEY", "sk-test")
+    server = fake("ok")
+    with pytest.raises(ServerError, match="HTTP 401"):
+        server.start()
+
+
+def test_wrong_api_key_fails_fast(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_SERVER_KEY", "sk-test")
     server = fake("ok", api_key="sk-wrong")
     with pytest.raises(ServerError, match="HTTP 401"):
         server.start()

@@ -9,9 +9,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import cli
 
 from provision.install.wheelhouse import BuildFailed, BuildRequest, cuda_build_env
+from tests.support.cli import cli
 
 RAW = Path(__file__).parent / "fixtures" / "raw"
 

@@ -6,12 +6,12 @@ import json
 import zipfile
 from pathlib import Path
 
-from conftest import TEST_SECRETS, assert_no_secret, cli
 from support.auth_index import auth_index
 
 from provision.install.receipt import Receipt, write_receipt
 from provision.install.torch_source import index_reachable, list_wheels, resolve_torch_source
 from provision.redact import drop_masked_credentials, redact, redact_obj
+from tests.support.cli import TEST_SECRETS, assert_no_secret, cli
 
 PW, TOKEN, HF = TEST_SECRETS
 PROFILE = str(Path(__file__).parent / "profiles" / "linux-h100-driver590.json")

@@ -78,3 +78,47 @@ def test_gpu_coverage_reported_per_arch():
 def test_environment_that_cannot_run_fails_every_backend():
     checks = evaluate(EnvExpectation(("transformers", "xllamacpp"), "cpu"), {"error": "cannot run /x: gone"})
     assert [c.ok for c in checks] == [False, False]
+
+
+def test_gpu_archs_follow_the_torch_variant():
+    from provision.install.verify import gpu_archs
+    from provision.profile import load_profile
+
+    profiles = Path(__file__).parent / "profiles"
+    mixed = load_profile(profiles / "linux-mixed-3090-1070-driver580.json")
+    assert gpu_archs(mixed, "cu126") == ("sm_86", "sm_61")
+    assert gpu_archs(mixed, "cpu") == gpu_archs(mixed, None) == ()
+    assert gpu_archs(load_profile(profiles / "linux-mi300x-rocm6.3.json"), "rocm7.1") == ("gfx942",)
+
+
+# ---- verify by function: what ggml registers and what xllamacpp loads (recorded here, then varied
+# at the layer this machine cannot produce: a GPU build's registry names and loaded libraries).
+
+
+def test_llama_backends_come_from_ggmls_registry_not_file_names():
+    facts = _facts("facts-cpu-registry.json")  # collect_facts on a real CPU env here: ggml says ["CPU"]
+    assert facts["llama_cpp_backends"] == ["CPU"]
+    ok = evaluate(EnvExpectation(ALL, "cpu", (), ("cpu",), "cpu"), facts)
+    assert not _failed(ok)
+    # A libggml-cuda.so file next to a library that registers only CPU is a CPU build.
+    facts["llama_cpp_libs"] = [*facts["llama_cpp_libs"], "lib/libggml-cuda.so"]
+    failed = _failed(evaluate(EnvExpectation(ALL, "cpu", (), ("cuda",)), facts))
+    assert failed[("llama-cpp-python", "llama.cpp backends")] == "ggml registers CPU; missing cuda"
+    facts["llama_cpp_backends"] = ["CUDA", "CPU"]
+    assert not _failed(evaluate(EnvExpectation(ALL, "cpu", (), ("cuda",)), facts))
+    facts["llama_cpp_backends"] = ["ROCm", "CPU"]  # ggml's name for its HIP backend
+    assert not _failed(evaluate(EnvExpectation(ALL, "cpu", (), ("hip",)), facts))
+    facts["llama_cpp_backends"] = {"error": "OSError: libcudart.so.12: cannot open shared object file"}
+    failed = _failed(evaluate(EnvExpectation(ALL, "cpu", (), ("cuda",)), facts))
+    assert "libcudart.so.12" in failed[("llama-cpp-python", "llama.cpp backends")]
+
+
+def test_xllamacpp_cpu_and_gpu_builds_are_told_apart_by_what_they_load():
+    facts = _facts("facts-cpu-registry.json")
+    assert not _failed(evaluate(EnvExpectation(ALL, "cpu", (), ("cpu",), "cpu"), facts))
+    failed = _failed(evaluate(EnvExpectation(ALL, "cpu", (), ("cpu",), "cuda"), facts))
+    assert "the plan wants the cuda build" in failed[("xllamacpp", "xllamacpp build")]
+    facts["xllamacpp_libs"] = ["libcudart.so.12", "libcublas.so.12", "libcuda.so.1"]
+    assert not _failed(evaluate(EnvExpectation(ALL, "cpu", (), ("cpu",), "cuda"), facts))
+    failed = _failed(evaluate(EnvExpectation(ALL, "cpu", (), ("cpu",), "cpu"), facts))
+    assert "a cuda build" in failed[("xllamacpp", "xllamacpp build")]

@@ -10,10 +10,10 @@ from provision.install.wheelhouse import (
     BuildRequest,
     backends_in_names,
     built_wheel,
-    effective_cmake_args,
     isa_features,
     wheel_backends,
 )
+from provision.planner.cmake import effective_args
 
 FIX = Path(__file__).parent / "fixtures" / "install"
 CPU_FLAGS = ("fpu", "sse4_2", "avx", "avx2", "fma", "f16c", "ht", "avx512f")
@@ -39,7 +39,7 @@ def test_native_builds_depend_on_cpu_features_portable_ones_do_not():
 
 
 def test_effective_args_keep_last_value_per_variable():
-    assert effective_cmake_args(("-DGGML_CUDA=off", "-GNinja", "-DGGML_CUDA:BOOL=on")) == (
+    assert effective_args(("-DGGML_CUDA=off", "-GNinja", "-DGGML_CUDA:BOOL=on")) == (
         "-GNinja",
         "-DGGML_CUDA:BOOL=on",
     )
@@ -69,3 +69,12 @@ def test_build_progress_from_cmake_and_ninja_lines():
     assert build_progress("[ 45%] Building CXX object vendor/llama.cpp/ggml/src/ggml.c.o") == 45
     assert build_progress("  [87/174] Building CXX object vendor/llama.cpp/src/llama.cpp.o") == 50
     assert build_progress("-- Configuring done") is None
+
+
+def test_the_plan_and_the_wheelhouse_key_use_one_cmake_rule():
+    """A later value of a variable wins, first-seen order, other arguments first; the key of a
+    build request is that of its effective arguments, however they were spelled."""
+    args = ("-DGGML_CUDA=off", "-DGGML_NATIVE=OFF", "-GNinja", "-DGGML_CUDA=on")
+    assert effective_args(args) == ("-GNinja", "-DGGML_CUDA=on", "-DGGML_NATIVE=OFF")
+    assert effective_args(effective_args(args)) == effective_args(args)
+    assert _req(list(args)).key == _req(list(effective_args(args))).key

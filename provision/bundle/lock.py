@@ -19,11 +19,11 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
@@ -88,7 +88,9 @@ def sdist_requires(sdist: Path, extras: tuple[str, ...]) -> list[str]:
         except InvalidRequirement:
             continue
         if req.marker is not None and "extra" in str(req.marker):
-            wanted = any(req.marker.evaluate({**default_environment(), "extra": e}) for e in extras)
+            # Only the extra is asked here; a marker that also names python_version etc. keeps them
+            # for uv to judge against the target (none in llama-cpp-python 0.3.36's PKG-INFO).
+            wanted = any(req.marker.evaluate({"extra": e}) for e in extras)
             if not wanted:
                 continue
             req.marker = None if _only_extra(str(req.marker)) else req.marker
@@ -171,7 +173,7 @@ def _entry(project: str, version: str, d: dict[str, Any], kind: FileKind) -> Loc
     return LockedFile(project, version, url, _file_name(url), hashes["sha256"], d.get("size"), kind)
 
 
-def files_from_pylock(data: dict[str, Any], skip: set[str] = frozenset()) -> list[LockedFile]:
+def files_from_pylock(data: dict[str, Any], skip: Collection[str] = frozenset()) -> list[LockedFile]:
     """One file per package: the best-fitting wheel, else the sdist (sdist-only packages)."""
     files = []
     for p in data.get("packages") or []:
@@ -195,7 +197,7 @@ def run_compile(
     index: IndexConfig,
     extra_index_urls: tuple[str, ...],
     workdir: Path,
-    excluded: list[str] = (),  # type: ignore[assignment]
+    excluded: Sequence[str] = (),
     timeout: float = 600.0,
 ) -> EnvLock:
     """Resolve lock.requirements for its target; fill pins, files and the lock text."""

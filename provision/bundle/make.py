@@ -232,6 +232,7 @@ class _Bundler:
         self.kept: dict[str, str] = {}  # bundle-relative path -> role
         self.sdists: dict[str, Path] = {}  # built backend -> its sdist (in the cache)
         self.built: dict[str, str] = {}
+        self.hashes: dict[str, str] = {}  # bundle-relative path -> sha256 verified this run
 
     # -- pieces
 
@@ -241,7 +242,7 @@ class _Bundler:
                 continue
             version = b.version or ""
             sdist = wheelhouse.ensure_sdist(
-                version, self.index.pip_flags(), self.reporter, wheelhouse.cache_root()
+                version, self.index.pip_flags(), self.reporter, wheelhouse.cache_root(), self.index.sources
             )
             self.sdists[b.name] = sdist
             if not self.dry_run:
@@ -344,6 +345,7 @@ class _Bundler:
             summary.reused = sum(1 for g in got if g.reused)
             for g in got:
                 self.kept[f"wheels/{g.path.name}"] = g.file.kind
+                self.hashes[f"wheels/{g.path.name}"] = g.file.sha256  # checked by the fetch just now
         self.summaries.append(summary)
         self.env_locks[name] = lock
         return lock
@@ -351,7 +353,7 @@ class _Bundler:
     def build_backends(self) -> None:
         """Wheels of the build backends every sdist in the bundle asks for."""
         default = list(self.bundle_recipes["default_build_requires"])
-        dynamic = {
+        dynamic: dict[str, list[str]] = {
             canonicalize_name(k): list(v) for k, v in self.bundle_recipes["dynamic_build_requires"].items()
         }
         sdists: list[Path] = list(self.sdists.values())
@@ -400,8 +402,9 @@ class _Bundler:
         with tempfile.TemporaryDirectory(prefix="xinfer-bundle-tool-") as tmp:
             argv = [
                 self.uv,
+                # sdist first, then the wheel from it: a stale build/ in the checkout (setuptools
+                # keeps files there that the source no longer has) cannot leak into the wheel.
                 "build",
-                "--wheel",
                 "--out-dir",
                 tmp,
                 *Installer("uv", self.index).build_flags(),
@@ -419,7 +422,7 @@ class _Bundler:
 
     def built_wheels(self) -> None:
         """The llama-cpp-python wheel built here, when the target can run it."""
-        from provision.install.run import wheel_build_request as build_request
+        from provision.install.run import wheel_build_request
 
         host_arch = (
             "aarch64" if sys.platform == "linux" and _machine() in ("aarch64", "arm64") else _machine()
@@ -435,7 +438,7 @@ class _Bundler:
                     f"{self.target.python}); the target builds it from the bundled sdist"
                 )
                 continue
-            req = build_request(self.plan, b)
+            req = wheel_build_request(self.plan, b)
             wheel = wheelhouse.built_wheel(req.key)
             if wheel is None and self.build_missing and not self.dry_run:
                 wheel = wheelhouse.build(
@@ -445,6 +448,7 @@ class _Bundler:
                     Installer("uv", self.index).build_flags(),
                     self.index.pip_flags(),
                     self.reporter,
+                    sources=self.index.sources,
                 )
             if wheel is None:
                 self.notes.append(
@@ -478,12 +482,14 @@ class _Bundler:
         """DIR/simple: the wheels as a PEP 503 index, for tools that want an index URL (Xinference)."""
         from provision.bundle.xinference_env import write_simple_index
 
-        for page in write_simple_index(self.out):
+        known = {Path(rel).name: h for rel, h in self.hashes.items() if rel.startswith("wheels/")}
+        for page in write_simple_index(self.out, known):
             self.kept[page.relative_to(self.out).as_posix()] = "index"
 
     def manifest(self, seconds: float) -> Manifest:
         files: list[FileEntry] = [
-            entry_for(self.out, self.out / rel, role) for rel, role in sorted(self.kept.items())
+            entry_for(self.out, self.out / rel, role, self.hashes.get(rel))
+            for rel, role in sorted(self.kept.items())
         ]
         envs = {
             name: {
@@ -552,16 +558,26 @@ def make_bundle(
         build_missing,
         include_tool,
     )
-    if not dry_run:
-        check_out_dir(out, b.target)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / PARTIAL).write_text("an xinfer-setup bundle being made; MANIFEST.json comes last\n")
+    if dry_run:
+        return _make(b, started)
+    check_out_dir(out, b.target)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PARTIAL).write_text("an xinfer-setup bundle being made; MANIFEST.json comes last\n")
+    from provision.lock import root_lock
+
+    # One writer per bundle directory, as for an environment root (install and fleet take it too).
+    with root_lock(out, wait=True, say=b.reporter.say):
+        return _make(b, started)
+
+
+def _make(b: _Bundler, started: float) -> BundleReport:
+    plan, out, dry_run = b.plan, b.out, b.dry_run
     b.built_sdists()
     for env in installed_envs(plan):
         reqs, excluded, extra, notes = b.env_requirements(env)
         b.lock_and_fetch(env.name, env.python or b.target.python, reqs, excluded, extra, notes)
     b.build_backends()
-    if include_tool:
+    if b.include_tool:
         b.tool()
     b.built_wheels()
     report = BundleReport(out, b.target, dry_run, b.summaries, b.notes)

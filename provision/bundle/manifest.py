@@ -78,8 +78,9 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def entry_for(root: Path, path: Path, role: str) -> FileEntry:
-    return FileEntry(path.relative_to(root).as_posix(), sha256_of(path), path.stat().st_size, role)
+def entry_for(root: Path, path: Path, role: str, sha256: str | None = None) -> FileEntry:
+    """sha256: a hash already checked against these bytes this run (the fetch streams it), else read."""
+    return FileEntry(path.relative_to(root).as_posix(), sha256 or sha256_of(path), path.stat().st_size, role)
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:

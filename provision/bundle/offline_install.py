@@ -103,6 +103,8 @@ def seed_cache(root: Path, manifest: Manifest, cache: Path) -> None:
         src = root / f.path
         if f.role == "sdist" and src.name.startswith(f"{wheelhouse.SDIST_STEM}-"):
             place(src, cache / "sdist" / src.name)
+            # The manifest's hash was checked a moment ago; the installer checks reuses against it.
+            (cache / "sdist" / (src.name + ".sha256")).write_text(f.sha256 + "\n")
         elif f.role == "built":
             place(src, cache / Path(f.path))  # wheelhouse/<key>/<file>
 
@@ -121,6 +123,7 @@ def install_from_bundle(
     venv_root: Path | None = None,
     installer: str = "uv",
     reporter: Reporter | None = None,
+    wait: bool = True,
 ):
     """Verify the bundle, then install its plan from it with no network. Returns the receipt."""
     from provision.install.envs import locate
@@ -138,7 +141,7 @@ def install_from_bundle(
     wheels = root / "wheels"
     seed_cache(root, manifest, wheelhouse.cache_root())
     index = IndexConfig(no_index=True, find_links=(str(wheels),))
-    options = InstallOptions(index=index, replay_pins=pins_by_env(manifest), offline=True)
+    options = InstallOptions(index=index, replay_pins=pins_by_env(manifest), offline=True, wait=wait)
     with offline_environment(wheels):
         receipt = install_plan(plan, venv_root, installer, options=options, reporter=reporter)
     receipt.notes.append(

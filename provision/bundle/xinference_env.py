@@ -1,22 +1,25 @@
 """Xinference's per-model virtualenvs, offline, from a bundle.
 
 Xinference 4.1.0 (xinference/core/virtual_env_manager.py, worker.py, utils.py) at a launch with
-virtualenv mode on makes `uv venv --system-site-packages` per model and installs there only
-what the parent environment lacks. Offline that needs:
-- XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL=1, which refuses to start without a private index_url;
-  Xinference reads it from `python -m pip config list` (global.index-url), so a pip.conf naming
-  the bundle's PEP 503 index (DIR/simple, written by `bundle`) is handed over by PIP_CONFIG_FILE;
-- XINFERENCE_VIRTUAL_ENV_FIND_LINKS_ALLOWED_ROOTS, the roots a launch request's
-  virtual_env_find_links may name: the bundle's wheels;
-- UV_OFFLINE=1, so a package missing from the bundle fails in under a second instead of after
-  uv's DNS retries (measured: ~20 s).
-The pip.conf blanks extra-index-url and find-links: pip merges its config files, and a site's
-own mirrors must not stand in for the bundle.
+virtualenv mode on makes `uv venv --system-site-packages` per model and installs there, with
+uv, only what the parent environment lacks. Offline that needs (measured in a loopback-only
+namespace, tests/test_bundle.py):
+- UV_OFFLINE=1 and UV_FIND_LINKS=<bundle>/wheels in the server's environment: uv takes the
+  bundle's files and never waits on DNS (without UV_OFFLINE a miss costs ~20 s of retries);
+- XINFERENCE_VIRTUAL_ENV_FIND_LINKS_ALLOWED_ROOTS=<bundle>/wheels, so a launch request's
+  `virtual_env_find_links` may name the bundle (Xinference refuses other roots, HTTP 400);
+- XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL=1 (no public fallback at all) only where it can work:
+  it refuses to launch without a private index_url, which Xinference reads from
+  `<parent python> -m pip config list`. Environments made by uv have no pip, so there it would
+  fail every launch; where the parent has pip, a pip.conf naming the bundle's PEP 503 index
+  (DIR/simple) goes in by PIP_CONFIG_FILE, with extra-index-url blanked so a site's own mirrors
+  do not stand in for the bundle.
 """
 
 from __future__ import annotations
 
 import html
+import subprocess
 import urllib.parse
 from collections import defaultdict
 from pathlib import Path
@@ -59,23 +62,33 @@ def write_simple_index(bundle: Path, hashes: dict[str, str] | None = None) -> li
     return [index, *pages]
 
 
-def xinference_offline_env(bundle_dir: str | Path, conf_dir: str | Path) -> dict[str, str]:
+def xinference_offline_env(
+    bundle_dir: str | Path, conf_dir: str | Path, parent_python: str | Path | None = None
+) -> dict[str, str]:
     """Variables for an xinference-local process so its per-model virtualenvs install from the
-    bundle with no network. Writes conf_dir/pip.conf (the bundle itself may be read-only)."""
+    bundle with no network. parent_python: the environment Xinference runs in (to see whether
+    it has pip, see the module docstring). Writes conf_dir/pip.conf (the bundle may be read-only)."""
     bundle = Path(bundle_dir).absolute()
     wheels = bundle / "wheels"
-    conf = Path(conf_dir).absolute() / "pip.conf"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(
-        "# written by xinfer-setup: Xinference's virtualenvs install from the bundle only\n"
-        "[global]\n"
-        f"index-url = {(bundle / SIMPLE).as_uri()}/\n"
-        "extra-index-url =\n"
-        f"find-links = {wheels}\n"
-    )
-    return {
-        "XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL": "1",
-        "XINFERENCE_VIRTUAL_ENV_FIND_LINKS_ALLOWED_ROOTS": str(wheels),
-        "PIP_CONFIG_FILE": str(conf),
+    env = {
         "UV_OFFLINE": "1",
+        "UV_FIND_LINKS": str(wheels),
+        "XINFERENCE_VIRTUAL_ENV_FIND_LINKS_ALLOWED_ROOTS": str(wheels),
     }
+    if parent_python is not None and _has_pip(Path(parent_python)):
+        conf = Path(conf_dir).absolute() / "pip.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(
+            "# written by xinfer-setup: Xinference's virtualenvs install from the bundle only\n"
+            "[global]\n"
+            f"index-url = {(bundle / SIMPLE).as_uri()}/\n"
+            "extra-index-url =\n"
+            f"find-links = {wheels}\n"
+        )
+        env |= {"XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL": "1", "PIP_CONFIG_FILE": str(conf)}
+    return env
+
+
+def _has_pip(python: Path) -> bool:
+    out = subprocess.run([str(python), "-c", "import pip"], capture_output=True)
+    return out.returncode == 0

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import click
 
+from provision.commands import options
 from provision.commands.plan import check_request, plan_from_flags
 from provision.errors import OperationFailed, UserError
+from provision.install.receipt import Receipt
 from provision.plan import plan_from_dict
 from provision.redact import drop_masked_credentials, redact_obj
 
@@ -72,27 +74,21 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
     }
 
 
-@click.command()
-@click.option("--auto", is_flag=True, help="Consider every backend for this machine.")
-@click.option(
-    "--backend", "backends", multiple=True, metavar="NAME", help="Install this backend (repeatable)."
-)
-@click.option(
-    "--profile", "profile_path", metavar="FILE", help="Plan for this profile (only with --dry-run)."
-)
-@click.option(
-    "--venv", "venv_root", metavar="ROOT", help="Create the environments under ROOT (ROOT/main, ...)."
-)
+@options.command("install", "Environments, torch, engines, verify, receipt; a step already done is skipped.")
+@options.auto()
+@options.backend("Install this backend")
+@options.profile("Plan for this profile (only with --dry-run).")
+@options.venv("Create the environments under ROOT (ROOT/main, ...).")
 @click.option(
     "--installer", type=click.Choice(["uv", "pip"]), default=None, help="Default: uv, pip without uv."
 )
-@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the receipt (or dry-run report) as JSON.")
+@options.dry_run("Say what would be done; change nothing.")
+@options.as_json("Print the receipt (or dry-run report) as JSON.")
 @click.option("--from-receipt", metavar="FILE", help="Replay a receipt exactly (its plan and versions).")
-@click.option("--torch-index-url", metavar="BASE", help="Mirror of https://download.pytorch.org/whl.")
+@options.torch_index_url()
 @click.option("--index-url", metavar="URL", help="Package index (replaces pip's configured one).")
 @click.option("--find-links", multiple=True, metavar="DIR|URL", help="Extra wheel location (repeatable).")
-@click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of this arch, not -march=native.")
+@options.portable()
 @click.option("--no-wait", is_flag=True, help="Fail (exit 1) instead of waiting when another run holds ROOT.")
 @click.option(
     "--from-bundle", metavar="DIR", help="Install a bundle's plan from it alone, with no network (bundle -o)."
@@ -113,7 +109,6 @@ def install(
     no_wait=False,
     from_bundle=None,
 ):
-    """Carry a plan out: environments, torch, engines, verify, receipt."""
     if from_bundle:
         _install_from_bundle(from_bundle, venv_root, installer, as_json, locals())
         return
@@ -129,13 +124,13 @@ def install(
     if from_receipt:
         from provision.install.receipt import read_receipt
 
-        receipt = read_receipt(Path(from_receipt))
-        plan = plan_from_dict(drop_masked_credentials(receipt.plan))
+        replayed = read_receipt(Path(from_receipt))
+        plan = plan_from_dict(drop_masked_credentials(replayed.plan))
         built = {b.name for b in plan.backends if b.build is not None}
         replay_pins = {
-            e.name: [p for p in e.packages if p.split("==")[0] not in built] for e in receipt.environments
+            e.name: [p for p in e.packages if p.split("==")[0] not in built] for e in replayed.environments
         }
-        replay_hashes = {b.name: dict(b.hashes) for b in receipt.backends if b.hashes}
+        replay_hashes = {b.name: dict(b.hashes) for b in replayed.backends if b.hashes}
     else:
         plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable)
     if dry_run:
@@ -160,7 +155,7 @@ def install(
     # A backend the user named is a promise to install it: one this host cannot run is a failure,
     # reported after the others are done. Under --auto a skip is information.
     impossible = [b for b in plan.backends if b.name in backends and b.action == "skip"]
-    receipt = None
+    receipt: Receipt | None = None
     if plan.installs or not impossible:
         receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
     if as_json:
@@ -196,7 +191,9 @@ def _install_from_bundle(bundle_dir: str, venv_root, installer, as_json: bool, f
     from provision.install.progress import Reporter
 
     root = Path(venv_root).expanduser() if venv_root else None
-    receipt = install_from_bundle(bundle_dir, root, choose_installer(installer), Reporter())
+    receipt = install_from_bundle(
+        bundle_dir, root, choose_installer(installer), Reporter(), wait=not flags.get("no_wait")
+    )
     if as_json:
         click.echo(json.dumps(receipt.to_dict(), indent=2))
     _raise_unless_ok(receipt)
@@ -214,12 +211,11 @@ def _raise_unless_ok(receipt) -> None:
     click.echo("xinfer-setup: every planned backend is installed and verified", err=True)
 
 
-@click.command()
-@click.option("--venv", "venv_root", metavar="ROOT", help="The root given to install --venv.")
+@options.command("verify", "Re-runs install's checks in every environment the receipt names.")
+@options.venv()
 @click.option("--receipt", "receipt_file", metavar="FILE", help="A receipt elsewhere than the default place.")
-@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@options.as_json("Print the findings as JSON.")
 def verify(venv_root, receipt_file, as_json):
-    """Check what is installed against its receipt and plan."""
     from provision.install.receipt import read_receipt, receipt_path
     from provision.install.verify_receipt import verify_receipt
 

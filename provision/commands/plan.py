@@ -8,12 +8,11 @@ import os
 import click
 
 from provision.backends import check_known
-from provision.backends import names as backend_names
+from provision.commands import options
+from provision.commands.options import TORCH_INDEX_ENV
 from provision.errors import OperationFailed, UserError
 from provision.plan import PlanRequest
 from provision.redact import redact, redact_obj
-
-TORCH_INDEX_ENV = "XINFER_SETUP_TORCH_INDEX_URL"
 
 
 def check_request(auto: bool, backends: tuple[str, ...]) -> None:
@@ -61,36 +60,23 @@ def plan_from_flags(
     return make_plan(profile, request, load_recipes())
 
 
-@click.command()
-@click.option("--auto", is_flag=True, help="Consider every backend for this machine.")
-@click.option(
-    "--backend",
-    "backends",
-    multiple=True,
-    metavar="NAME",
-    help=f"Plan this backend (repeatable): {', '.join(backend_names())}.",
-)
-@click.option(
-    "--profile", "profile_path", metavar="FILE", help="Plan for this host profile instead of probing."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the plan (schema v1) as JSON.")
+@options.command("plan", "CMAKE_ARGS in the environment reach llama-cpp-python's build.")
+@options.auto()
+@options.backend("Plan this backend")
+@options.profile("Plan for this host profile instead of probing.")
+@options.as_json("Print the plan (schema v1) as JSON.")
 @click.option(
     "--resolve",
     "resolve",
     is_flag=True,
     help="Check every environment with a real resolver for the target platform.",
 )
-@click.option(
-    "--torch-index-url",
-    metavar="BASE",
-    help=f"Mirror of https://download.pytorch.org/whl (also ${TORCH_INDEX_ENV}).",
-)
-@click.option("--portable", is_flag=True, help="Build llama.cpp for any CPU of the arch, not -march=native.")
+@options.torch_index_url()
+@options.portable()
 @click.option(
     "--cache-key", "cache_key", is_flag=True, help="Print one stable line for CI caches."
 )
 def plan(auto, backends, profile_path, as_json, resolve, torch_index_url, portable, cache_key):
-    """Decide what to install, and why. CMAKE_ARGS in the environment reach llama-cpp-python's build."""
     if cache_key and (as_json or resolve):
         raise UserError("--cache-key prints one line: it takes no --json or --resolve")
     the_plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable)

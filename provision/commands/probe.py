@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
+from provision.commands import options
 from provision.profile import GPU, HostProfile
 
-HELP = """Profile this machine's hardware and software.
-
-Prints OS, CPU, memory, GPUs, NVIDIA driver, ROCm and build tools. With --json, prints
+# The first line of the help is the CLI table's (provision/cli.py); this is the rest.
+DETAILS = """Prints OS, CPU, memory, GPUs, NVIDIA driver, ROCm and build tools. With --json, prints
 the host profile (schema v1) that `xinfer-setup plan --profile FILE` reads.
 
 \b
@@ -81,8 +81,8 @@ def render_table(profile: HostProfile) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-@click.command(help=HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the host profile as JSON (schema v1).")
+@options.command("probe", DETAILS)
+@options.as_json("Print the host profile as JSON (schema v1).")
 def probe(as_json: bool) -> None:
     from provision.probe import probe_host
 

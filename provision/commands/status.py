@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
+from provision.commands import options
 from provision.errors import OperationFailed, UserError
 
 
-@click.command()
-@click.option("--venv", "venv_root", metavar="ROOT", help="The root given to install --venv.")
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@options.command("status", "Per environment; installs nothing.")
+@options.venv()
+@options.as_json("Print the status as JSON.")
 def status(venv_root: str | None, as_json: bool) -> None:
-    """Show what is recorded per environment and what changed since; installs nothing."""
     from provision.install.receipt import read_receipt, receipt_path
     from provision.install.status import receipt_status
 

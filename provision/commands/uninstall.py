@@ -6,15 +6,15 @@ from pathlib import Path
 
 import click
 
+from provision.backends import check_known
+from provision.commands import options
 from provision.errors import UserError
 
 
-@click.command()
-@click.option("--backend", "backends", multiple=True, required=True, metavar="NAME",
-              help="The backend to remove (repeatable).")
-@click.option("--venv", "venv_root", metavar="ROOT", help="The root given to install --venv.")
+@options.command("uninstall", "Its environment goes too when it has one to itself.")
+@options.backend("The backend to remove", required=True)
+@options.venv()
 def uninstall(backends: tuple[str, ...], venv_root: str | None) -> None:
-    """Remove a backend (and its environment when it has one to itself); the receipt follows."""
     from provision import paths
     from provision.install.executor import Installer, choose_installer
     from provision.install.pipconfig import read_index_config
@@ -22,6 +22,7 @@ def uninstall(backends: tuple[str, ...], venv_root: str | None) -> None:
     from provision.install.uninstall import uninstall_backend
     from provision.lock import root_lock
 
+    check_known(backends)
     root = Path(venv_root).expanduser() if venv_root else None
     path = receipt_path(root)
     if not path.exists():

@@ -24,6 +24,7 @@ ENGINES_DIR = Path(__file__).parent
 ENGINE_PROBE = ENGINES_DIR / "engine_probe.py"
 XLLAMACPP_SERVE = ENGINES_DIR / "xllamacpp_serve.py"
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+ModelFormat = Literal["hf", "gguf"]  # a Hugging Face directory, or one GGUF file
 
 def has_cuda_device(profile: HostProfile) -> bool:
     return bool(profile.nvidia_gpus) and profile.nvidia is not None
@@ -53,7 +54,7 @@ class LaunchSettings:
 class EngineAdapter:
     name: str
     # Each class sets the defaults below for its engine.
-    model_format: str = "hf"  # "hf" (a Hugging Face directory) or "gguf" (one file)
+    model_format: ModelFormat = "hf"
     # Name of the in-process load+generate probe in engine_probe.PROBES, or None.
     probe: str | None = None
     supports_api_key: bool = True
@@ -115,13 +116,14 @@ class TransformersAdapter(EngineAdapter):
         # It has no API key option; supports_api_key is False so none is passed.
         return [str(python), "-m", "transformers.cli.transformers", "serve", str(model),
                 "--host", launch.host, "--port", str(launch.port),
-                "--device", "cuda" if launch.gpu else "cpu",
+                # "auto": device_map="auto" places the layers on the GPUs (CUDA or Apple's mps).
+                "--device", "auto" if launch.gpu else "cpu",
                 "--dtype", launch.dtype, "--log-level", "info"]
 
 
 @dataclass(frozen=True)
 class LlamaCppPythonAdapter(EngineAdapter):
-    model_format: str = "gguf"
+    model_format: ModelFormat = "gguf"
     probe: str | None = "llama-cpp-python"
     # llama_cpp.server applies repeat_penalty 1.1 unless told otherwise, even at temperature 0.
     extra_body: tuple[tuple[str, object], ...] = (("repeat_penalty", 1.0),)
@@ -139,7 +141,7 @@ class LlamaCppPythonAdapter(EngineAdapter):
 
 @dataclass(frozen=True)
 class XllamacppAdapter(EngineAdapter):
-    model_format: str = "gguf"
+    model_format: ModelFormat = "gguf"
 
     def server_command(self, python, model, launch, api_key):
         argv = [str(python), str(XLLAMACPP_SERVE), "--model", str(model), "--alias", launch.served_name,

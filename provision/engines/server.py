@@ -127,8 +127,10 @@ class ManagedServer:
 
     def _wait_ready(self, started: float) -> list[str]:
         deadline = started + self.ready_timeout_s
+        process = self.process
+        assert process is not None, "start() launches the process before waiting on it"
         while True:
-            code = self.process.poll()
+            code = process.poll()
             if code is not None:
                 raise ServerError(f"server exited with code {code} before it was ready", self.log_tail())
             models = self._probe_models()

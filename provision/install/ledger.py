@@ -47,8 +47,8 @@ def merge_receipts(previous: Receipt | None, run: Receipt, present: PresentCheck
     for old in previous.backends:
         if old.name in attempted:
             continue
-        env = envs.get(old.environment or "")
-        if old.status == "installed" and (env is None or not present(old, env)):
+        old_env = envs.get(old.environment or "")
+        if old.status == "installed" and (old_env is None or not present(old, old_env)):
             notes.append(f"{old.name}: recorded as installed in {old.environment}, no longer there; dropped")
             continue
         records[old.name] = old

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from provision.errors import OperationFailed
 
@@ -51,3 +52,12 @@ def merge_pins(pins: list[str]) -> list[str]:
         if n and n not in seen:
             seen[n] = p
     return list(seen.values())
+
+
+def local_tag(version: str) -> str | None:
+    """A version's local label, the build tag ('2.9.1+cu128' -> 'cu128'); None without one or
+    for a version that is not PEP 440."""
+    try:
+        return Version(version).local
+    except InvalidVersion:
+        return None

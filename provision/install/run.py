@@ -13,6 +13,7 @@ environment plus verify.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import subprocess
@@ -37,7 +38,14 @@ from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, backend_dist, write_receipt
 from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
 from provision.install.torch_source import TORCH_FAMILY, TorchSource, is_torch_family, resolve_torch_source
-from provision.install.verify import EnvExpectation, checks_fingerprint, collect_facts, evaluate
+from provision.install.verify import (
+    EnvExpectation,
+    checks_fingerprint,
+    collect_facts,
+    evaluate,
+    gpu_archs,
+    xllamacpp_build_of,
+)
 from provision.plan import BackendDecision, Environment, Plan
 
 
@@ -102,6 +110,7 @@ class _Run:
         self.env_records: dict[str, EnvRecord] = {}
         self.notes: list[str] = []
         self._states: dict[str, state_mod.EnvState] = {}
+        self._finished: set[str] = set()  # environments this run is done with
         self.previous = _previous_receipt(self.primary.prefix, reporter)
         # env name -> where its torch came from, for a matching torchvision later.
         self._companions: dict[str, TorchSource] = {}
@@ -137,7 +146,25 @@ class _Run:
             tool_version=__version__,
         )
 
-    def save(self) -> Path:
+    def checkpoint(self, env_name: str) -> None:
+        """Before a command changes an environment, a receipt that claims none of its planned backends:
+        a run killed outright (SIGKILL, power) writes nothing more, and the receipt must not say
+        installed about what the killed step may have half-removed. The final save restores the truth."""
+        interim = []
+        for rec in self.records.values():
+            if rec.environment == env_name and rec.status != "skipped":
+                rec = dataclasses.replace(
+                    rec,
+                    status="failed",
+                    reason="interrupted: a step on its environment had started",
+                    verify=[],
+                )
+            elif rec.environment not in self._finished:
+                rec = dataclasses.replace(rec, status="skipped")  # the ledger keeps its old record
+            interim.append(rec)
+        self.save(dataclasses.replace(self.receipt(), backends=interim))
+
+    def save(self, receipt: Receipt | None = None) -> Path:
         """Write what this run did into the root's receipt, keeping every entry still on disk."""
         listings: dict[str, state_mod.EnvState | None] = {}
 
@@ -149,7 +176,9 @@ class _Run:
             return listing is not None and listing.get(backend_dist(rec.name, rec.packages)) is not None
 
         try:
-            return write_receipt(merge_receipts(self.previous, self.receipt(), present), self.primary.prefix)
+            return write_receipt(
+                merge_receipts(self.previous, receipt or self.receipt(), present), self.primary.prefix
+            )
         except OSError as e:
             # Written by rename: the previous receipt, if any, is still whole.
             raise OperationFailed(
@@ -164,8 +193,10 @@ class _Run:
             self._states[loc.name] = state_mod.read_state(loc.python)
         return self._states[loc.name]
 
-    def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
+    def _run(self, argv: list[str], what: str, env: str | None = None) -> subprocess.CompletedProcess:
         self.reporter.say(what)
+        if env is not None:
+            self.checkpoint(env)
         self._states.clear()
         # pip's cert/proxy settings reach uv as variables (uv does not read pip.conf).
         return subprocess.run(
@@ -184,7 +215,7 @@ class _Run:
         spec = choice.version_spec or ""
         # A build from the default index (index_url None) carries no variant tag to compare.
         same_build = torch is not None and (choice.index_url is None or torch.local_tag == choice.variant)
-        if same_build and not state_mod.unmet([f"torch{spec}"], current):
+        if torch is not None and same_build and not state_mod.unmet([f"torch{spec}"], current):
             pins = [f"torch=={torch.version}"]
             tv = current.get("torchvision")
             if tv and tv.local_tag == torch.local_tag:
@@ -216,6 +247,7 @@ class _Run:
                 loc.python, [source.torch_requirement], extra_index_urls=extra, exclusive=True
             ),
             f"[{env.name}] installing {source.torch_requirement}",
+            env.name,
         )
         if out.returncode != 0:
             raise OperationFailed(
@@ -255,6 +287,7 @@ class _Run:
                 self.install_backend(env, loc, backend, constraints, extras if i == 0 else [])
         self.fix_torchvision(env, loc)
         self.verify_env(env, loc)
+        self._finished.add(env.name)
 
     def install_backend(
         self,
@@ -286,6 +319,7 @@ class _Run:
                         loc.python, reqs, constraints, extra_index, excludes=excludes
                     ),
                     f"[{env.name}] installing {backend.name}: {' '.join(reqs)}",
+                    env.name,
                 )
                 if out.returncode != 0:
                     raise OperationFailed(self._fail_text(out))
@@ -296,7 +330,8 @@ class _Run:
                 self.reporter.say(f"[{env.name}] {backend.name}: already installed")
         except OperationFailed as e:
             rec.status, rec.reason = "failed", str(e)
-            rec.log = getattr(e, "log_path", None) and str(e.log_path)
+            log_path = getattr(e, "log_path", None)  # a failed source build names its log
+            rec.log = str(log_path) if log_path else None
             self.reporter.say(f"[{env.name}] {backend.name} FAILED: {e}")
         except KeyboardInterrupt:
             rec.status, rec.reason = "failed", "interrupted"
@@ -351,6 +386,7 @@ class _Run:
             self.reporter,
             self.cache,
             sources=self._hash_sources(),
+            installer_env=self.installer.env(),
         )
         rec.source = wheel.as_uri()
         self._record_wheel_hash(backend, wheel)
@@ -359,6 +395,7 @@ class _Run:
             out = self._run(
                 self.installer.uninstall_argv(loc.python, [backend.name]),
                 f"removing the previous {backend.name} build",
+                loc.name,
             )
             if out.returncode != 0:
                 raise OperationFailed(self._fail_text(out))
@@ -396,6 +433,7 @@ class _Run:
             out = self._run(
                 self.installer.install_argv(loc.python, [match, f"torch=={torch.version}"]),
                 f"[{env.name}] replacing torchvision {tv.version} with {match}",
+                env.name,
             )
             if out.returncode == 0:
                 self.env_records[env.name].notes.append(f"torchvision {tv.version} replaced by {match}")
@@ -403,6 +441,7 @@ class _Run:
         out = self._run(
             self.installer.uninstall_argv(loc.python, ["torchvision"]),
             f"[{env.name}] removing torchvision {tv.version}: not built for torch {torch.version}",
+            env.name,
         )
         note = (
             f"removed torchvision {tv.version}: it is not built for torch {torch.version} and no matching "
@@ -417,18 +456,19 @@ class _Run:
         """Verify's findings depend only on what is installed: same packages, same passing results."""
         prev = self.previous
         old_env = prev.environment(env.name) if prev else None
-        if old_env is None or old_env.packages != self.env_records[env.name].packages:
+        if prev is None or old_env is None or old_env.packages != self.env_records[env.name].packages:
             return False
         if old_env.verify_checks != checks_fingerprint():
             return False
         old = {b: prev.backend(b) for b in installed}
-        if not all(
-            r and r.status == "installed" and r.verify and all(c["ok"] for c in r.verify)
-            for r in old.values()
-        ):
+        passed = {
+            b: r for b, r in old.items()
+            if r and r.status == "installed" and r.verify and all(c["ok"] for c in r.verify)
+        }
+        if len(passed) != len(old):
             return False
-        for b in installed:
-            self.records[b].verify = [dict(c) for c in old[b].verify]
+        for b, r in passed.items():
+            self.records[b].verify = [dict(c) for c in r.verify]
         self.env_records[env.name].notes = list(old_env.notes)
         self.env_records[env.name].verified_at = old_env.verified_at
         return True
@@ -494,18 +534,23 @@ def _dist_name(backend: BackendDecision) -> str:
 
 
 def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:
-    archs = []
-    if env.torch is not None and env.torch.variant.startswith("cu"):
-        archs = [f"sm_{g.sm}" for g in plan.profile.nvidia_gpus if g.sm]
-    elif env.torch is not None and env.torch.variant.startswith("rocm"):
-        archs = [g.gfx for g in plan.profile.amd_gpus if g.gfx]
+    variant = env.torch.variant if env.torch else None
     llama = plan.backend("llama-cpp-python")
     return EnvExpectation(
         backends=backends,
-        torch_variant=env.torch.variant if env.torch else None,
-        gpu_archs=tuple(dict.fromkeys(archs)),
+        torch_variant=variant,
+        gpu_archs=gpu_archs(plan.profile, variant),
         llama_backends=tuple(llama.build.expected_backends) if llama and llama.build else (),
+        xllamacpp_build=_xllamacpp_build(plan),
     )
+
+
+def _xllamacpp_build(plan: Plan) -> str | None:
+    """The xllamacpp build planned, from the wheel index chosen: .../whl/cu128 -> cuda, .../rocm* -> hip."""
+    xl = plan.backend("xllamacpp")
+    if xl is None or xl.action != "install":
+        return None
+    return xllamacpp_build_of(tuple(xl.extra_index_urls))
 
 
 def verify_environment(plan: Plan, env: Environment, python: Path, backends: tuple[str, ...]):
@@ -539,7 +584,9 @@ def _install_locked(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Rec
     run = _Run(plan, opts, reporter)
     if opts.check_disk:
         todo = [
-            b.name for b in plan.installs if not run.state(run.locations[b.environment]).get(_dist_name(b))
+            b.name
+            for b in plan.installs
+            if b.environment is not None and not run.state(run.locations[b.environment]).get(_dist_name(b))
         ]
         if todo:
             check_free_disk(

@@ -11,6 +11,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
@@ -18,6 +19,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from provision.errors import OperationFailed
+from provision.install.requirements import local_tag
 
 # Runs inside the target environment; stdlib only.
 _LIST_SCRIPT = r"""
@@ -49,10 +51,7 @@ class Dist:
 
     @property
     def local_tag(self) -> str | None:
-        try:
-            return Version(self.version).local
-        except InvalidVersion:
-            return None
+        return local_tag(self.version)
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,8 @@ class EnvState:
         return sorted(f"{d.name}=={d.version}" for d in self.dists.values())
 
 
-def parse_listing(data: dict) -> EnvState:
-    dists = {}
+def parse_listing(data: dict[str, Any]) -> EnvState:
+    dists: dict[str, Dist] = {}
     for name, d in data["dists"].items():
         key = canonicalize_name(name)
         direct, archive = None, None
@@ -107,7 +106,8 @@ def unmet(
     own interpreter, so `xinference[transformers]` counts as met only when the extra's
     packages are there too. An empty list means a re-install would change nothing.
     """
-    markers = {**default_environment(), **state.markers}
+    # packaging's marker environment, overlaid with the target's own (all strings).
+    markers: dict[str, str] = {**cast("dict[str, str]", default_environment()), **state.markers}
     missing: list[str] = []
     seen: set[tuple[str, frozenset[str]]] = set()
     todo = [(r, "") for r in requirements]

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from provision.backends import registry
+from provision.install.requirements import local_tag
 from provision.install.wheelhouse import backends_in_names
+from provision.profile import HostProfile
 
 # Backend -> the statements that prove it loads (the registry's import_check).
 IMPORT_CHECKS = {b.name: b.import_check for b in registry()}
@@ -36,6 +38,12 @@ if importlib.util.find_spec("torch") is not None:
              "hip": getattr(torch.version, "hip", None)}
         try:
             t["arch_list"] = torch.cuda.get_arch_list() if t["cuda"] or t["hip"] else []
+            if (t["cuda"] or t["hip"]) and not t["arch_list"]:
+                # No GPU here (a container build): get_arch_list() is empty without a device, but the
+                # library still knows what it was compiled for.
+                flags = getattr(torch._C, "_cuda_getArchFlags", lambda: None)()
+                t["arch_list"] = flags.split() if flags else []
+                t["arch_source"] = "compiled arch flags (no GPU present)"
         except Exception:
             t["arch_list"] = []
         facts["torch"] = t
@@ -51,10 +59,41 @@ if importlib.util.find_spec("torchvision") is not None:
     except BaseException as e:
         tv["error"] = (type(e).__name__ + ": " + str(e)).strip().splitlines()[-1][:400]
     facts["torchvision"] = tv
+def _mapped():
+    try:
+        return {l.split()[-1] for l in open("/proc/self/maps") if ".so" in l or ".dylib" in l}
+    except OSError:
+        return set()
 spec = importlib.util.find_spec("llama_cpp")
 if spec is not None and spec.submodule_search_locations:
     lib = os.path.join(list(spec.submodule_search_locations)[0], "lib")
     facts["llama_cpp_libs"] = ["lib/" + n for n in sorted(os.listdir(lib))] if os.path.isdir(lib) else []
+    # The ggml backends that really register when the library loads (ggml's own registry).
+    try:
+        import ctypes
+        names = [n for n in os.listdir(lib) if n.startswith("libggml.") or n in ("ggml.dll",)]
+        ggml = ctypes.CDLL(os.path.join(lib, sorted(names, key=len)[0]))
+        ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+        ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
+        ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+        ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
+        ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+        if ggml.ggml_backend_reg_count() == 0 and hasattr(ggml, "ggml_backend_load_all_from_path"):
+            ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+            ggml.ggml_backend_load_all_from_path(lib.encode())  # GGML_BACKEND_DL builds
+        facts["llama_cpp_backends"] = [
+            ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode()
+            for i in range(ggml.ggml_backend_reg_count())
+        ]
+    except BaseException as e:
+        facts["llama_cpp_backends"] = {"error": (type(e).__name__ + ": " + str(e))[:400]}
+if "xllamacpp" in checks and importlib.util.find_spec("xllamacpp") is not None:
+    before = _mapped()
+    try:
+        import xllamacpp  # noqa
+        facts["xllamacpp_libs"] = sorted(os.path.basename(p) for p in _mapped() - before)
+    except BaseException as e:
+        facts["xllamacpp_libs"] = {"error": (type(e).__name__ + ": " + str(e))[:400]}
 print("\n@@FACTS@@" + json.dumps(facts))
 """
 
@@ -65,7 +104,6 @@ def checks_fingerprint() -> str:
 
     text = repr(sorted(IMPORT_CHECKS.items())) + _FACTS_SCRIPT
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
 
 
 @dataclass(frozen=True)
@@ -87,6 +125,18 @@ class EnvExpectation:
     torch_variant: str | None  # None: the environment has no torch planned
     gpu_archs: tuple[str, ...] = ()  # "sm_90" / "gfx942" of the GPUs present
     llama_backends: tuple[str, ...] = ()  # ggml backends the llama-cpp-python build must contain
+    xllamacpp_build: str | None = None  # "cpu", "cuda" or "hip": the xllamacpp wheel planned
+
+
+def gpu_archs(profile: HostProfile, torch_variant: str | None) -> tuple[str, ...]:
+    """The GPU archs a torch build of this variant must cover here: sm_XY for a CUDA build,
+    gfxNNN for a ROCm one, none otherwise (install's expectation and verify's share it)."""
+    archs: list[str] = []
+    if torch_variant and torch_variant.startswith("cu"):
+        archs = [f"sm_{g.sm}" for g in profile.nvidia_gpus if g.sm]
+    elif torch_variant and torch_variant.startswith("rocm"):
+        archs = [g.gfx for g in profile.amd_gpus if g.gfx]
+    return tuple(dict.fromkeys(archs))
 
 
 def collect_facts(python: Path, backends: tuple[str, ...], timeout_s: int = 600) -> dict:
@@ -114,7 +164,7 @@ def torch_variant_of(version: str, cuda: str | None, hip: str | None) -> str:
     ("2.11.0", "13.0", None) -> cu130 (PyPI's default Linux build has no tag);
     ("2.5.1+rocm6.2", None, "6.2.41133-dd7f95766") -> rocm6.2.
     """
-    local = version.split("+", 1)[1] if "+" in version else None
+    local = local_tag(version)
     if local:
         return local
     if cuda:
@@ -180,7 +230,7 @@ def evaluate(expect: EnvExpectation, facts: dict) -> list[Check]:
     tv = facts.get("torchvision")
     if tv and torch and "version" in torch:
         t_tag = torch_variant_of(torch["version"], torch.get("cuda"), torch.get("hip"))
-        tv_local = tv["version"].split("+", 1)[1] if "+" in tv["version"] else None
+        tv_local = local_tag(tv["version"])
         mismatch = tv["error"] or (tv_local is not None and tv_local != t_tag)
         checks.append(
             Check(
@@ -191,16 +241,80 @@ def evaluate(expect: EnvExpectation, facts: dict) -> list[Check]:
             )
         )
     if "llama-cpp-python" in expect.backends and expect.llama_backends:
-        libs = facts.get("llama_cpp_libs")
-        found = backends_in_names(libs or [])
-        missing = [b for b in expect.llama_backends if b not in found]
-        checks.append(
-            Check(
-                "llama-cpp-python",
-                "llama.cpp backends",
-                not missing and libs is not None,
-                f"has {', '.join(sorted(found)) or 'none'}"
-                + (f"; missing {', '.join(missing)}" if missing else ""),
+        checks.append(_llama_backends_check(expect, facts))
+    if "xllamacpp" in expect.backends and expect.xllamacpp_build and "xllamacpp_libs" in facts:
+        libs = facts["xllamacpp_libs"]
+        if isinstance(libs, dict):
+            checks.append(Check("xllamacpp", "xllamacpp build", False, libs.get("error", "cannot load")))
+        else:
+            kind = build_kind_of(libs)
+            ok = kind == expect.xllamacpp_build
+            shown = ", ".join(libs) or "no libraries beyond the module"
+            checks.append(
+                Check(
+                    "xllamacpp",
+                    "xllamacpp build",
+                    ok,
+                    f"a {kind} build (loads {shown})"
+                    + ("" if ok else f"; the plan wants the {expect.xllamacpp_build} build"),
+                )
             )
-        )
     return checks
+
+
+# ggml registry names -> our backend names ("ROCm" is ggml's name for its HIP backend).
+_GGML_NAMES = {"rocm": "hip", "hip": "hip"}
+
+
+def registered_backends(names: list[str]) -> set[str]:
+    """ggml_backend_reg_name() values (CPU, CUDA, ROCm, Metal, Vulkan, BLAS, RPC...) as plan names."""
+    return {_GGML_NAMES.get(n.lower(), n.lower()) for n in names}
+
+
+def _llama_backends_check(expect: EnvExpectation, facts: dict) -> Check:
+    got = facts.get("llama_cpp_backends")
+    if isinstance(got, list):
+        found = registered_backends(got)
+        missing = [b for b in expect.llama_backends if b not in found]
+        return Check(
+            "llama-cpp-python",
+            "llama.cpp backends",
+            not missing,
+            f"ggml registers {', '.join(got) or 'nothing'}"
+            + (f"; missing {', '.join(missing)}" if missing else ""),
+        )
+    if isinstance(got, dict):
+        return Check(
+            "llama-cpp-python", "llama.cpp backends", False, f"libggml does not load: {got['error']}"
+        )
+    # Facts from before the registry was asked (older receipts): the library names, as then.
+    libs = facts.get("llama_cpp_libs")
+    found = backends_in_names(libs or [])
+    missing = [b for b in expect.llama_backends if b not in found]
+    return Check(
+        "llama-cpp-python",
+        "llama.cpp backends",
+        not missing and libs is not None,
+        f"has {', '.join(sorted(found)) or 'none'} (by file name)"
+        + (f"; missing {', '.join(missing)}" if missing else ""),
+    )
+
+
+_GPU_LIBS = {
+    "cuda": ("libcudart", "libcublas", "libcuda.", "libggml-cuda", "libnvrtc"),
+    "hip": ("libamdhip", "libhipblas", "librocblas", "libggml-hip"),
+}
+
+
+def xllamacpp_build_of(extra_index_urls: tuple[str, ...]) -> str:
+    """The xllamacpp build a plan chose, from its wheel index: .../whl/cu128 -> cuda, .../rocm* -> hip."""
+    leaf = extra_index_urls[-1].rstrip("/").rsplit("/", 1)[-1] if extra_index_urls else ""
+    return "cuda" if leaf.startswith("cu") else "hip" if leaf.startswith("rocm") else "cpu"
+
+
+def build_kind_of(loaded: list[str]) -> str:
+    """cpu / cuda / hip from the shared libraries an extension module loaded on import."""
+    for kind, prefixes in _GPU_LIBS.items():
+        if any(lib.startswith(prefixes) for lib in loaded):
+            return kind
+    return "cpu"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from provision.install import state as state_mod
 from provision.install.receipt import Receipt, backend_dist
-from provision.install.verify import EnvExpectation, collect_facts, evaluate
+from provision.install.verify import EnvExpectation, collect_facts, evaluate, gpu_archs, xllamacpp_build_of
 from provision.profile import profile_from_dict
 
 
@@ -19,6 +19,12 @@ def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
     profile = profile_from_dict(receipt.profile)
     llama = next((b for b in plan.get("backends", []) if b["name"] == "llama-cpp-python"), None)
     llama_backends = tuple((llama.get("build") or {}).get("expected_backends") or ()) if llama else ()
+    xl = next((b for b in plan.get("backends", []) if b["name"] == "xllamacpp"), None)
+    xl_build = (
+        xllamacpp_build_of(tuple(xl.get("extra_index_urls") or ()))
+        if xl and xl.get("action") == "install"
+        else None
+    )
     out = {}
     for env in plan.get("environments", []):
         installed = tuple(
@@ -26,12 +32,9 @@ def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
         )
         torch = env.get("torch")
         variant = torch["variant"] if torch else None
-        archs: list[str] = []
-        if variant and variant.startswith("cu"):
-            archs = [f"sm_{g.sm}" for g in profile.nvidia_gpus if g.sm]
-        elif variant and variant.startswith("rocm"):
-            archs = [g.gfx for g in profile.amd_gpus if g.gfx]
-        out[env["name"]] = EnvExpectation(installed, variant, tuple(dict.fromkeys(archs)), llama_backends)
+        out[env["name"]] = EnvExpectation(
+            installed, variant, gpu_archs(profile, variant), llama_backends, xl_build
+        )
     return out
 
 
@@ -59,7 +62,7 @@ def verify_receipt(receipt: Receipt) -> list[dict]:
             dist = current.get(backend_dist(name, rec.packages if rec else ()))
             ok = dist is not None and (rec is None or rec.version is None or dist.version == rec.version)
             detail = f"{name} {dist.version}" if dist else f"{name} is no longer installed in {env.prefix}"
-            if dist and not ok:
+            if dist and not ok and rec is not None:
                 detail += f", the receipt says {rec.version}"
             findings.append({"backend": name, "name": "version", "ok": ok, "detail": detail})
             if rec is not None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from provision import paths
 from provision.errors import OperationFailed
 from provision.install.progress import Reporter, build_progress, run_logged
+from provision.planner.cmake import effective_args, option
 
 PROJECT = "llama-cpp-python"
 SDIST_STEM = "llama_cpp_python"
@@ -61,7 +62,7 @@ class BuildRequest:
 
     @property
     def effective_args(self) -> tuple[str, ...]:
-        return effective_cmake_args(self.cmake_args)
+        return effective_args(self.cmake_args)
 
     @property
     def native(self) -> bool:
@@ -80,26 +81,10 @@ def split_cmake_args(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
-def effective_cmake_args(args: tuple[str, ...]) -> tuple[str, ...]:
-    """-D options with the last value of each variable winning (as CMake does), other args kept."""
-    last: dict[str, str] = {}
-    others: list[str] = []
-    for a in args:
-        m = re.match(r"^-D([A-Za-z0-9_]+)(?::[A-Z]+)?=(.*)$", a)
-        if m:
-            last.pop(m.group(1), None)
-            last[m.group(1)] = a
-        else:
-            others.append(a)
-    return tuple(others) + tuple(last.values())
-
-
 def cmake_option(args: tuple[str, ...], name: str) -> str | None:
-    for a in reversed(args):
-        m = re.match(rf"^-D{name}(?::[A-Z]+)?=(.*)$", a)
-        if m:
-            return m.group(1).upper()
-    return None
+    """The value the last -D`name` gives, upper-cased (ON/OFF compare case-blind); None if absent."""
+    value = option(args, name)
+    return value.upper() if value is not None else None
 
 
 def isa_features(flags: tuple[str, ...]) -> tuple[str, ...]:
@@ -325,6 +310,7 @@ def build(
     reporter: Reporter,
     root: Path | None = None,
     sources: tuple[str, ...] = (),
+    installer_env: dict[str, str] | None = None,
 ) -> Path:
     """The wheel for req: from the wheelhouse when built before (and unchanged), else built now (logged).
 
@@ -334,10 +320,36 @@ def build(
     if cached is not None:
         reporter.say(f"{PROJECT} {req.version}: using the wheel built before ({cached.parent.name})")
         return cached
+    from provision.lock import root_lock
+
+    # One build per key at a time: two would share the fixed build tree (and waste the cores);
+    # the one that waited then finds the other's wheel.
+    with root_lock(root / "build" / f".lock-{req.key}", wait=True, say=reporter.say):
+        cached = checked_wheel(req.key, root, reporter)
+        if cached is not None:
+            reporter.say(f"{PROJECT} {req.version}: using the wheel built meanwhile ({cached.parent.name})")
+            return cached
+        return _build(
+            req, builder, target_python, index_flags, pip_flags, reporter, root, sources, installer_env or {}
+        )
+
+
+def _build(
+    req: BuildRequest,
+    builder: str,
+    target_python: Path,
+    index_flags: list[str],
+    pip_flags: list[str],
+    reporter: Reporter,
+    root: Path,
+    sources: tuple[str, ...],
+    installer_env: dict[str, str],
+) -> Path:
     src = ensure_source(ensure_sdist(req.version, pip_flags, reporter, root, sources), req.version, root)
     log_path = root / "logs" / f"{PROJECT}-{req.key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     args = req.effective_args + compiler_launchers(req.effective_args)
     env = {
+        **installer_env,  # pip's cert/proxy settings for uv's build-environment downloads
         "CMAKE_ARGS": " ".join(args),
         "FORCE_CMAKE": "1",
         "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
@@ -351,8 +363,11 @@ def build(
     if builder == "uv":
         from provision.install.executor import uv_bin
 
+        uv = uv_bin()
+        if uv is None:
+            raise OperationFailed("uv is not installed: build with pip (--installer pip) or install uv")
         argv = [
-            uv_bin(),
+            uv,
             "build",
             "--wheel",
             "--python",

@@ -78,13 +78,18 @@ def translate_user_args(text: str, rec: LlamaCppRecipes) -> tuple[tuple[str, ...
 
 
 def effective_args(args: tuple[str, ...]) -> tuple[str, ...]:
-    """One -D per variable, the last one given winning, in first-seen order."""
+    """The arguments CMake acts on: other arguments as given, then one -D per variable, the last
+    value given winning (as in CMake), in first-seen order. The plan's build args and the
+    wheelhouse key both come from this one rule."""
     last: dict[str, str] = {}
+    others: list[str] = []
     for a in args:
         m = _DEFINE.match(a)
         if m:
             last[m.group(1)] = a
-    return tuple(last.values())
+        else:
+            others.append(a)
+    return tuple(others) + tuple(last.values())
 
 
 def option(args: tuple[str, ...], name: str) -> str | None:
@@ -140,13 +145,14 @@ def _cuda(profile: HostProfile, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], 
                 "assumed present for the CUDA build of llama-cpp-python",
             )
         )
-    driver_cuda = profile.nvidia.cuda_driver_version if profile.nvidia else None
-    if driver_cuda and vtuple(tc.nvcc)[:1] > vtuple(driver_cuda)[:1]:
+    nvidia = profile.nvidia
+    driver_cuda = nvidia.cuda_driver_version if nvidia else None
+    if nvidia and driver_cuda and vtuple(tc.nvcc)[:1] > vtuple(driver_cuda)[:1]:
         return (
             (),
             (
                 f"CPU build: nvcc {tc.nvcc} makes CUDA {vtuple(tc.nvcc)[0]} binaries, but driver "
-                f"{profile.nvidia.driver_version} runs CUDA <= {driver_cuda}: install a CUDA "
+                f"{nvidia.driver_version} runs CUDA <= {driver_cuda}: install a CUDA "
                 f"{vtuple(driver_cuda)[0]}.x toolkit, or a driver >= 580"
             ),
             warnings,
@@ -214,8 +220,8 @@ def llama_build(
     elif system == "darwin":
         args, reason = (f"-D{rec.flags['metal']}=off",), "CPU build (Intel Mac: Metal is for Apple Silicon)"
     elif profile.nvidia_gpus and profile.nvidia is not None:
-        args, reason, w = _cuda(profile, rec)
-        warnings += w
+        args, reason, cuda_warnings = _cuda(profile, rec)
+        warnings.extend(cuda_warnings)
     elif profile.nvidia_gpus:
         reason = "CPU build: the NVIDIA GPU has no driver answering (install it, then plan again)"
     elif profile.amd_gpus and system == "linux":
@@ -228,8 +234,8 @@ def llama_build(
     elif system != "darwin":
         reason += "; CPU code for this machine's CPU (-march=native; --portable for images)"
     if user_args:
-        extra, w = translate_user_args(user_args, rec)
-        warnings += w
+        extra, user_warnings = translate_user_args(user_args, rec)
+        warnings.extend(user_warnings)
         args = args + extra
         reason += f"; with your CMAKE_ARGS ({' '.join(extra)})"
         if option(extra, rec.flags["cuda"]) and not profile.toolchain.nvcc:

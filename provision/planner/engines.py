@@ -13,7 +13,7 @@ from provision.backends import BackendRecipe
 from provision.plan import PRIMARY_ENV, BackendDecision, BuildSpec, PlanWarning, TorchChoice
 from provision.planner import vllm_cpu
 from provision.planner.cmake import llama_build
-from provision.planner.recipes import Recipes
+from provision.planner.recipes import EngineTable, Recipes
 from provision.planner.torch_choice import engine_torch, gpu_label
 from provision.planner.versions import at_least, vtuple
 from provision.profile import HostProfile
@@ -128,7 +128,7 @@ def _xinference_keeps_hub_low(recipes: Recipes) -> str:
     return f"{x['version']} ({x['click_pin']} keeps huggingface-hub < {x['hub_ceiling']})"
 
 
-def _python_for(profile: HostProfile, e: dict, engine: str) -> tuple[str | None, str]:
+def _python_for(profile: HostProfile, e: EngineTable, engine: str) -> tuple[str | None, str]:
     """None when the host's Python suits the engine's wheels, else the version its env is made with."""
     ok = at_least(py(profile), e["python_min"]) and vtuple(py(profile)) <= vtuple(e["python_max"])
     if ok:
@@ -139,7 +139,7 @@ def _python_for(profile: HostProfile, e: dict, engine: str) -> tuple[str | None,
     )
 
 
-def _cuda_engine_gate(profile: HostProfile, e: dict, engine: str, glibc_floor: str) -> str | None:
+def _cuda_engine_gate(profile: HostProfile, e: EngineTable, engine: str, glibc_floor: str) -> str | None:
     """Why a CUDA-only Linux engine cannot be installed here, or None."""
     if profile.os.system != "linux":
         return f"{engine} runs on Linux only (this is {profile.os.system}; on Windows use WSL2)"
@@ -170,7 +170,7 @@ def _cuda_engine_gate(profile: HostProfile, e: dict, engine: str, glibc_floor: s
 
 
 def _cuda_engine_install(
-    profile: HostProfile, recipes: Recipes, base: str, e: dict, name: str, what: str, env_reason: str
+    profile: HostProfile, recipes: Recipes, base: str, e: EngineTable, name: str, what: str, env_reason: str
 ) -> EngineOutcome:
     """Install a CUDA engine (vLLM, SGLang) into its own environment, on the GPUs it can use."""
     torch, left = engine_torch(profile, recipes, base, e["torch_variant"], e["torch"], name)
@@ -184,10 +184,11 @@ def _cuda_engine_install(
         for g in left
     )
     used = [g for g in profile.nvidia_gpus if g not in left]
+    driver = profile.nvidia.driver_version if profile.nvidia else "unknown"  # the gate passed: known
     return EngineOutcome(
         BackendDecision(
             name, "install",
-            f"{', '.join(map(gpu_label, used))} on driver {profile.nvidia.driver_version}: {what}{py_note}",
+            f"{', '.join(map(gpu_label, used))} on driver {driver}: {what}{py_note}",
             (f"{name}=={e['version']}",),
             environment=name, version=e["version"],
         ),
@@ -229,7 +230,7 @@ def decide_vllm(profile: HostProfile, recipes: Recipes, base: str, by_name: bool
     )
 
 
-def _vllm_rocm(profile: HostProfile, e: dict) -> EngineOutcome:
+def _vllm_rocm(profile: HostProfile, e: EngineTable) -> EngineOutcome:
     gfx = sorted({g.gfx for g in profile.amd_gpus if g.gfx})
     supported = [g for g in gfx if g in e["rocm_gfx"]]
     if not supported:
@@ -286,7 +287,7 @@ def _compiler_problem(profile: HostProfile) -> str | None:
     return None
 
 
-def _extras(engine: dict) -> str:
+def _extras(engine: EngineTable) -> str:
     extras = engine.get("extras") or []
     return f"[{','.join(extras)}]" if extras else ""
 

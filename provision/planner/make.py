@@ -6,7 +6,15 @@ from collections.abc import Callable
 
 from provision import backends as registry
 from provision.errors import UserError
-from provision.plan import PRIMARY_ENV, BackendDecision, Environment, Plan, PlanRequest, PlanWarning
+from provision.plan import (
+    PRIMARY_ENV,
+    BackendDecision,
+    Environment,
+    Plan,
+    PlanRequest,
+    PlanWarning,
+    TorchChoice,
+)
 from provision.planner import engines, xllamacpp
 from provision.planner.recipes import Recipes
 from provision.planner.torch_choice import choose_torch
@@ -72,7 +80,7 @@ def _asked(request: PlanRequest) -> tuple[str, ...]:
 
 
 def _environments(
-    backends: tuple[BackendDecision, ...], decided: dict[str, engines.EngineOutcome], torch
+    backends: tuple[BackendDecision, ...], decided: dict[str, engines.EngineOutcome], torch: TorchChoice
 ) -> tuple[Environment, ...]:
     main = tuple(b for b in backends if b.action == "install" and b.environment == PRIMARY_ENV)
     main_names = tuple(b.name for b in main)
@@ -92,7 +100,7 @@ def _environments(
         )
     ]
     for b in backends:
-        if b.action != "install" or b.environment == PRIMARY_ENV:
+        if b.action != "install" or b.environment is None or b.environment == PRIMARY_ENV:
             continue
         d = decided[b.name]
         envs.append(

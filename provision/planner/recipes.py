@@ -7,6 +7,7 @@ them types, so the decisions in provision.planner read attributes, not dictionar
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,9 @@ else:  # pragma: no cover - Python 3.10
 
 from provision.backends import backend_tables, read_recipe_text
 from provision.errors import OperationFailed
+
+# One backend's table of recipes/backends.toml, for the planner rule that reads its own keys.
+EngineTable = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,75 @@ class ResolveRecipes:
 
 
 @dataclass(frozen=True)
+class XllamacppCudaWheel:
+    """One CUDA index of xllamacpp (recipes/backends.toml [[xllamacpp.cuda]])."""
+
+    index: str
+    cuda: str
+    driver_linux: str
+    driver_windows: str
+    sass: tuple[int, ...]  # native code, runs on exactly that arch
+    ptx: tuple[int, ...]  # PTX only: JIT onto arch >= it, when the driver supports `cuda`
+
+
+@dataclass(frozen=True)
+class XllamacppRocmWheel:
+    """One ROCm index of xllamacpp (recipes/backends.toml [[xllamacpp.rocm]])."""
+
+    index: str
+    rocm_min: str
+    gfx: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class XllamacppRecipes:
+    version: str
+    python_min: str
+    linux_tag: str
+    linux_glibc_min: str
+    gpu_index_base: str
+    cuda_platforms: tuple[str, ...]
+    cuda_glibc_min: str
+    rocm_glibc_min: str
+    # (driver branch, the CUDA version it supports natively), newest first.
+    driver_cuda: tuple[tuple[str, str], ...]
+    cuda: tuple[XllamacppCudaWheel, ...]
+    rocm: tuple[XllamacppRocmWheel, ...]
+
+    @classmethod
+    def from_table(cls, t: EngineTable) -> XllamacppRecipes:
+        return cls(
+            version=str(t["version"]),
+            python_min=t["python_min"],
+            linux_tag=t["linux_tag"],
+            linux_glibc_min=t["linux_glibc_min"],
+            gpu_index_base=t["gpu_index_base"],
+            cuda_platforms=tuple(t["cuda_platforms"]),
+            cuda_glibc_min=t["cuda_glibc_min"],
+            rocm_glibc_min=t["rocm_glibc_min"],
+            driver_cuda=tuple((str(branch), str(cuda)) for branch, cuda in t["driver_cuda"]),
+            cuda=tuple(
+                XllamacppCudaWheel(
+                    index=w["index"], cuda=w["cuda"], driver_linux=w["driver_linux"],
+                    driver_windows=w["driver_windows"], sass=tuple(w["sass"]), ptx=tuple(w["ptx"]),
+                )
+                for w in t["cuda"]
+            ),
+            rocm=tuple(XllamacppRocmWheel(w["index"], w["rocm_min"], tuple(w["gfx"])) for w in t["rocm"]),
+        )
+
+
+@dataclass(frozen=True)
 class Recipes:
     torch: TorchRecipes
-    engines: dict[str, dict[str, Any]]
+    # Each backend's table in recipes/backends.toml as written: the keys every backend has are
+    # typed in provision.backends.BackendRecipe; the rest are the facts its own planner rule reads.
+    engines: Mapping[str, EngineTable]
     llama_cpp: LlamaCppRecipes
     resolve: ResolveRecipes
+    xllamacpp: XllamacppRecipes
 
-    def engine(self, name: str) -> dict[str, Any]:
+    def engine(self, name: str) -> EngineTable:
         return self.engines[name]
 
     def version(self, name: str) -> str:
@@ -95,7 +161,8 @@ class Recipes:
 
 def _read(name: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(read_recipe_text(name))
+        table: dict[str, Any] = tomllib.loads(read_recipe_text(name))
+        return table
     except tomllib.TOMLDecodeError as e:
         raise OperationFailed(f"recipes/{name} cannot be read: {e}") from None
 
@@ -114,6 +181,7 @@ def recipes_from_dicts(
                 linux_glibc_min=torch["linux"]["glibc_min"],
             ),
             engines=engines,
+            xllamacpp=XllamacppRecipes.from_table(engines["xllamacpp"]),
             llama_cpp=LlamaCppRecipes(
                 for_version=llama["for_version"],
                 flags=dict(llama["flags"]),

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -58,7 +59,7 @@ class ResolveReport:
         bad = [f"[{e.name}] {p}" for e in self.environments for p in e.problems]
         return "; ".join(bad) if bad else "every environment resolves as planned"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "environments": [asdict(e) for e in self.environments]}
 
     def render(self) -> str:
@@ -128,7 +129,7 @@ def parse_pins(text: str) -> dict[str, str]:
         click==8.1.8
         xinference==4.1.0
     """
-    out = {}
+    out: dict[str, str] = {}
     for line in text.splitlines():
         m = _PIN.match(line.strip())
         if m:
@@ -179,11 +180,10 @@ def _failure_text(stderr: str) -> str:
 
 
 def uv_binary() -> str:
-    try:
-        from uv import find_uv_bin
-    except ImportError as e:
-        raise OperationFailed(f"plan --resolve needs uv (a dependency of xinfer-setup): {e}") from None
-    return find_uv_bin()
+    from uv import find_uv_bin  # uv is a dependency of xinfer-setup: it ships with it
+
+    found: str = find_uv_bin()
+    return found
 
 
 def resolve_environment(

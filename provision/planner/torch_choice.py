@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from provision.plan import PlanWarning, TorchChoice
 from provision.planner.recipes import CudaBuild, Recipes
-from provision.planner.versions import at_least, sm_label
+from provision.planner.versions import at_least, sm_label, vtuple
 from provision.profile import GPU, HostProfile
 
 
@@ -57,19 +57,23 @@ def choose_cuda(
     known = tuple(g for g in gpus if g.sm)
     current = [b for b in allowed if not b.torch_max]
     for b in current:
-        if all(b.covers(g.sm) for g in known):
+        if all(_covers(b, g) for g in known):
             return b, ()
     for b in allowed:
-        if b.torch_max and all(b.covers(g.sm) for g in known):
+        if b.torch_max and all(_covers(b, g) for g in known):
             return b, ()
     best, best_n = None, 0
     for b in current:
-        n = sum(b.covers(g.sm) for g in known)
+        n = sum(_covers(b, g) for g in known)
         if n > best_n:
             best, best_n = b, n
     if best is None:
         return None, known
-    return best, tuple(g for g in known if not best.covers(g.sm))
+    return best, tuple(g for g in known if not _covers(best, g))
+
+
+def _covers(build: CudaBuild, gpu: GPU) -> bool:
+    return gpu.sm is not None and build.covers(gpu.sm)
 
 
 def _cpu(profile: HostProfile, base: str, reason: str) -> TorchChoice:
@@ -123,10 +127,10 @@ def choose_torch(profile: HostProfile, recipes: Recipes, base: str) -> TorchOutc
                 TorchChoice(
                     t.rocm_variant,
                     index_url(base, t.rocm_variant),
-                    f"AMD {', '.join(sorted({g.gfx for g in usable}))}: torch's {t.rocm_variant} wheels "
-                    "carry "
-                    "kernels for it (they bundle the ROCm runtime; the amdgpu kernel driver must be loaded)",
-                    covers=tuple(sorted({g.gfx for g in usable})),
+                    f"AMD {', '.join(sorted({g.gfx for g in usable if g.gfx}))}: torch's {t.rocm_variant} "
+                    "wheels carry kernels for it (they bundle the ROCm runtime; the amdgpu kernel driver "
+                    "must be loaded)",
+                    covers=tuple(sorted({g.gfx for g in usable if g.gfx})),
                 ),
                 warnings,
             )
@@ -168,9 +172,7 @@ def _choose_nvidia(profile: HostProfile, recipes: Recipes, base: str) -> TorchOu
     ]
     allowed = cuda_builds_allowed(profile, recipes)
     if not allowed:
-        floor = min(
-            (driver_floor(b, system) for b in recipes.torch.cuda), key=lambda v: tuple(map(int, v.split(".")))
-        )
+        floor = min((driver_floor(b, system) for b in recipes.torch.cuda), key=vtuple)
         msg = (
             f"NVIDIA driver {driver} is older than {floor}, the oldest any current CUDA build of torch "
             f"accepts: upgrade the driver (>= 580 for CUDA 13 builds, >= {floor} for cu126); "

@@ -24,7 +24,7 @@ class AmdFindings(NamedTuple):
 
 def gpus_from_env(value: str) -> tuple[GPU, ...]:
     """XINFER_SETUP_AMD_GPU_ARCHITECTURE=gfx942 (or gfx942,gfx90a): one GPU per target."""
-    gpus = []
+    gpus: list[GPU] = []
     for raw in (v for v in re.split(r"[,\s]+", value) if v):
         gfx = parse.normalise_gfx(raw)
         if gfx is None:

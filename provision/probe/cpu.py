@@ -129,13 +129,15 @@ def _windows_memory_mb() -> int | None:
     status.dwLength = ctypes.sizeof(MemoryStatusEx)
     if not ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
         return None
-    return status.ullTotalPhys // (1024 * 1024)
+    total: int = status.ullTotalPhys
+    return total // (1024 * 1024)
 
 
 def _read_cpuinfo(cpuinfo_mod: Any, private_reader: Any, notes: list[str]) -> dict[str, Any]:
     """py-cpuinfo through a per-source parser, or its public (slow) API when that parser is gone."""
     try:
-        return private_reader()
+        info: dict[str, Any] = private_reader()
+        return info
     except (AttributeError, KeyError):
         notes.append(
             "cpu: py-cpuinfo's per-source parsers are missing (not 9.0.0?); used its slow get_cpu_info()"

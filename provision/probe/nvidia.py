@@ -257,7 +257,7 @@ def _require(nvml: Any) -> Any:
 
 def _attempt(source: str, read: Any, notes: list[str]) -> NvidiaFindings | None:
     try:
-        found = read()
+        found: Found[NvidiaFindings] = read()
     except Exception as e:  # NVMLError_LibraryNotFound / DriverNotLoaded, a failing nvidia-smi, ...
         notes.append(f"nvidia: {source} did not answer ({e})")
         return None

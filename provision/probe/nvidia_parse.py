@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import re
+from dataclasses import dataclass
 from typing import NamedTuple
 
 BOM = "\ufeff"
 
 
-class SmiGpu(NamedTuple):
+@dataclass(frozen=True)
+class SmiGpu:
+    # A dataclass, not a NamedTuple: a field called `index` would hide tuple.index.
     index: int | None
     name: str
     memory_mb: int | None = None

@@ -106,7 +106,8 @@ def _load_nvml() -> ModuleType | None:
         import pynvml
     except ImportError:
         return None
-    return pynvml
+    module: ModuleType = pynvml
+    return module
 
 
 def _load_cpuinfo() -> ModuleType | None:
@@ -114,7 +115,8 @@ def _load_cpuinfo() -> ModuleType | None:
         import cpuinfo
     except ImportError:
         return None
-    return cpuinfo
+    module: ModuleType = cpuinfo
+    return module
 
 
 def _available_cpus() -> int | None:

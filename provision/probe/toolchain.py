@@ -7,6 +7,7 @@ planner must know the difference.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -157,7 +158,7 @@ def has_cublas(root: Path) -> bool:
 
 def probe_toolchain(system: System) -> Found[Toolchain]:
     notes: list[str] = []
-    tasks = {tool.field: Background(lambda tool=tool: _report(system, tool), tool.field) for tool in TOOLS}
+    tasks = {tool.field: Background(functools.partial(_report, system, tool), tool.field) for tool in TOOLS}
     reports: dict[str, ToolReport] = {}
     for field_name, task in tasks.items():
         try:

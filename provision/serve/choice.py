@@ -94,8 +94,13 @@ def _fit(engine: str, facts: ModelFacts, family: FamilyRule | None, profile: Hos
     return False, f"unknown engine {engine}"
 
 
+ELSEWHERE = ("{why}, but it lives in its own environment, which Xinference's server cannot load "
+             "(serve it without --via)")
+
+
 def _choose_for_form(facts: ModelFacts, profile: HostProfile, installed: frozenset[str],
-                     rules: ServeRules) -> tuple[EngineChoice | None, list[str]]:
+                     rules: ServeRules, elsewhere: frozenset[str] = frozenset()
+                     ) -> tuple[EngineChoice | None, list[str]]:
     """The best installed engine for one form of the model, and the notes on engines passed over."""
     family = family_of(facts, rules)
     fam_name = family.name if family else None
@@ -111,7 +116,10 @@ def _choose_for_form(facts: ModelFacts, profile: HostProfile, installed: frozens
         ok, why = gpu_engine_fit(rule, facts, family, profile)
         if ok and rule.name in installed:
             return EngineChoice(rule.name, facts, fam_name, why), notes
-        notes.append(f"{why}, but it is not installed" if ok else why)
+        if ok and rule.name in elsewhere:
+            notes.append(ELSEWHERE.format(why=why))
+        else:
+            notes.append(f"{why}, but it is not installed" if ok else why)
     if "transformers" in installed:
         reason = _fit("transformers", facts, family, profile, rules)[1]
         return EngineChoice("transformers", facts, fam_name, "; ".join([reason, *notes])), notes
@@ -120,15 +128,21 @@ def _choose_for_form(facts: ModelFacts, profile: HostProfile, installed: frozens
 
 
 def choose_engine(forms: Sequence[ModelFacts], profile: HostProfile, installed: frozenset[str],
-                  rules: ServeRules, requested: str | None = None, hint_args: str = "") -> EngineChoice:
+                  rules: ServeRules, requested: str | None = None, hint_args: str = "",
+                  elsewhere: frozenset[str] = frozenset()) -> EngineChoice:
     """The engine to serve the model with. `forms`: the model's forms in order of preference
     (one for a user's model; the tiny model has an HF directory and a GGUF). Raises UserError
-    with the reason when no installed engine can serve it, or the requested one cannot."""
+    with the reason when no installed engine can serve it, or the requested one cannot.
+    `elsewhere`: engines installed, but where the caller (Xinference) cannot load them; they
+    get no install hint, which would only install them where they already are."""
+    if requested in ENGINE_ALIASES and set(ENGINE_ALIASES[requested or ""]) <= elsewhere:
+        raise UserError(f"--engine {requested} is installed in its own environment, which Xinference's "
+                        "server cannot load: serve it without --via")
     if requested is not None:
         return _check_requested(forms, profile, installed, rules, requested, hint_args)
     all_notes: list[str] = []
     for facts in forms:
-        choice, notes = _choose_for_form(facts, profile, installed, rules)
+        choice, notes = _choose_for_form(facts, profile, installed, rules, elsewhere)
         if choice is not None:
             return choice
         all_notes.extend(notes)

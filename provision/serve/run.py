@@ -14,23 +14,25 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from provision import paths
-from provision.engines.adapters import EngineAdapter, LaunchSettings
 from provision.errors import OperationFailed, UserError
 from provision.install.receipt import InstalledBackend
 from provision.profile import HostProfile
-from provision.serve.choice import EngineChoice, choose_engine
-from provision.serve.model_facts import ModelFacts, inspect_model
+from provision.serve.choice import EngineChoice
+from provision.serve.decide import Planned, ServeOptions, decide_serving
+from provision.serve.fit import load_fit_facts
+from provision.serve.keys import API_KEY_FLAGS, keyed_command
+from provision.serve.registry import registry_dir
 from provision.serve.rules import load_serve_rules
+from provision.serve.sources import Candidate, SourceOptions, local_candidate, resolve_model
 
 TINY = "tiny"
 DEFAULT_PORTS = {"native": 8000, "xinference": 9997}
 NATIVE_READY_TIMEOUT_S = 900.0  # a 70B model from a slow disk
 XINFERENCE_READY_TIMEOUT_S = 300.0
-# The flag after which each adapter's command names the served model (the adapters say "tiny").
 
 @dataclass(frozen=True)
 class ServeRequest:
@@ -42,25 +44,44 @@ class ServeRequest:
     api_key: str | None = None
     venv_root: Path | None = None
     profile_path: str | None = None
+    revision: str | None = None
+    size: str | None = None
+    model_format: str | None = None
+    quantization: str | None = None
+    max_model_len: int | None = None
+    gpus: tuple[int, ...] | None = None
+    dtype: str | None = None
+    gpu_memory_fraction: float | None = None
+    force: bool = False
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
 class Decision:
-    choice: EngineChoice
+    planned: Planned
     command: list[str]
     host: str
     port: int
     served_name: str
-    # engine-native with an engine that has no API key: where the engine itself listens
+    # engine-native transformers: where the engine itself listens, behind the proxy
     upstream_port: int | None = None
     python: Path | None = None
-    env_notes: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    # the key reaches the engine through a 0600 file read by this launcher flag
+    api_key_flag: str | None = None
+
+    @property
+    def choice(self) -> EngineChoice:
+        return self.planned.choice
 
     def to_dict(self) -> dict:
-        return {"engine": self.choice.engine, "reason": self.choice.reason, "command": self.command,
-                "model": str(self.choice.model.path), "format": self.choice.model.format,
-                "quantization": self.choice.model.quantization, "family": self.choice.family,
-                "host": self.host, "port": self.port}
+        c, p = self.planned.candidate, self.planned
+        dtype = "" if p.launch.dtype == "auto" else f"; dtype {p.dtype} ({p.dtype_reason})"
+        return {"engine": p.choice.engine, "reason": f"{p.choice.reason}; {p.fit.reason}{dtype}",
+                "command": self.command, "model": c.display,
+                "format": c.facts.format, "quantization": c.facts.quantization, "family": p.choice.family,
+                "host": self.host, "port": self.port, "source": c.source, "served_name": self.served_name,
+                "memory": p.fit.to_dict()}
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -100,16 +121,31 @@ def check_port_free(host: str, port: int) -> None:
 # ---------------------------------------------------------------- gathering inputs
 
 
-def model_forms(model: str) -> list[ModelFacts]:
-    if model == TINY and not Path(model).exists():
+def candidates(req: ServeRequest, all_installed: dict[str, InstalledBackend]) -> list[Candidate]:
+    """What MODEL names, best first (the tiny model: its HF directory and its GGUF)."""
+    if req.model == TINY and not Path(req.model).exists():
         try:
             from provision.tiny_model import ensure_tiny_model
         except ImportError as e:
             raise OperationFailed(
                 f"the tiny model needs the smoke extras (pip install 'xinfer-setup[smoke]'): {e}") from None
         tiny = ensure_tiny_model()
-        return [inspect_model(tiny.hf_dir), inspect_model(tiny.gguf_path)]
-    return [inspect_model(Path(model))]
+        return [replace(local_candidate(p), served_name=TINY) for p in (tiny.hf_dir, tiny.gguf_path)]
+
+    def registry() -> Path | None:
+        # The registry of the Xinference installed here (with --profile too: the other machine's
+        # engines are hypothetical, the registry files must be real).
+        from provision.install.receipt import installed_backends
+
+        for installed in (installed_backends(req.venv_root), all_installed):
+            xinf = installed.get("xinference")
+            found = registry_dir(xinf.prefix) if xinf else None
+            if found:
+                return found
+        return None
+
+    opts = SourceOptions(req.revision, req.size, req.model_format, req.quantization)
+    return resolve_model(req.model, opts, registry, load_fit_facts())
 
 
 def host_and_installed(req: ServeRequest) -> tuple[HostProfile, dict[str, InstalledBackend]]:
@@ -142,44 +178,50 @@ def decide(req: ServeRequest) -> Decision:
     if req.via and req.api_key:
         raise UserError("--api-key does not apply with --via xinference: Xinference issues its own keys "
                         "(bind to a non-loopback --host and serve saves one to a file only you can read)")
-    forms = model_forms(req.model)
     profile, all_installed = host_and_installed(req)
+    cands = candidates(req, all_installed)
     hint_args = f" --venv {req.venv_root}" if req.venv_root else ""
     installed = installed_for_via(all_installed, hint_args) if req.via else all_installed
-    choice = choose_engine(forms, profile, frozenset(installed), load_serve_rules(), req.engine, hint_args)
     port = req.port or DEFAULT_PORTS["xinference" if req.via else "native"]
-    gpu = bool(profile.nvidia_gpus)
+    opts = ServeOptions(req.engine, req.max_model_len, req.gpus, req.dtype, req.gpu_memory_fraction,
+                        req.force)
+    elsewhere = frozenset(set(all_installed) - set(installed) - {"xinference", "llama-cpp-python"})
+    planned = decide_serving(cands, profile, frozenset(installed), load_serve_rules(), load_fit_facts(), opts,
+                             req.host, port, hint_args, elsewhere)
+    served = planned.candidate.served_name
     if req.via:
         from provision.serve.xinference import xinference_command
 
         xinf_python = all_installed["xinference"].python
-        return Decision(choice, xinference_command(xinf_python, req.host, port), req.host, port,
-                        TINY if req.model == TINY else choice.model.name, python=xinf_python)
+        # Xinference puts the model uid in URL paths (/v1/models/{uid}): no "/" from an HF id.
+        served = served.replace("/", "--")
+        return Decision(planned, xinference_command(xinf_python, req.host, port), req.host, port, served,
+                        python=xinf_python, env=planned.env)
+    return native_decision(req, planned, installed[planned.choice.engine].python, port)
+
+
+def native_decision(req: ServeRequest, planned: Planned, python: Path, port: int) -> Decision:
+    """The engine's command. transformers serve names the model by its path and has no API key,
+    so it listens on a private loopback port behind our proxy, which answers under the served
+    name and checks the key; the other engines get the key through a 0600 file, never argv."""
     from provision.engines.adapters import ADAPTERS
 
-    adapter = ADAPTERS[choice.engine]
-    python = installed[choice.engine].python
-    guard = req.api_key is not None and not adapter.supports_api_key
+    adapter = ADAPTERS[planned.choice.engine]
+    path = planned.candidate.facts.path
     upstream_port = None
-    listen_host, listen_port = req.host, port
-    if guard:
+    launch = planned.launch
+    if not adapter.supports_api_key:
         from provision.engines.server import free_port
 
         upstream_port = free_port()
-        listen_host, listen_port = "127.0.0.1", upstream_port
-    served = TINY if req.model == TINY else choice.model.name
-    launch = _launch_settings(adapter, served, listen_host, listen_port, gpu)
-    argv = adapter.server_command(python, choice.model.path, launch, None if guard else req.api_key)
-    # transformers serve takes no alias: it names the model by its path.
-    served = adapter.served_model(choice.model.path) or served
-    return Decision(choice, argv, req.host, port, served, upstream_port=upstream_port, python=python)
-
-
-def _launch_settings(adapter: EngineAdapter, served: str, host: str, port: int, gpu: bool) -> LaunchSettings:
-    # The settings serve has always used; sizing them to the model and the GPUs is serve's next step.
-    return LaunchSettings(served_name=served, host=host, port=port, gpu=gpu,
-                          dtype="float32" if adapter.float32 else "float16", context_length=2048,
-                          gpu_memory_fraction=0.2 if gpu else None, enforce_eager=True, f32_kv_cache=True)
+        launch = replace(launch, host="127.0.0.1", port=upstream_port)
+    argv = adapter.server_command(python, path, launch, None)
+    key_flag = None
+    if req.api_key and adapter.supports_api_key:
+        key_flag = API_KEY_FLAGS[planned.choice.engine]
+        argv = keyed_command(argv, key_flag)
+    return Decision(planned, argv, req.host, port, planned.candidate.served_name, upstream_port=upstream_port,
+                    python=python, env=planned.env, api_key_flag=key_flag)
 
 
 # ---------------------------------------------------------------- serving
@@ -204,6 +246,7 @@ def serve(req: ServeRequest, decision: Decision, say: Callable[[str], None]) -> 
             + ("" if req.api_key or req.via else "; consider --api-key"))
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
+        decision = materialize(req, decision)
         if req.via:
             _serve_via_xinference(req, decision, say)
         else:
@@ -220,35 +263,62 @@ def _wait_forever(server, what: str) -> None:
     raise OperationFailed(f"{what} exited with code {server.process.returncode}; log: {server.log_path}")
 
 
+def materialize(req: ServeRequest, d: Decision) -> Decision:
+    """The decision with the model's files on disk: a Hugging Face id or a built-in name is
+    downloaded into the Hugging Face cache first (cache hits cost nothing)."""
+    cand = d.planned.candidate
+    if cand.source == "local":
+        return d
+    from provision.serve.hub import download_snapshot
+    from provision.serve.sources import with_local_path
+
+    assert cand.hub_id is not None
+    local = with_local_path(cand, download_snapshot(cand.hub_id, cand.revision, cand.hub_file))
+    if local.facts.kind == "hf" and local.weights_bytes is None:
+        raise OperationFailed(f"{cand.hub_id}: the Hugging Face cache has its config but not its weights "
+                              "(HF_HUB_OFFLINE is set?)")
+    planned = replace(d.planned, candidate=local, choice=replace(d.planned.choice, model=local.facts))
+    if req.via:
+        return replace(d, planned=planned)
+    return native_decision(req, planned, d.python or Path(sys.executable), d.port)
+
+
 def _serve_native(req: ServeRequest, d: Decision, say: Callable[[str], None]) -> None:
     from provision.engines.adapters import ADAPTERS
     from provision.engines.server import ManagedServer, ServerError
+    from provision.serve.keys import KEY_FILE_ENV, shown, write_key_file
 
     rd = run_dir(d.choice.engine, d.port)
     rd.mkdir(parents=True, exist_ok=True)
     listen_port = d.upstream_port or d.port
+    env = {**ADAPTERS[d.choice.engine].server_env(rd), **d.env}
+    if d.api_key_flag and req.api_key:
+        env[KEY_FILE_ENV] = str(write_key_file(rd / "api-key", req.api_key))
     server = ManagedServer(d.command, host="127.0.0.1" if d.upstream_port else d.host, port=listen_port,
                            log_path=rd / "server.log", api_key=None if d.upstream_port else req.api_key,
-                           env=ADAPTERS[d.choice.engine].server_env(rd),
-                           ready_timeout_s=NATIVE_READY_TIMEOUT_S)
+                           env=env, ready_timeout_s=NATIVE_READY_TIMEOUT_S)
     say(f"engine: {d.choice.engine} ({d.choice.reason})")
-    say(f"starting: {' '.join(d.command)}")
+    say(f"memory: {d.planned.fit.reason}")
+    say(f"starting: {shown(d.command, d.api_key_flag)}")
     say(f"log: {server.log_path}")
     try:
         try:
             ready_s = server.start()
         except ServerError as e:
             raise OperationFailed(f"{d.choice.engine} did not start: {e}; log: {server.log_path}") from None
+        finally:
+            (rd / "api-key").unlink(missing_ok=True)
         guard = None
         if d.upstream_port:
             from provision.serve.keyguard import KeyGuard
 
-            guard = KeyGuard(d.host, d.port, "127.0.0.1", d.upstream_port, req.api_key)
+            upstream_name = server.models[0] if server.models else str(d.choice.model.path)
+            guard = KeyGuard(d.host, d.port, "127.0.0.1", d.upstream_port, req.api_key, d.served_name,
+                             upstream_name)
             guard.start()
         try:
-            name = server.models[0] if server.models else d.served_name
             say(f"ready in {ready_s:.1f} s")
-            _announce(say, d.host, d.port, name, "the --api-key you gave" if req.api_key else None)
+            _announce(say, d.host, d.port, d.served_name, "the --api-key you gave" if req.api_key else None)
             _wait_forever(server, d.choice.engine)
         finally:
             if guard:
@@ -259,7 +329,12 @@ def _serve_native(req: ServeRequest, d: Decision, say: Callable[[str], None]) ->
 
 def _serve_via_xinference(req: ServeRequest, d: Decision, say: Callable[[str], None]) -> None:
     from provision.engines.server import ServerError
-    from provision.serve.xinference import XinferenceApi, XinferenceServer, xinference_env
+    from provision.serve.xinference import (
+        XinferenceApi,
+        XinferenceServer,
+        provisioned_find_links,
+        xinference_env,
+    )
 
     auth = not is_loopback(d.host)
     rd = run_dir("xinference", d.port)
@@ -268,7 +343,8 @@ def _serve_via_xinference(req: ServeRequest, d: Decision, say: Callable[[str], N
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     server = XinferenceServer(d.command, host=d.host, port=d.port, log_path=rd / "xinference.log",
-                              env=xinference_env(home, auth), ready_timeout_s=XINFERENCE_READY_TIMEOUT_S)
+                              env={**xinference_env(home, auth, d.python, provisioned_find_links()), **d.env},
+                              ready_timeout_s=XINFERENCE_READY_TIMEOUT_S)
     say(f"engine: {d.choice.engine} via Xinference ({d.choice.reason})")
     say(f"log: {server.log_path}")
     started = time.perf_counter()

@@ -7,7 +7,8 @@ Facts of Xinference 4.1.0 this relies on (read in its source, seen running here)
   turns auth off. With auth on, POST /token gives a bearer token and POST /v1/admin/keys an
   API key (Xinference makes the key; a caller cannot choose it).
 - per-model virtualenvs are on by default and install engine packages from the internet at
-  launch; XINFERENCE_ENABLE_VIRTUAL_ENV=0 makes it use the packages we provisioned.
+  launch; with XINFERENCE_VIRTUAL_ENV_SKIP_INSTALLED=1 what the parent environment has is
+  skipped, and UV_OFFLINE/UV_FIND_LINKS keep any install to our own wheels.
 - a custom LLM is registered with POST /v1/model_registrations/LLM {"model": <family JSON>,
   "persist": false}; model_uri must be an absolute path; a GGUF is format "ggufv2" with
   model_uri = its directory and model_file_name_template = its file name.
@@ -25,6 +26,7 @@ import sqlite3
 import stat
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +48,35 @@ def xinference_command(python: Path, host: str, port: int) -> list[str]:
     return [str(Path(python).parent / "xinference-local"), "-H", host, "-p", str(port)]
 
 
-def xinference_env(home: Path, auth: bool) -> dict[str, str]:
+def provisioned_find_links(environ: Mapping[str, str] = os.environ) -> list[Path]:
+    """Wheel directories install left behind (the llama-cpp-python wheelhouse), for a model
+    virtualenv that lacks a package: uv installs from them, never from an index."""
+    from provision import paths
+
+    return sorted({w.parent for w in (paths.cache_dir(environ) / "wheelhouse").glob("*/*.whl")})
+
+
+def xinference_env(home: Path, auth: bool, python: Path | None = None,
+                   find_links: list[Path] | None = None) -> dict[str, str]:
+    """Xinference's own per-model virtualenvs, kept offline: each model's venv is layered over
+    this environment (--system-site-packages plus Xinference's parent .pth), packages the
+    environment already has are skipped, and uv may install only from our wheel directories."""
+    links = [str(p) for p in (find_links or [])]
     env = {
         "XINFERENCE_HOME": str(home),
-        "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
+        "XINFERENCE_ENABLE_VIRTUAL_ENV": "1",
+        "XINFERENCE_VIRTUAL_ENV_SKIP_INSTALLED": "1",
         "XINFERENCE_DISABLE_METRICS": "1",
+        # uv never reaches an index: a missing wheel fails in under a second instead of ~20 s of
+        # DNS retries (../shared/notes/xinference-virtualenv-offline.md).
+        "UV_OFFLINE": "1",
     }
+    if links:
+        env["UV_FIND_LINKS"] = ",".join(links)
+        env["XINFERENCE_VIRTUAL_ENV_FIND_LINKS_ALLOWED_ROOTS"] = ",".join(links)
+    if python is not None:
+        # Xinference runs `uv` from PATH; the one installed beside it is the one it was tested with.
+        env["PATH"] = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     if not auth:
         env["XINFERENCE_AUTH_ADVANCED"] = "0"
     return env

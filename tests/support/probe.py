@@ -16,7 +16,7 @@ import pynvml
 
 from provision.probe.system import CommandResult, System
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RAW = FIXTURES / "raw"
 RECORDED = FIXTURES / "probe"
 

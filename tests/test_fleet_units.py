@@ -1,0 +1,309 @@
+"""fleet without hosts: inventory checks through the real ansible-inventory, bad input as one line
+and exit 2, plan grouping and build keys over the recorded profiles, drift, event folding, and
+`fleet plan` over 1,000 recorded-profile variations in under 5 s."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from provision.errors import UserError
+from provision.fleet.ansible import fold_events
+from provision.fleet.drift import drift_reasons
+from provision.fleet.inventory import fleet_from_json, load_fleet
+from provision.fleet.planning import group_builds, group_plans, plan_hosts, plan_id
+from provision.fleet.wheels import HostFacts, check_python, pip_platforms, uv_platform
+from provision.plan import PlanRequest
+from provision.planner import load_recipes
+from provision.profile import load_profile, profile_from_dict
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = REPO / "tests" / "profiles"
+
+pytest.importorskip("ansible", reason="the [fleet] extra (ansible-core) is installed by scripts/test.sh")
+
+
+def fleet_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "provision", "fleet", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+
+
+def one_line_exit_2(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xinfer-setup: "), out.stderr
+    assert "Traceback" not in out.stderr
+    return lines[0]
+
+
+INI = """[supervisor]
+s1 ansible_host=198.18.0.1
+[workers]
+w1 ansible_host=198.18.0.2 xinfer_worker_port=31000 xinfer_backends=xinference,xllamacpp
+w2 ansible_host=198.18.0.3 xinfer_portable=true
+"""
+
+
+def test_inventory_ini_and_yaml_read_by_ansible(tmp_path):
+    ini = tmp_path / "hosts.ini"
+    ini.write_text(INI)
+    fleet = load_fleet(ini)
+    assert [h.name for h in fleet.hosts] == ["s1", "w1", "w2"]
+    assert fleet.supervisor.name == "s1" and [w.name for w in fleet.workers] == ["w1", "w2"]
+    assert fleet.endpoint == "http://198.18.0.1:9997"
+    w1, w2 = fleet.host("w1"), fleet.host("w2")
+    assert w1.worker_port == 31000 and w1.backends == ("xinference", "xllamacpp") and not w1.portable
+    assert w2.worker_port == 9998 and w2.backends is None and w2.portable
+    yml = tmp_path / "hosts.yml"
+    yml.write_text(
+        "all:\n  children:\n    supervisor:\n      hosts:\n        s1: {ansible_host: 198.18.0.1}\n"
+        "    workers:\n      hosts:\n        s1: {}\n        w1: {ansible_host: 198.18.0.2}\n"
+    )
+    fleet = load_fleet(yml)
+    assert fleet.host("s1").role == "supervisor+worker" and fleet.host("w1").role == "worker"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[supervisor\ns1 = = x\n", "does not parse"),
+        ("[workers]\nw1 ansible_host=198.18.0.2\n", "no `supervisor` group"),
+        (
+            "[supervisor]\na ansible_host=198.18.0.1\nb ansible_host=198.18.0.4\n"
+            "[workers]\nw ansible_host=198.18.0.2\n",
+            "must hold one host, it holds 2 (a, b)",
+        ),
+        (
+            "[supervisor]\ns ansible_host=127.0.0.1\n[workers]\nw ansible_host=198.18.0.2\n",
+            "not reachable from other",
+        ),
+        (
+            "[supervisor]\ns ansible_host=198.18.0.1\n"
+            "[workers]\nw ansible_host=198.18.0.2 xinfer_backends=vllm,foo\n",
+            "unknown backend 'foo'",
+        ),
+    ],
+)
+def test_bad_inventories_are_one_line_exit_2(tmp_path, text, message):
+    inv = tmp_path / "hosts.ini"
+    inv.write_text(text)
+    line = one_line_exit_2(fleet_cli("plan", "-i", str(inv), "--dir", str(tmp_path / "f"), cwd=tmp_path))
+    assert message in line, line
+
+
+def test_missing_inventory_file(tmp_path):
+    line = one_line_exit_2(fleet_cli("status", "-i", str(tmp_path / "nope.ini"), cwd=tmp_path))
+    assert "does not exist" in line
+
+
+def test_ansible_missing_names_the_extra(tmp_path):
+    """A Python with xinfer-setup but without ansible-core beside it or on PATH."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    inv = tmp_path / "hosts.ini"
+    inv.write_text(INI)
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "provision", "fleet", "plan", "-i", str(inv)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+    )
+    line = one_line_exit_2(out)
+    assert "ansible-core" in line and "xinfer-setup[fleet]" in line, line
+
+
+def test_python_below_3_10_is_bad_input():
+    check_python("ok", HostFacts("3.10.0", "x86_64", "glibc 2.31", "/r"))
+    with pytest.raises(UserError, match=r"host old: Python 3\.9\.18 is older than 3\.10"):
+        check_python("old", HostFacts("3.9.18", "x86_64", "glibc 2.31", "/r"))
+
+
+def test_target_tags_follow_the_hosts_glibc():
+    f = HostFacts("3.11.2", "x86_64", "glibc 2.36", "/r")
+    assert f.target == "cp311-x86_64-manylinux_2_36"
+    assert uv_platform(f) == "x86_64-manylinux_2_36"
+    assert uv_platform(HostFacts("3.12.1", "aarch64", "glibc 2.30", "/r")) == "aarch64-manylinux_2_28"
+    tags = pip_platforms(HostFacts("3.10.0", "x86_64", "glibc 2.17", "/r"))
+    assert tags[0] == "manylinux_2_17_x86_64" and "manylinux2014_x86_64" in tags
+    assert "manylinux_2_28_x86_64" not in tags
+
+
+def _profile(name: str):
+    return load_profile(PROFILES / f"{name}.json")
+
+
+def test_identical_hosts_share_a_plan_and_a_build():
+    recipes = load_recipes()
+    h100 = _profile("linux-h100-driver590")
+    profiles = {
+        "a": h100,
+        "b": h100,
+        "c": _profile("linux-l40s-driver580"),
+        "d": _profile("linux-graviton3-cpu"),
+    }
+    hps = plan_hosts(profiles, {n: PlanRequest() for n in profiles}, recipes)
+    groups = group_plans(hps)
+    assert [g.hosts for g in groups] == [("a", "b"), ("c",), ("d",)]
+    builds = group_builds(hps)
+    assert len(builds) == 3 and ("a", "b") in builds.values()
+
+
+def test_cpu_features_split_native_builds_and_portable_joins_them():
+    recipes = load_recipes()
+    base = json.loads((PROFILES / "linux-cpu-debian12-nvcc-no-cublas.json").read_text())
+    other = copy.deepcopy(base)
+    other["cpu"]["flags"] = [f for f in base["cpu"]["flags"] if not f.startswith("avx512")] or ["sse4_2"]
+    if other["cpu"]["flags"] == base["cpu"]["flags"]:
+        other["cpu"]["flags"] = base["cpu"]["flags"] + ["avx512f"]
+    profiles = {"x": profile_from_dict(base), "y": profile_from_dict(other)}
+    native = plan_hosts(profiles, {n: PlanRequest() for n in profiles}, recipes)
+    assert len(group_plans(native)) == 1, "same decisions: one plan group"
+    assert len(group_builds(native)) == 2, "-march=native: one build per CPU feature set"
+    portable = plan_hosts(profiles, {n: PlanRequest(portable_cpu=True) for n in profiles}, recipes)
+    assert len(group_builds(portable)) == 1, "--portable: one build serves both CPUs"
+
+
+def test_fold_events_first_failure_wins_and_unreachable_is_named():
+    events = [
+        {"host": "a", "task": "xinfer: start worker", "status": "ok", "changed": True, "data": {"pid": 1}},
+        {
+            "host": "b",
+            "task": "xinfer: reach supervisor",
+            "status": "failed",
+            "changed": False,
+            "reason": "cannot reach supervisor-api at 198.18.0.1:9997 (timed out)",
+        },
+        {"host": "b", "task": "later", "status": "ok", "changed": True},
+        {
+            "host": "c",
+            "task": "Gathering",
+            "status": "unreachable",
+            "reason": "ssh: connect to host 198.18.0.3",
+        },
+        {"host": "d", "task": "x", "status": "skipped"},
+    ]
+    out = fold_events(events, ["a", "b", "c", "d"])
+    assert out["a"].state == "changed" and out["a"].data["xinfer: start worker"] == {"pid": 1}
+    assert out["b"].state == "failed" and "198.18.0.1:9997" in out["b"].reason
+    assert out["c"].state == "unreachable" and "198.18.0.3" in out["c"].reason
+    assert out["d"].state == "not run"
+
+
+def _receipt(plan_dict, packages):
+    return {
+        "plan": plan_dict,
+        "environments": [{"name": "main", "packages": packages}],
+        "backends": [{"name": "xinference", "status": "installed"}],
+    }
+
+
+def test_drift_against_plan_and_peers():
+    recipes = load_recipes()
+    cpu = _profile("linux-graviton3-cpu")
+    hps = plan_hosts({"a": cpu}, {"a": PlanRequest()}, recipes)
+    pid, pd = hps[0].plan_id, hps[0].plan.to_dict()
+    other = plan_hosts({"z": cpu}, {"z": PlanRequest(portable_cpu=True)}, recipes)[0]
+    plans = {n: {"plan_id": pid} for n in "abcd"}
+    plans["e"] = {"plan_id": pid}
+    pkgs = ["click==8.1.8", "xinference==4.1.0"]
+    receipts = {
+        "a": _receipt(pd, pkgs),
+        "b": _receipt(pd, pkgs),
+        "c": _receipt(pd, ["click==8.2.0", "xinference==4.1.0"]),
+        "d": _receipt(other.plan.to_dict(), pkgs),
+    }
+    reasons = drift_reasons(plans, receipts)
+    assert set(reasons) == {"c", "d", "e"}
+    assert "differs from its peers" in reasons["c"] and "+main:click==8.2.0" in reasons["c"]
+    assert f"its receipt is for plan {other.plan_id}, its plan is now {pid}" in reasons["d"]
+    assert "no install receipt" in reasons["e"]
+    assert plan_id(other.plan) != pid
+
+
+def _variations(n: int) -> list[dict]:
+    """n distinct profiles from the recorded ones: drivers, CPU flags, GPU counts, Pythons vary."""
+    bases = [json.loads(p.read_text()) for p in sorted(PROFILES.glob("*.json"))]
+    out = []
+    i = 0
+    while len(out) < n:
+        d = copy.deepcopy(bases[i % len(bases)])
+        k = i // len(bases)
+        d["python"]["version"] = ["3.10.14", "3.11.9", "3.12.4"][k % 3]
+        d["cpu"]["cores"] = 8 + k
+        if d.get("nvidia") and d["nvidia"].get("driver_version"):
+            major = int(d["nvidia"]["driver_version"].split(".")[0])
+            d["nvidia"]["driver_version"] = f"{major}.{k % 90}.{k % 7:02d}"
+        if d.get("gpus") and k % 4 == 1:
+            d["gpus"] = d["gpus"] + [dict(d["gpus"][0], index=len(d["gpus"]))]
+        if k % 5 == 2:
+            d["cpu"]["flags"] = [f for f in d["cpu"].get("flags", []) if not f.startswith("avx512")]
+        out.append(d)
+        i += 1
+    return out
+
+
+def test_fleet_plan_over_1000_profiles_under_5_s(tmp_path):
+    n = 1000
+    work = tmp_path / "fleet"
+    (work / "profiles").mkdir(parents=True)
+    lines = ["[supervisor]", "h0000 ansible_host=198.18.200.1", "[workers]"]
+    for i, d in enumerate(_variations(n)):
+        name = f"h{i:04d}"
+        (work / "profiles" / f"{name}.json").write_text(json.dumps(d))
+        if i:
+            lines.append(f"{name} ansible_host=10.{i // 250}.{i % 250}.1")
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("\n".join(lines) + "\n")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    out = fleet_cli("plan", "-i", str(inv), "--dir", str(work), "--json", cwd=tmp_path)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert len(report["hosts"]) == n and all(h["status"] == "ok" for h in report["hosts"])
+    groups = report["plans"]
+    assert sum(len(g["hosts"]) for g in groups) == n and 1 < len(groups) < n
+    print(
+        f"\nfleet plan: {n} profiles, {len(groups)} plans, {len(report['builds'])} builds: "
+        f"{wall:.2f} s wall, {cpu:.2f} s CPU (ansible-inventory included; plan phase "
+        f"{report['phases']['plan']} s)"
+    )
+    # CPU time is what the command costs; wall time also counts whatever else shares the machine.
+    assert cpu < 5.0, f"fleet plan over {n} profiles used {cpu:.2f} s of CPU ({wall:.2f} s wall)"
+
+
+def test_fleet_plan_needs_profiles(tmp_path):
+    inv = tmp_path / "hosts.ini"
+    inv.write_text(INI)
+    out = fleet_cli("plan", "-i", str(inv), "--dir", str(tmp_path / "f"), cwd=tmp_path)
+    assert out.returncode == 1
+    assert "no profile at" in out.stderr and "fleet probe" in out.stderr
+
+
+def test_fleet_from_json_is_pure():
+    data = {
+        "_meta": {"hostvars": {"s": {"ansible_host": "198.18.0.1", "xinfer_api_port": "8000"}}},
+        "supervisor": {"hosts": ["s"]},
+        "workers": {"hosts": ["s"]},
+    }
+    fleet = fleet_from_json(data, Path("x"))
+    assert fleet.hosts[0].role == "supervisor+worker" and fleet.endpoint == "http://198.18.0.1:8000"
+    with pytest.raises(UserError, match="xinfer_api_port=70000"):
+        fleet_from_json({**data, "_meta": {"hostvars": {"s": {"xinfer_api_port": 70000}}}}, Path("x"))
