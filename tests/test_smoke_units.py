@@ -105,7 +105,7 @@ def test_transformers_command_device_follows_gpu():
     assert cpu[cpu.index("--device") + 1] == "cpu"
     assert cpu[cpu.index("--dtype") + 1] == "float32"
     gpu = t.server_command(PY, MODEL, _smoke("transformers", 1, True), None)
-    assert gpu[gpu.index("--device") + 1] == "cuda"
+    assert gpu[gpu.index("--device") + 1] == "auto"  # device_map="auto": the GPUs
     assert not t.supports_api_key
 
 
@@ -196,10 +196,9 @@ def test_gpu_check_script_fails_loudly_on_bad_arguments(tmp_path):
 def test_nvml_recording_replays_to_the_same_findings():
     """gpu_check's raw NVML record has FakeNvml's shape: a recording from a lent GPU machine
     becomes a probe fixture as it is."""
-    from test_probe_support import FakeNvml
-
     from provision.probe.nvidia import read_nvml
     from smoke.gpu_check import record_nvml
+    from tests.support.probe import FakeNvml
 
     live = FakeNvml("580.159.03", 13000, [("NVIDIA H200", 143771, (9, 0), 0)] * 2)
     raw = record_nvml(live)

@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import cli
 
 from provision.engines.adapters import ADAPTERS
 from provision.install.executor import Installer
@@ -22,6 +21,7 @@ from provision.install.receipt import backend_dist
 from provision.plan import PlanRequest, plan_from_dict
 from provision.planner import load_recipes, make_plan
 from provision.profile import CPUInfo, load_profile
+from tests.support.cli import cli
 
 PROFILES = Path(__file__).parent / "profiles"
 HERE = load_profile(PROFILES / "linux-cpu-debian12-nvcc-no-cublas.json")  # this machine: AVX-512
