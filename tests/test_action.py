@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, cli
+
+from tests.support.cli import REPO, cli
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +123,8 @@ def test_action_run_steps_in_order(tmp_path):
     receipt = json.loads(Path(outputs["install"]["receipt"]).read_text())
     assert {b["name"]: b["status"] for b in receipt["backends"]}["llama-cpp-python"] == "installed"
     smoke = json.loads((runner_temp / "xinfer-smoke.json").read_text())
-    status = {r["backend"]: r["status"] for r in smoke["results"]}
-    assert status.get("llama-cpp-python") == "pass", smoke["results"]
+    assert smoke["ok"] is True, smoke
+    status = {r["backend"]: r["status"] for r in smoke["engines"]}
+    assert status.get("llama-cpp-python") == "pass", smoke["engines"]
     env = _read_env_file(github_env)
     assert Path(env["XINFER_WHEELHOUSE"]).is_dir(), "the wheelhouse the cache step saves does not exist"

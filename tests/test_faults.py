@@ -7,6 +7,7 @@ tmpfs and the network namespace are the real ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli
-from support.netns import loopback_only_netns, netns_available
 
 from provision.install.receipt import read_receipt
+from tests.support.cli import REPO, cli
+from tests.support.netns import loopback_only_netns, netns_available
 
 pytestmark = pytest.mark.slow
 
@@ -260,10 +261,15 @@ def test_disk_full_mid_install_is_one_line_and_the_rest_stays_intact(small_tmpfs
     )
     seen = _wait_for(proc, "installing llama-cpp-python")
     # The up-front estimate passed; now the disk fills while the step runs (leave ~1 MB).
-    free = os.statvfs(small_tmpfs)
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        os.posix_fallocate(fd, 0, max(1, free.f_bavail * free.f_frsize - (1 << 20)))
+        for _ in range(50):  # the install writes too: grab what is free until ~1 MB is left
+            free = os.statvfs(small_tmpfs)
+            want = free.f_bavail * free.f_frsize - (1 << 20)
+            if want <= 0:
+                break
+            with contextlib.suppress(OSError):
+                os.posix_fallocate(fd, os.fstat(fd).st_size, want)
     finally:
         os.close(fd)
     rest = proc.communicate(timeout=600)[1]

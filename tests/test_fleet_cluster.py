@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from support.fleet_harness import FleetHarness  # noqa: E402
+from tests.support.fleet_harness import FleetHarness  # noqa: E402
 
 pytest.importorskip("ansible", reason="the [fleet] extra (ansible-core) is installed by scripts/test.sh")
 pytestmark = pytest.mark.slow

@@ -100,6 +100,20 @@ EXPECTED = {
         # cu132's compute_90 PTX needs a CUDA 13.2 driver; 590 supports 13.1.
         reasons={"xllamacpp": "cu128 wheel"},
     ),
+    # Four H100s plan like one: the plan is per host; serve spreads a model over them.
+    "linux-4x-h100-driver590": row(
+        "cu130",
+        {},
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=90"),
+        GPU_ENVS,
+        reasons={"xllamacpp": "cu128 wheel"},
+    ),
+    "linux-rtx4090-driver550": row(
+        "cu126",
+        no_gpu_engines(vllm="driver >= 580", sglang="driver >= 580"),
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=89"),
+        warnings=("cuda-cublas-unknown",),
+    ),
     "linux-8x-h200-driver570": row(
         "cu126",
         no_gpu_engines(sglang="driver 570.133.20 runs CUDA <= 12.8"),

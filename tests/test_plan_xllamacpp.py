@@ -71,6 +71,13 @@ EXPECTED: dict[str, tuple[str | None, tuple[str, ...], bool]] = {
         ),
         False,
     ),
+    "linux-4x-h100-driver590": ("cu128", ("NVIDIA H100 80GB HBM3 (sm_90) runs its compute_90 PTX",), False),
+    # Native sm_89 code in a CUDA 12.8 build runs on a 12.4 driver (CUDA minor-version compatibility).
+    "linux-rtx4090-driver550": (
+        "cu128",
+        ("NVIDIA GeForce RTX 4090 (sm_89) runs its native code", "driver 550.127.05 is older than its floor"),
+        False,
+    ),
     "linux-l40s-driver580": ("cu132", ("NVIDIA L40S (sm_89) runs its native code",), False),
     # glibc 2.31, and rocm-6.4.1 has no gfx90a either.
     "linux-mi250x-rocm6.4": (

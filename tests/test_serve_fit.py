@@ -18,7 +18,7 @@ from provision.serve.sources import local_candidate
 
 FIX = Path(__file__).parent / "fixtures" / "models"
 HF = FIX / "hf"
-PROFILES = FIX / "profiles"
+PROFILES = Path(__file__).parent / "profiles"
 LLAMA3_8B = HF / "meta-llama--Meta-Llama-3-8B-Instruct"
 LLAMA31_70B = HF / "meta-llama--Llama-3.1-70B-Instruct"
 QWEN25_32B = HF / "Qwen--Qwen2.5-32B-Instruct"

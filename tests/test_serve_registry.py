@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli
+from tests.support.cli import cli
 from tests.test_serve_cli import serve_root  # noqa: F401 - the fixture
 
 FIX = Path(__file__).parent / "fixtures" / "models"
-PROFILES = FIX / "profiles"
+PROFILES = Path(__file__).parent / "profiles"
 
 pytestmark = pytest.mark.slow  # the session's real install (or XINFER_TEST_ENGINE_PYTHON)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli
+from tests.support.cli import cli
 
 FIX = Path(__file__).parent / "fixtures" / "models"
-H100 = str(FIX / "profiles" / "linux-h100-driver590.json")
+H100 = str(Path(__file__).parent / "profiles" / "linux-h100-driver590.json")
 LLAMA3_8B = FIX / "hf" / "meta-llama--Meta-Llama-3-8B-Instruct"
 COMMIT = "a8977699a3d0820e80129fb3c93c20fbd9972c41"
 

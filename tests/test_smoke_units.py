@@ -105,7 +105,7 @@ def test_transformers_command_device_follows_gpu():
     assert cpu[cpu.index("--device") + 1] == "cpu"
     assert cpu[cpu.index("--dtype") + 1] == "float32"
     gpu = t.server_command(PY, MODEL, _smoke("transformers", 1, True), None)
-    assert gpu[gpu.index("--device") + 1] == "auto"  # device_map="auto": the GPUs
+    assert gpu[gpu.index("--device") + 1] == "auto"  # device_map="auto": the layers go to the GPUs
     assert not t.supports_api_key
 
 

@@ -9,11 +9,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from support.auth_index import auth_index
 
 from provision.install import wheelhouse
 from provision.install.progress import Reporter
 from provision.install.torch_source import index_sha256
+from tests.support.auth_index import auth_index
 
 REAL_CACHE = wheelhouse.cache_root()
 SDIST = REAL_CACHE / "sdist" / "llama_cpp_python-0.3.36.tar.gz"

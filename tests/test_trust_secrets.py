@@ -6,11 +6,10 @@ import json
 import zipfile
 from pathlib import Path
 
-from support.auth_index import auth_index
-
 from provision.install.receipt import Receipt, write_receipt
 from provision.install.torch_source import index_reachable, list_wheels, resolve_torch_source
 from provision.redact import drop_masked_credentials, redact, redact_obj
+from tests.support.auth_index import auth_index
 from tests.support.cli import TEST_SECRETS, assert_no_secret, cli
 
 PW, TOKEN, HF = TEST_SECRETS

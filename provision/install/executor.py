@@ -91,6 +91,7 @@ class Installer:
         constraints: Path | None = None,
         extra_index_urls: tuple[str, ...] = (),
         exclusive: bool = False,
+        reinstall: tuple[str, ...] = (),
         excludes: Path | None = None,
     ) -> list[str]:
         """excludes: a requirements file of projects left out of the resolution (uv only; pip has
@@ -100,6 +101,12 @@ class Installer:
         else:
             argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
         argv += self._index_flags(extra_index_urls, exclusive)
+        # Named packages only: a blanket reinstall would fetch torch again, from indexes that may
+        # not carry its variant. (pip cannot name them: it gets --force-reinstall without deps.)
+        for name in reinstall if self.kind == "uv" else ():
+            argv += ["--reinstall-package", name]
+        if reinstall and self.kind == "pip":
+            argv += ["--force-reinstall", "--no-deps"]
         if constraints is not None:
             argv += ["--constraint", str(constraints)]
         if excludes is not None and self.kind == "uv":

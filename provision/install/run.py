@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -271,6 +272,17 @@ class _Run:
         if ensure_env(loc, self.installer, env.python):
             self._states.pop(loc.name, None)
         current = self.state(loc)
+        if current.broken:
+            # Half-written package records stop uv from reading the environment at all: drop them, so
+            # their packages count as missing and the steps below install them again.
+            for path in current.broken:
+                shutil.rmtree(path, ignore_errors=True)
+            names = ", ".join(Path(p).name for p in current.broken)
+            self.reporter.say(
+                f"[{env.name}] removed half-written package records (an install cut short): {names}"
+            )
+            self._states.pop(loc.name, None)
+            current = self.state(loc)
         try:
             pins = self.torch_pins(env, loc, current) if env.torch is not None else []
         except OperationFailed as e:
@@ -301,22 +313,29 @@ class _Run:
         started = time.monotonic()
         current = self.state(loc)
         extra_index = tuple(backend.extra_index_urls)
+        # A backend whose last install failed or did not verify may have left half-written
+        # dependencies (a full disk, a kill) that still look installed: reinstall them, not trust them.
+        suspect = self._suspect(backend.name)
         try:
             if backend.build is not None:
-                reqs = self._build_requirement(backend, loc, current)
+                reqs = self._build_requirement(backend, loc, current, force=suspect)
             else:
                 reqs = [p for p in backend.packages if requirement_name(p) not in TORCH_FAMILY] + extras
                 left_out = state_mod.deliberately_absent(current) | set(backend.excludes)
-                if not state_mod.unmet(reqs, current, frozenset(left_out)):
+                if not suspect and not state_mod.unmet(reqs, current, frozenset(left_out)):
                     reqs = []
             if reqs:
                 excludes = None
                 if backend.excludes:  # beside the constraints, in the same temporary directory
                     excludes = constraints.parent / f"excludes-{backend.name}.txt"
                     excludes.write_text("\n".join(backend.excludes) + "\n")
+                again: tuple[str, ...] = ()
+                if suspect:
+                    again = tuple(n for n in state_mod.closure(reqs, current) if not is_torch_family(n))
+                    self.reporter.say(f"[{env.name}] {backend.name}: its last install failed; reinstalling")
                 out = self._run(
                     self.installer.install_argv(
-                        loc.python, reqs, constraints, extra_index, excludes=excludes
+                        loc.python, reqs, constraints, extra_index, reinstall=again, excludes=excludes
                     ),
                     f"[{env.name}] installing {backend.name}: {' '.join(reqs)}",
                     env.name,
@@ -347,6 +366,14 @@ class _Run:
         finally:
             rec.duration_s = round(time.monotonic() - started, 1)
 
+    def _suspect(self, name: str) -> bool:
+        old = self.previous.backend(name) if self.previous else None
+        if old is None:
+            return False
+        return (old.status == "failed" and old.reason not in (None, "not attempted")) or (
+            old.status == "installed" and any(not c.get("ok") for c in old.verify)
+        )
+
     def _remove_excluded(self, env: Environment, loc: EnvLocation, backend: BackendDecision) -> None:
         """pip cannot leave a dependency out of a resolution: remove what it pulled against the plan."""
         present = [n for n in backend.excludes if self.state(loc).get(n) is not None]
@@ -360,7 +387,7 @@ class _Run:
             raise OperationFailed(self._fail_text(out))
 
     def _build_requirement(
-        self, backend: BackendDecision, loc: EnvLocation, current: state_mod.EnvState
+        self, backend: BackendDecision, loc: EnvLocation, current: state_mod.EnvState, force: bool = False
     ) -> list[str]:
         req = wheel_build_request(self.plan, backend)
         dist = current.get(backend.name)
@@ -374,7 +401,7 @@ class _Run:
                 self._record_wheel_hash(backend, wheel_file)
             # The build is right; an extra asked for since ([server]) may still be missing.
             wanted = f"{backend.name}{extras_of(backend.packages, backend.name)}=={req.version}"
-            if state_mod.unmet([wanted], current):
+            if force or state_mod.unmet([wanted], current):
                 return [f"{wanted.split('==')[0]} @ {dist.direct_url}"]
             return []
         wheel = wheelhouse.build(
@@ -462,7 +489,8 @@ class _Run:
             return False
         old = {b: prev.backend(b) for b in installed}
         passed = {
-            b: r for b, r in old.items()
+            b: r
+            for b, r in old.items()
             if r and r.status == "installed" and r.verify and all(c["ok"] for c in r.verify)
         }
         if len(passed) != len(old):

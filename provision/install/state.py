@@ -37,7 +37,12 @@ env = {"python_version": "%d.%d" % sys.version_info[:2], "python_full_version": 
        "platform_system": platform.system(),
        "os_name": __import__("os").name, "implementation_name": sys.implementation.name,
        "platform_python_implementation": platform.python_implementation()}
-print(json.dumps({"dists": dists, "markers": env}))
+# dist-info directories without METADATA: an install cut short (full disk, kill). Installers
+# cannot even read the environment with one of them in it.
+import os
+broken = sorted({os.path.join(p, n) for p in sys.path if os.path.isdir(p) for n in os.listdir(p)
+                 if n.endswith(".dist-info") and not os.path.exists(os.path.join(p, n, "METADATA"))})
+print(json.dumps({"dists": dists, "markers": env, "broken": broken}))
 """
 
 
@@ -58,6 +63,7 @@ class Dist:
 class EnvState:
     dists: dict[str, Dist]
     markers: dict[str, str]
+    broken: tuple[str, ...] = ()  # dist-info directories without METADATA (cut-short installs)
 
     def get(self, name: str) -> Dist | None:
         return self.dists.get(canonicalize_name(name))
@@ -82,7 +88,7 @@ def parse_listing(data: dict[str, Any]) -> EnvState:
             except (ValueError, AttributeError, TypeError):
                 direct = None
         dists[key] = Dist(key, d["version"], tuple(d.get("requires") or ()), direct, archive)
-    return EnvState(dists, data.get("markers") or {})
+    return EnvState(dists, data.get("markers") or {}, tuple(data.get("broken") or ()))
 
 
 def read_state(python: Path) -> EnvState:
@@ -174,3 +180,28 @@ def deliberately_absent(state: EnvState) -> frozenset[str]:
     if torch is not None and torch.local_tag and state.get("torchvision") is None:
         return frozenset({"torchvision"})
     return frozenset()
+
+
+def closure(requirements: list[str] | tuple[str, ...], state: EnvState) -> list[str]:
+    """Installed distributions the requirements pull in (themselves and their Requires-Dist, with
+    extras and markers read as `unmet` reads them): what a suspect step reinstalls."""
+    markers = {**default_environment(), **state.markers}
+    found: dict[str, None] = {}
+    todo = list(requirements)
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        req = _safe(todo.pop())
+        dist = state.get(req.name) if req is not None else None
+        if req is None or dist is None or (dist.name, frozenset(req.extras)) in seen:
+            continue
+        seen.add((dist.name, frozenset(req.extras)))
+        found[dist.name] = None
+        for sub in dist.requires:
+            sub_req = _safe(sub)
+            if sub_req is None:
+                continue
+            if sub_req.marker is None or any(
+                sub_req.marker.evaluate({**markers, "extra": ex}) for ex in (req.extras or {""})
+            ):
+                todo.append(str(sub_req).split(";")[0])
+    return list(found)

