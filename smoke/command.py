@@ -86,14 +86,21 @@ def smoke(venv_root: str | None, backends: tuple[str, ...], as_json: bool, cache
     try:
         model = ensure_tiny_model(cache_dir)
         work_dir = Path(tempfile.mkdtemp(prefix="xinfer-smoke-"))
-        report = run_smoke(installed, probe_host(), model, work_dir)
+        profile = probe_host()
+        report = run_smoke(installed, profile, model, work_dir)
         if not backends:
-            # An engine that is not installed (never, or uninstalled since) is a skip with its reason.
+            # An engine that is not installed (never, or uninstalled since) is a skip with its reason;
+            # one that cannot run here says why (SGLang on a CPU host), not how to install it.
             hint = f" --venv {root}" if root else ""
-            report.results += [
-                EngineResult(name, "skip", f"not installed (`xinfer-setup install --backend {name}{hint}`)")
-                for name in smoked if name not in installed
-            ]
+
+            def why_skipped(name: str) -> str:
+                runnable, why = ADAPTERS[name].can_run(profile) if name in ADAPTERS else (True, "")
+                if not runnable:
+                    return f"not installed; {why}"
+                return f"not installed (`xinfer-setup install --backend {name}{hint}`)"
+
+            report.results += [EngineResult(name, "skip", why_skipped(name))
+                               for name in smoked if name not in installed]
             from smoke.model_types import installed_type_results  # embedding/rerank via Xinference
 
             report.results += installed_type_results(Path(venv_root) if venv_root else None, work_dir)

@@ -61,6 +61,9 @@ USER_MESSAGE = "Hello! What is your name?"
 MAX_TOKENS = 16
 PROBE_TIMEOUT_S = 300.0
 READY_TIMEOUT_S = 300.0
+# vLLM's CPU start spawns its EngineCore, which imports vLLM and torch again: minutes on a busy
+# 2-core machine (146-221 s measured here under load), against ~35 s on an idle one.
+READY_TIMEOUT_S_BY_ENGINE = {"vllm": 600.0}
 REQUEST_TIMEOUT_S = 120.0
 LOG_TAIL_LINES = 15
 
@@ -184,14 +187,23 @@ def _run_engine(adapter: EngineAdapter, python: Path, model_path: Path, profile:
             probe_thread = threading.Thread(
                 target=_probe_into, args=(adapter, python, model_path, tasks, result, probe_box), daemon=True)
             probe_thread.start()
-        served_ids = _serve_and_ask(adapter, python, model_path, tasks.expected_text if exact else None,
-                                    tasks, result)
+        serve_error: EngineFailed | None = None
+        served_ids = None
+        try:
+            served_ids = _serve_and_ask(adapter, python, model_path, tasks.expected_text if exact else None,
+                                        tasks, result)
+        except EngineFailed as e:
+            serve_error = e
         if probe_thread is not None:
             probe_thread.join()
+            # The in-process load is the more basic failure: its reason (and log) wins.
             if "error" in probe_box:
                 raise probe_box["error"]
-            probe = probe_box["probe"]
+        if serve_error is not None:
+            raise serve_error
+        if probe_thread is not None:
             if exact:
+                probe = probe_box["probe"]
                 greedy[adapter.name] = (probe["new_ids"], probe.get("prompt_logits"))
         elif exact and served_ids is not None:
             greedy[adapter.name] = (served_ids, None)
@@ -261,7 +273,8 @@ def _serve_and_ask(adapter: EngineAdapter, python: Path, model_path: Path, expec
     argv = adapter.server_command(python, model_path, smoke_launch(adapter, HOST, port, tasks.gpu), api_key)
     env = {**adapter.server_env(tasks.work_dir / adapter.name), **smoke_env(adapter, tasks.gpu)}
     server = ManagedServer(argv, host=HOST, port=port, log_path=tasks.work_dir / f"{adapter.name}-server.log",
-                           api_key=api_key, ready_timeout_s=READY_TIMEOUT_S, env=env)
+                           api_key=api_key, env=env,
+                           ready_timeout_s=READY_TIMEOUT_S_BY_ENGINE.get(adapter.name, READY_TIMEOUT_S))
     result.log_path = str(server.log_path)
     ids = None
     try:

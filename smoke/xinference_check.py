@@ -30,6 +30,9 @@ from smoke.report import EngineResult
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 120.0
+# xinference-local stops its supervisor and worker actor pools (and each model's subprocess) on
+# SIGTERM; on a busy 2-core machine that took longer than the engines' 10 s.
+STOP_GRACE_S = 60.0
 # (our backend name for the engine, which file of the tiny model it loads)
 ENGINES = (("transformers", "hf"), ("xllamacpp", "gguf"))
 
@@ -52,7 +55,8 @@ def run_xinference(python: Path, model: TinyModel, work_dir: Path, expected_text
     port = free_port(HOST)
     server = XinferenceServer(xinference_command(python, HOST, port), host=HOST, port=port,
                               log_path=work_dir / "xinference-server.log",
-                              env=xinference_env(home, auth=False), ready_timeout_s=READY_TIMEOUT_S)
+                              env=xinference_env(home, auth=False), ready_timeout_s=READY_TIMEOUT_S,
+                              grace_s=STOP_GRACE_S)
     for r in rows.values():
         r.log_path = str(server.log_path)
     try:

@@ -218,7 +218,7 @@ def test_vllm_on_cpu_is_float32_with_a_small_kv_cache_and_fast_start_env():
     assert argv[argv.index("--dtype") + 1] == "float32"
     assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str(VLLM_CPU_KV_CACHE_BYTES)
     assert "--gpu-memory-utilization" not in argv and "--enforce-eager" in argv
-    assert smoke_env(vllm, gpu=False) == {"TORCHDYNAMO_DISABLE": "1"}
+    assert smoke_env(vllm, gpu=False) == {"TORCHDYNAMO_DISABLE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     assert smoke_env(vllm, gpu=True) == {} and smoke_env(ADAPTERS["transformers"], gpu=False) == {}
     gpu = vllm.server_command(PY, MODEL, _smoke("vllm", 8125, True), None)
     assert "--kv-cache-memory-bytes" not in gpu
