@@ -20,12 +20,10 @@ import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-from packaging.requirements import Requirement
-
 from provision import __version__
+from provision.bundle.make import tool_requirements
 from provision.errors import OperationFailed, UserError
 
 MIN_PYTHON = (3, 10)
@@ -162,16 +160,6 @@ def self_wheel(dest: Path) -> Path:
         final = dest / built[0].name
         shutil.move(str(built[0]), final)
     return final
-
-
-def tool_requirements() -> list[str]:
-    out = []
-    for r in metadata.requires("xinfer-setup") or []:
-        req = Requirement(r)
-        if req.marker is not None and "extra" in str(req.marker):
-            continue
-        out.append(r)
-    return out
 
 
 def compile_pins(requirements: list[str], facts: HostFacts) -> list[str]:

@@ -451,17 +451,7 @@ class _Run:
             self.reporter.say(f"[{loc.name}] {backend.name}: waiting for its background build")
             wheel = self.builds.result(backend.name)
         else:
-            wheel = wheelhouse.build(
-                req,
-                self.installer.kind,
-                loc.python,
-                self.installer.build_flags(),
-                self.index.pip_flags(),
-                self.reporter,
-                self.cache,
-                sources=self._hash_sources(),
-                installer_env=self.installer.env(),
-            )
+            wheel = self._build_wheel(req, loc)
         rec.source = wheel.as_uri()
         self._record_wheel_hash(backend, wheel)
         if dist is not None:
