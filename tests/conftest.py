@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,14 @@ def pytest_configure(config: pytest.Config) -> None:
         parent = Path(tempfile.gettempdir()) / "xinfer-setup-tests"
         parent.mkdir(parents=True, exist_ok=True)
         config.option.basetemp = str(parent / tag)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # In CI nobody reads the environments afterwards, and a full run leaves ~30 GB (three fleet
+    # hosts, provisioned roots, bundles): a second CI run from another clone folder would start on
+    # a nearly full disk. Locally they stay, for a look after a failure.
+    if os.environ.get("CI") and config.option.basetemp:
+        shutil.rmtree(config.option.basetemp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
