@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision import __version__
-from provision.bundle.make import tool_requirements
+from provision.bundle.make import project_root, tool_requirements
 from provision.errors import OperationFailed, UserError
 
 MIN_PYTHON = (3, 10)
@@ -98,14 +98,6 @@ def pip_platforms(facts: HostFacts) -> list[str]:
     legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
     tags += [f"{legacy[m]}_{arch}" for m in legacy if m <= glibc[1]]
     return tags
-
-
-def project_root() -> Path | None:
-    root = Path(__file__).resolve().parent.parent.parent
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file() and 'name = "xinfer-setup"' in pyproject.read_text():
-        return root
-    return None
 
 
 def _uv() -> str:
