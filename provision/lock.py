@@ -9,6 +9,7 @@ message naming the holder, or with wait=False fails at once (exit 1) naming the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -58,15 +59,17 @@ def read_holder(path: Path) -> Holder | None:
     return Holder(pid if isinstance(pid, int) else None, str(d.get("command", "")), str(d.get("started", "")))
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (a zombie counts as dead: it holds nothing)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError):
+        if " Z " in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]:
+            return False
     return True
 
 
@@ -114,7 +117,8 @@ def root_lock(
                 # Polling, not a blocking flock: Ctrl-C stays prompt and the message comes first.
                 time.sleep(poll_s)
         stale = read_holder(path)
-        if stale is not None and stale.pid != os.getpid() and not _alive(stale.pid) and say is not None:
+        gone = stale is not None and (stale.pid is None or not pid_alive(stale.pid))
+        if stale is not None and gone and stale.pid != os.getpid() and say is not None:
             say(
                 f"taking over the lock of {path.parent} left by {stale.describe()}, no longer running"
             )

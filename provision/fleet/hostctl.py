@@ -33,6 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from provision.lock import pid_alive
+
 MARKER = "XINFER_FLEET_DAEMON"
 READY_TIMEOUT_S = 180
 # A daemon that dies this many times within RESTART_WINDOW_S is left down (it would only loop).
@@ -51,20 +53,6 @@ def _paths(root: Path, role: str) -> dict[str, Path]:
         "settings": root / "run" / f"{role}.json",
         "log": root / "logs" / f"{role}.log",
     }
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes.
-    with contextlib.suppress(OSError):
-        if " Z " in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]:
-            return False
-    return True
 
 
 def read_pid(path: Path) -> int | None:
