@@ -307,3 +307,38 @@ def test_fleet_from_json_is_pure():
     assert fleet.hosts[0].role == "supervisor+worker" and fleet.endpoint == "http://198.18.0.1:8000"
     with pytest.raises(UserError, match="xinfer_api_port=70000"):
         fleet_from_json({**data, "_meta": {"hostvars": {"s": {"xinfer_api_port": 70000}}}}, Path("x"))
+
+
+def test_a_task_whose_result_cannot_be_read_names_why(tmp_path):
+    """Real ansible-playbook, on this machine (connection local), through fleet's callback: a data
+    task whose output is not JSON fails, and the reason names the expression's error and the
+    output it read, not ansible's bare "Unknown error."."""
+    from provision.fleet.ansible import CALLBACKS, ansible_bin
+
+    book = tmp_path / "book.yml"
+    book.write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        '    - name: "xinfer: report"\n'
+        "      ansible.builtin.command: echo not-json\n"
+        "      register: out\n"
+        "      changed_when: (out.stdout | from_json).changed\n"
+    )
+    events = tmp_path / "events.jsonl"
+    done = subprocess.run(
+        [ansible_bin("ansible-playbook"), "-i", "localhost,", "-c", "local", str(book)],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),
+            "ANSIBLE_STDOUT_CALLBACK": "xinfer_events",
+            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+            "XINFER_FLEET_EVENTS": str(events),
+        },
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    (event,) = [json.loads(line) for line in events.read_text().splitlines()]
+    assert event["status"] == "failed"
+    assert event["reason"].startswith("changed_when failed: "), event
+    assert "not-json" in event["reason"]
+    assert "[localhost] report: failed (changed_when failed" in done.stdout

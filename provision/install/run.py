@@ -200,9 +200,10 @@ class _Run:
         return self._states[loc.name]
 
     def _run(self, argv: list[str], what: str, env: str | None = None) -> subprocess.CompletedProcess:
-        self.reporter.say(what)
+        # The checkpoint first: once the step is announced, the receipt claims nothing it may undo.
         if env is not None:
             self.checkpoint(env)
+        self.reporter.say(what)
         self._states.clear()
         # pip's cert/proxy settings reach uv as variables (uv does not read pip.conf).
         return subprocess.run(

@@ -85,6 +85,12 @@ class CallbackModule(CallbackBase):
             return str(payload["reason"])
         if data.get("censored"):
             return "failed (output hidden: it may hold a secret)"
+        # A changed_when/failed_when that could not be evaluated fails the task with no msg of its
+        # own (ansible then says "Unknown error."): name the expression's error and what it read.
+        for cond in ("changed_when_result", "failed_when_result"):
+            if isinstance(data.get(cond), str):
+                seen = str(data.get("stdout") or "").strip()[-300:]
+                return f"{cond.removesuffix('_result')} failed: {data[cond][:300]} (stdout: {seen!r})"
         for key in ("msg", "stderr", "module_stderr", "stdout"):
             text = data.get(key)
             if text and str(text).strip():
