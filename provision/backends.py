@@ -50,8 +50,18 @@ class BackendRecipe:
         return f"{self.dist}{extras}=={self.version}"
 
 
-_COMMON = ("version", "dist", "import_check", "disk_mb", "environment", "needs_torch", "extras",
-           "xinference_engine", "adapter", "python_min")
+_COMMON = (
+    "version",
+    "dist",
+    "import_check",
+    "disk_mb",
+    "environment",
+    "needs_torch",
+    "extras",
+    "xinference_engine",
+    "adapter",
+    "python_min",
+)
 
 
 def read_recipe_text(name: str) -> str:

@@ -119,9 +119,7 @@ def root_lock(
         stale = read_holder(path)
         gone = stale is not None and (stale.pid is None or not pid_alive(stale.pid))
         if stale is not None and gone and stale.pid != os.getpid() and say is not None:
-            say(
-                f"taking over the lock of {path.parent} left by {stale.describe()}, no longer running"
-            )
+            say(f"taking over the lock of {path.parent} left by {stale.describe()}, no longer running")
         os.ftruncate(fd, 0)
         os.pwrite(
             fd,

@@ -351,9 +351,7 @@ def write_gguf(path: Path, spec: TinySpec, weights: dict[str, np.ndarray], token
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
-    w.add_token_types(
-        [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
-    )
+    w.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
     w.add_token_merges(merges_of(tokenizer))
     w.add_bos_token_id(vocab[BOS_TOKEN])
     w.add_eos_token_id(vocab[IM_END])

@@ -33,9 +33,16 @@ class Agreement:
         return dict(self.__dict__)
 
 
-def compare_greedy(left: str, right: str, left_ids: list[int], right_ids: list[int],
-                   left_logits=None, right_logits=None, tolerance: float = LOGIT_TOLERANCE,
-                   min_tokens: int = MIN_AGREEING_TOKENS) -> Agreement:
+def compare_greedy(
+    left: str,
+    right: str,
+    left_ids: list[int],
+    right_ids: list[int],
+    left_logits=None,
+    right_logits=None,
+    tolerance: float = LOGIT_TOLERANCE,
+    min_tokens: int = MIN_AGREEING_TOKENS,
+) -> Agreement:
     """Same greedy ids for at least min_tokens, and prompt logits within tolerance."""
     n = min(len(left_ids), len(right_ids))
     first = next((i for i in range(n) if left_ids[i] != right_ids[i]), None)
@@ -43,13 +50,15 @@ def compare_greedy(left: str, right: str, left_ids: list[int], right_ids: list[i
     if left_logits is not None and right_logits is not None:
         a, b = np.asarray(left_logits, dtype=np.float64), np.asarray(right_logits, dtype=np.float64)
         if a.shape != b.shape:
-            return Agreement(left, right, "fail", f"prompt logits have shapes {a.shape} and {b.shape}",
-                             n, first, None)
+            return Agreement(
+                left, right, "fail", f"prompt logits have shapes {a.shape} and {b.shape}", n, first, None
+            )
         max_diff = float(np.max(np.abs(a - b)))
     problems = []
     if first is not None:
         problems.append(
-            f"greedy tokens diverge at new token {first}: {left_ids[first]} vs {right_ids[first]}")
+            f"greedy tokens diverge at new token {first}: {left_ids[first]} vs {right_ids[first]}"
+        )
     elif n < min_tokens:
         problems.append(f"only {n} new tokens to compare, need {min_tokens}")
     if max_diff is not None and not max_diff <= tolerance:
@@ -64,9 +73,15 @@ class AnswerError(Exception):
     pass
 
 
-def check_chat_answer(text: str | None, streamed: str, finish_reason: str | None,
-                      completion_tokens: int | None, max_tokens: int, expected: str | None,
-                      cut_char_ok: bool = False) -> None:
+def check_chat_answer(
+    text: str | None,
+    streamed: str,
+    finish_reason: str | None,
+    completion_tokens: int | None,
+    max_tokens: int,
+    expected: str | None,
+    cut_char_ok: bool = False,
+) -> None:
     """Raise AnswerError with the first thing wrong with a served chat answer.
 
     expected is the float32 reference answer, None where the engine computes in half precision.

@@ -28,11 +28,23 @@ def _fmt(value: float | None, unit: str = "s", digits: int = 2) -> str:
 def render_table(report) -> str:
     rows = [("engine", "status", "load", "ready", "ttft", "tok/s", "rss", "hardware", "reason")]
     for r in report.results:
-        rows.append((r.backend, r.status, _fmt(r.load_s), _fmt(r.ready_s), _fmt(r.ttft_s, digits=3),
-                     _fmt(r.tokens_per_s, "", 1), _fmt(r.rss_mb, "MB", 0), r.hardware or "-", r.reason))
+        rows.append(
+            (
+                r.backend,
+                r.status,
+                _fmt(r.load_s),
+                _fmt(r.ready_s),
+                _fmt(r.ttft_s, digits=3),
+                _fmt(r.tokens_per_s, "", 1),
+                _fmt(r.rss_mb, "MB", 0),
+                r.hardware or "-",
+                r.reason,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-             for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows
+    ]
     for r in report.results:
         if r.status == "fail" and r.log_tail:
             lines.append(f"--- {r.backend}: last log lines ({r.log_path or 'probe'})")
@@ -41,8 +53,10 @@ def render_table(report) -> str:
         lines.append(f"agreement {a.left} ~ {a.right}: {a.status} ({a.reason})")
     m = report.model
     made = f"generated in {m['generate_s']:.2f}s" if m["generated"] else "from cache"
-    lines.append(f"tiny model {m['key']}: HF dir {m['hf_bytes'] / 1e6:.2f} MB, "
-                 f"GGUF F32 {m['gguf_bytes'] / 1e6:.2f} MB, {made}")
+    lines.append(
+        f"tiny model {m['key']}: HF dir {m['hf_bytes'] / 1e6:.2f} MB, "
+        f"GGUF F32 {m['gguf_bytes'] / 1e6:.2f} MB, {made}"
+    )
     lines.append(f"smoke total {report.total_s:.1f}s: {'PASS' if report.ok else 'FAIL'}")
     return "\n".join(lines)
 
@@ -56,8 +70,12 @@ def _raise_on_sigterm(signum, frame):
 @options.venv("The --venv ROOT the engines were installed under.")
 @options.backend("Only this backend", list_names=False)
 @options.as_json("Print the report as JSON.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
-              help="Where tiny models are cached (default ~/.cache/xinfer-setup/models).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where tiny models are cached (default ~/.cache/xinfer-setup/models).",
+)
 def smoke(venv_root: str | None, backends: tuple[str, ...], as_json: bool, cache_dir: Path | None) -> None:
     from provision.engines.adapters import ADAPTERS
 
@@ -99,8 +117,9 @@ def smoke(venv_root: str | None, backends: tuple[str, ...], as_json: bool, cache
                     return f"not installed; {why}"
                 return f"not installed (`xinfer-setup install --backend {name}{hint}`)"
 
-            report.results += [EngineResult(name, "skip", why_skipped(name))
-                               for name in smoked if name not in installed]
+            report.results += [
+                EngineResult(name, "skip", why_skipped(name)) for name in smoked if name not in installed
+            ]
             from smoke.model_types import installed_type_results  # embedding/rerank via Xinference
 
             report.results += installed_type_results(Path(venv_root) if venv_root else None, work_dir)

@@ -27,11 +27,27 @@ from typing import Any
 # assets): 0.3.36's sdist is 76.6 MB (a 39 MB .git pack, 75 MB of vocab models unpacked);
 # trimmed, 7.4 MB. Paths are relative to the sdist's top folder; of tools/ only tools/mtmd is
 # kept (its CMakeLists builds it).
-TRIM = (".git", "docs", "examples", "tests", "docker", "vendor/llama.cpp/models", "vendor/llama.cpp/docs",
-        "vendor/llama.cpp/media", "vendor/llama.cpp/benches", "vendor/llama.cpp/tests",
-        "vendor/llama.cpp/examples", "vendor/llama.cpp/gguf-py", "vendor/llama.cpp/app",
-        "vendor/llama.cpp/pocs", "vendor/llama.cpp/skills", "vendor/llama.cpp/conversion",
-        "vendor/llama.cpp/requirements", "vendor/llama.cpp/grammars", "vendor/llama.cpp/ci")
+TRIM = (
+    ".git",
+    "docs",
+    "examples",
+    "tests",
+    "docker",
+    "vendor/llama.cpp/models",
+    "vendor/llama.cpp/docs",
+    "vendor/llama.cpp/media",
+    "vendor/llama.cpp/benches",
+    "vendor/llama.cpp/tests",
+    "vendor/llama.cpp/examples",
+    "vendor/llama.cpp/gguf-py",
+    "vendor/llama.cpp/app",
+    "vendor/llama.cpp/pocs",
+    "vendor/llama.cpp/skills",
+    "vendor/llama.cpp/conversion",
+    "vendor/llama.cpp/requirements",
+    "vendor/llama.cpp/grammars",
+    "vendor/llama.cpp/ci",
+)
 KEEP_TOOLS = ("mtmd",)
 
 
@@ -40,6 +56,7 @@ def record_nvml(nvml: Any) -> dict[str, Any]:
     name, memory (MiB), compute capability and MIG mode (None where "Not Supported")."""
     nvml.nvmlInit()
     try:
+
         def text(v: Any) -> str:
             return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -51,10 +68,19 @@ def record_nvml(nvml: Any) -> dict[str, Any]:
             except nvml.NVMLError:
                 mig = None
             major, minor = nvml.nvmlDeviceGetCudaComputeCapability(h)
-            gpus.append([text(nvml.nvmlDeviceGetName(h)), int(nvml.nvmlDeviceGetMemoryInfo(h).total) // 2**20,
-                         [int(major), int(minor)], mig])
-        return {"driver": text(nvml.nvmlSystemGetDriverVersion()),
-                "cuda": int(nvml.nvmlSystemGetCudaDriverVersion()), "gpus": gpus}
+            gpus.append(
+                [
+                    text(nvml.nvmlDeviceGetName(h)),
+                    int(nvml.nvmlDeviceGetMemoryInfo(h).total) // 2**20,
+                    [int(major), int(minor)],
+                    mig,
+                ]
+            )
+        return {
+            "driver": text(nvml.nvmlSystemGetDriverVersion()),
+            "cuda": int(nvml.nvmlSystemGetCudaDriverVersion()),
+            "gpus": gpus,
+        }
     finally:
         nvml.nvmlShutdown()
 
@@ -101,13 +127,19 @@ def build(plan_path: Path, sdist: Path, cache: Path) -> dict[str, Any]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sdist, target)
         target.with_name(target.name + ".sha256").write_text(wheelhouse.sha256_file(target) + "\n")
-    wheel = wheelhouse.build(req, "pip", Path(sys.executable), [], ["--no-index", "--no-build-isolation"],
-                             Reporter(), cache)
+    wheel = wheelhouse.build(
+        req, "pip", Path(sys.executable), [], ["--no-index", "--no-build-isolation"], Reporter(), cache
+    )
     record = wheel.parent / "build.json"
     info = json.loads(record.read_text()) if record.exists() else {}
-    return {"wheel": str(wheel), "cmake_args": list(req.effective_args), "key": req.key,
-            "expected_backends": list(req.expected_backends),
-            "backends": sorted(wheelhouse.wheel_backends(wheel)), "build_s": info.get("build_s")}
+    return {
+        "wheel": str(wheel),
+        "cmake_args": list(req.effective_args),
+        "key": req.key,
+        "expected_backends": list(req.expected_backends),
+        "backends": sorted(wheelhouse.wheel_backends(wheel)),
+        "build_s": info.get("build_s"),
+    }
 
 
 def verify(plan_path: Path, python: Path) -> dict[str, Any]:

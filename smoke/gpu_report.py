@@ -36,7 +36,7 @@ def _probe(python: str, backend: str, model: Path, prompt_ids: list[int], gpu: b
     if done.returncode != 0 or line is None:
         tail = "\n".join(done.stderr.strip().splitlines()[-20:])
         raise RuntimeError(f"{backend} load+generate failed (exit {done.returncode}):\n{tail}")
-    return json.loads(line[len(RESULT_MARKER):]), done.stderr
+    return json.loads(line[len(RESULT_MARKER) :]), done.stderr
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             summary["failures"].append(f"{name}: {detail}")
 
     model = ensure_tiny_model(args.out / "models")
-    summary["model"] = {"generate_s": round(model.generate_s, 3), "hf_bytes": model.hf_bytes,
-                        "gguf_bytes": model.gguf_bytes, "vocab_size": model.vocab_size}
+    summary["model"] = {
+        "generate_s": round(model.generate_s, 3),
+        "hf_bytes": model.hf_bytes,
+        "gguf_bytes": model.gguf_bytes,
+        "vocab_size": model.vocab_size,
+    }
     ref = TinyReference(model.hf_dir)
     prompt_ids = ref.encode_chat("Hello! What is your name?")
     expected = ref.greedy(prompt_ids, NEW_TOKENS)
@@ -79,17 +83,30 @@ def main(argv: list[str] | None = None) -> int:
             n_layers = model.spec.num_layers + 1  # llama.cpp counts the output layer too
             want = f"{n_layers}/{n_layers} layers offloaded" if gpu else "cpu"
             check("llama-cpp-python.offload", want in device if gpu else device == "cpu", device)
-            check("llama-cpp-python.gpu_build", hw.get("gpu_offload_supported") == gpu,
-                  f"llama_supports_gpu_offload() = {hw.get('gpu_offload_supported')}")
-        verdict = compare_greedy(backend, "reference", run["new_ids"], expected.new_ids,
-                                 run["prompt_logits"], expected.prompt_logits, tolerance=tolerance)
+            check(
+                "llama-cpp-python.gpu_build",
+                hw.get("gpu_offload_supported") == gpu,
+                f"llama_supports_gpu_offload() = {hw.get('gpu_offload_supported')}",
+            )
+        verdict = compare_greedy(
+            backend,
+            "reference",
+            run["new_ids"],
+            expected.new_ids,
+            run["prompt_logits"],
+            expected.prompt_logits,
+            tolerance=tolerance,
+        )
         check(f"{backend}.agrees_with_reference", verdict.status == "pass", verdict.reason)
         decode = run["decode_s"]
         summary[backend] = {
-            "version": run.get("engine_version"), "device": device, "load_s": round(run["load_s"], 4),
+            "version": run.get("engine_version"),
+            "device": device,
+            "load_s": round(run["load_s"], 4),
             "ttft_s": round(run["ttft_s"], 4),
             "tokens_per_s": round((NEW_TOKENS - 1) / decode, 1) if decode > 0 else None,
-            "process_wall_s": round(wall, 2), "max_logit_diff_vs_reference": verdict.max_logit_diff,
+            "process_wall_s": round(wall, 2),
+            "max_logit_diff_vs_reference": verdict.max_logit_diff,
         }
         if backend == "transformers" and run.get("torch"):
             summary[backend]["torch"] = run["torch"]

@@ -77,16 +77,22 @@ def check_model_types(python: Path, types: tuple[str, ...], work_dir: Path) -> l
     shutil.rmtree(home, ignore_errors=True)
     port = free_port()
     server = XinferenceServer(
-        xinference_command(python, "127.0.0.1", port), host="127.0.0.1", port=port,
-        log_path=work_dir / "xinference-model-types.log", env=xinference_env(home, auth=False),
+        xinference_command(python, "127.0.0.1", port),
+        host="127.0.0.1",
+        port=port,
+        log_path=work_dir / "xinference-model-types.log",
+        env=xinference_env(home, auth=False),
         ready_timeout_s=READY_TIMEOUT_S,
     )
     try:
         server.start()
     except ServerError as e:
         for row in rows.values():
-            row.update(reason=f"xinference-local did not start: {e}", log_tail=e.log_tail,
-                       log_path=str(server.log_path))
+            row.update(
+                reason=f"xinference-local did not start: {e}",
+                log_tail=e.log_tail,
+                log_path=str(server.log_path),
+            )
         return list(rows.values())
     try:
         api = XinferenceApi(f"http://127.0.0.1:{port}")
@@ -109,7 +115,9 @@ def _generate(python: Path, out: Path) -> dict:
     try:
         done = subprocess.run(
             [str(python), str(GENERATOR), str(out), json.dumps(TEXTS)],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise OperationFailed(f"cannot make the tiny embedding/rerank models: {e}") from None
@@ -123,9 +131,14 @@ def _register_and_launch(api: XinferenceApi, model_type: str, family: dict) -> s
     name = family["model_name"]
     api.call("POST", f"/v1/model_registrations/{model_type}", {"model": json.dumps(family), "persist": False})
     launched = api.call(
-        "POST", "/v1/models",
-        {"model_uid": name, "model_name": name, "model_type": model_type,
-         "model_engine": "sentence_transformers"},
+        "POST",
+        "/v1/models",
+        {
+            "model_uid": name,
+            "model_name": name,
+            "model_type": model_type,
+            "model_engine": "sentence_transformers",
+        },
         timeout=READY_TIMEOUT_S,
     )
     return launched["model_uid"]
@@ -138,10 +151,18 @@ def _spec(path: str) -> dict:
 def _check_embedding(api: XinferenceApi, base_url: str, expected: dict) -> str:
     from openai import OpenAI
 
-    uid = _register_and_launch(api, "embedding", {
-        "version": 2, "model_name": "xinfer-setup-tiny-embedding", "dimensions": expected["dimensions"],
-        "max_tokens": 64, "language": ["en"], "model_specs": [_spec(expected["embedding_dir"])],
-    })
+    uid = _register_and_launch(
+        api,
+        "embedding",
+        {
+            "version": 2,
+            "model_name": "xinfer-setup-tiny-embedding",
+            "dimensions": expected["dimensions"],
+            "max_tokens": 64,
+            "language": ["en"],
+            "model_specs": [_spec(expected["embedding_dir"])],
+        },
+    )
     client = OpenAI(base_url=base_url, api_key="not-used", max_retries=0, timeout=120)
     got = client.embeddings.create(model=uid, input=list(TEXTS["inputs"]))
     vectors = [d.embedding for d in sorted(got.data, key=lambda d: d.index)]
@@ -150,18 +171,35 @@ def _check_embedding(api: XinferenceApi, base_url: str, expected: dict) -> str:
     worst = max(abs(a - b) for v, w in zip(vectors, want, strict=True) for a, b in zip(v, w, strict=True))
     assert all(len(v) == expected["dimensions"] for v in vectors), "wrong dimensions"
     assert worst <= EMBEDDING_ATOL, f"/v1/embeddings differs from the direct computation by {worst:.2e}"
-    return (f"/v1/embeddings ({len(vectors)}x{expected['dimensions']}) equals the direct computation "
-            f"(max |diff| {worst:.1e} <= {EMBEDDING_ATOL:g})")
+    return (
+        f"/v1/embeddings ({len(vectors)}x{expected['dimensions']}) equals the direct computation "
+        f"(max |diff| {worst:.1e} <= {EMBEDDING_ATOL:g})"
+    )
 
 
 def _check_rerank(api: XinferenceApi, base_url: str, expected: dict) -> str:
-    uid = _register_and_launch(api, "rerank", {
-        "version": 2, "model_name": "xinfer-setup-tiny-rerank", "language": ["en"], "type": "normal",
-        "max_tokens": 64, "model_specs": [_spec(expected["rerank_dir"])],
-    })
-    answer = api.call("POST", "/v1/rerank", {
-        "model": uid, "query": TEXTS["query"], "documents": TEXTS["documents"], "return_documents": False,
-    })
+    uid = _register_and_launch(
+        api,
+        "rerank",
+        {
+            "version": 2,
+            "model_name": "xinfer-setup-tiny-rerank",
+            "language": ["en"],
+            "type": "normal",
+            "max_tokens": 64,
+            "model_specs": [_spec(expected["rerank_dir"])],
+        },
+    )
+    answer = api.call(
+        "POST",
+        "/v1/rerank",
+        {
+            "model": uid,
+            "query": TEXTS["query"],
+            "documents": TEXTS["documents"],
+            "return_documents": False,
+        },
+    )
     results = answer["results"]
     got = {r["index"]: r["relevance_score"] for r in results}
     want = expected["rerank_scores"]

@@ -87,7 +87,7 @@ class TinyReference:
             ids.append(int(np.argmax(logits[-1])))
         if prompt_logits is None:
             raise ValueError("greedy() needs new_tokens >= 1")
-        return Greedy(list(prompt_ids), ids[len(prompt_ids):], prompt_logits)
+        return Greedy(list(prompt_ids), ids[len(prompt_ids) :], prompt_logits)
 
     def chat_text(self, greedy: Greedy) -> str:
         """What a server answers for that continuation: the text before EOS, which stops it."""

@@ -41,6 +41,10 @@ class SmokeReport:
         return engines_ok and all(a.status == "pass" for a in self.agreement)
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "total_s": round(self.total_s, 3), "model": self.model,
-                "engines": [r.to_dict() for r in self.results],
-                "agreement": [a.to_dict() for a in self.agreement]}
+        return {
+            "ok": self.ok,
+            "total_s": round(self.total_s, 3),
+            "model": self.model,
+            "engines": [r.to_dict() for r in self.results],
+            "agreement": [a.to_dict() for a in self.agreement],
+        }

@@ -95,8 +95,13 @@ class _Tasks:
             raise Cancelled
 
 
-def run_smoke(pythons: Mapping[str, Path], profile: HostProfile, model: TinyModel, work_dir: Path,
-              model_overrides: Mapping[str, Path] | None = None) -> SmokeReport:
+def run_smoke(
+    pythons: Mapping[str, Path],
+    profile: HostProfile,
+    model: TinyModel,
+    work_dir: Path,
+    model_overrides: Mapping[str, Path] | None = None,
+) -> SmokeReport:
     """Smoke-test each backend in pythons; model_overrides replaces one engine's model file."""
     started = time.perf_counter()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -104,8 +109,9 @@ def run_smoke(pythons: Mapping[str, Path], profile: HostProfile, model: TinyMode
     prompt_ids = reference.encode_chat(USER_MESSAGE)
     expected = reference.greedy(prompt_ids, MAX_TOKENS)
     gpu = has_cuda_device(profile)
-    tasks = _Tasks(prompt_ids, reference.chat_text(expected), work_dir, gpu, threading.Event(), set(),
-                   threading.Lock())
+    tasks = _Tasks(
+        prompt_ids, reference.chat_text(expected), work_dir, gpu, threading.Event(), set(), threading.Lock()
+    )
 
     rows: list[Callable[[], list[EngineResult]]] = []
     greedy: dict[str, tuple[list[int], list | None]] = {}  # exact engine -> (new ids, prompt logits)
@@ -160,15 +166,18 @@ def _kill_group(p: subprocess.Popen) -> None:
 # ------------------------------------------------------------ one engine
 
 
-def _engine_job(adapter: EngineAdapter, python: Path, model_path: Path, profile: HostProfile,
-                tasks: _Tasks, greedy: dict) -> Callable[[], list[EngineResult]]:
+def _engine_job(
+    adapter: EngineAdapter, python: Path, model_path: Path, profile: HostProfile, tasks: _Tasks, greedy: dict
+) -> Callable[[], list[EngineResult]]:
     def job() -> list[EngineResult]:
         return [_run_engine(adapter, python, model_path, profile, tasks, greedy)]
+
     return job
 
 
-def _run_engine(adapter: EngineAdapter, python: Path, model_path: Path, profile: HostProfile,
-                tasks: _Tasks, greedy: dict) -> EngineResult:
+def _run_engine(
+    adapter: EngineAdapter, python: Path, model_path: Path, profile: HostProfile, tasks: _Tasks, greedy: dict
+) -> EngineResult:
     result = EngineResult(adapter.name, "pass", "", python=str(python))
     runnable, why = adapter.can_run(profile)
     if not runnable:
@@ -185,13 +194,15 @@ def _run_engine(adapter: EngineAdapter, python: Path, model_path: Path, profile:
         probe_thread = None
         if adapter.probe is not None:
             probe_thread = threading.Thread(
-                target=_probe_into, args=(adapter, python, model_path, tasks, result, probe_box), daemon=True)
+                target=_probe_into, args=(adapter, python, model_path, tasks, result, probe_box), daemon=True
+            )
             probe_thread.start()
         serve_error: EngineFailed | None = None
         served_ids = None
         try:
-            served_ids = _serve_and_ask(adapter, python, model_path, tasks.expected_text if exact else None,
-                                        tasks, result)
+            served_ids = _serve_and_ask(
+                adapter, python, model_path, tasks.expected_text if exact else None, tasks, result
+            )
         except EngineFailed as e:
             serve_error = e
         if probe_thread is not None:
@@ -217,23 +228,32 @@ def _run_engine(adapter: EngineAdapter, python: Path, model_path: Path, profile:
     return result
 
 
-def _probe_into(adapter: EngineAdapter, python: Path, model_path: Path, tasks: _Tasks,
-                result: EngineResult, box: dict) -> None:
+def _probe_into(
+    adapter: EngineAdapter, python: Path, model_path: Path, tasks: _Tasks, result: EngineResult, box: dict
+) -> None:
     try:
         box["probe"] = _probe(adapter, python, model_path, tasks, result)
     except BaseException as e:  # handed to the engine's thread, which reports it
         box["error"] = e
 
 
-def _probe(adapter: EngineAdapter, python: Path, model_path: Path, tasks: _Tasks,
-           result: EngineResult) -> dict:
+def _probe(
+    adapter: EngineAdapter, python: Path, model_path: Path, tasks: _Tasks, result: EngineResult
+) -> dict:
     argv = adapter.probe_command(python, model_path, tasks.prompt_ids, MAX_TOKENS, logits=True, gpu=tasks.gpu)
     assert argv is not None
     log_path = tasks.work_dir / f"{adapter.name}-probe.log"
     with tasks.lock:
         tasks.check()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=offline_env(), stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=offline_env(),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         tasks.probes.add(proc)
     try:
         stdout, stderr = proc.communicate(timeout=PROBE_TIMEOUT_S)
@@ -251,7 +271,7 @@ def _probe(adapter: EngineAdapter, python: Path, model_path: Path, tasks: _Tasks
     if proc.returncode != 0 or line is None:
         last = stderr.strip().splitlines()[-1:] or ["no output"]
         raise EngineFailed(f"load+generate failed (exit {proc.returncode}): {last[0][:300]}", tail)
-    probe = json.loads(line[len(RESULT_MARKER):])
+    probe = json.loads(line[len(RESULT_MARKER) :])
     result.load_s = probe["load_s"]
     if probe["decode_s"] > 0:
         result.engine_tokens_per_s = (len(probe["new_ids"]) - 1) / probe["decode_s"]
@@ -263,8 +283,14 @@ def _probe(adapter: EngineAdapter, python: Path, model_path: Path, tasks: _Tasks
     return probe
 
 
-def _serve_and_ask(adapter: EngineAdapter, python: Path, model_path: Path, expected_text: str | None,
-                   tasks: _Tasks, result: EngineResult) -> list[int] | None:
+def _serve_and_ask(
+    adapter: EngineAdapter,
+    python: Path,
+    model_path: Path,
+    expected_text: str | None,
+    tasks: _Tasks,
+    result: EngineResult,
+) -> list[int] | None:
     """Serve, answer, stop; the server's own greedy ids where it can give them, else None."""
     import openai
 
@@ -272,9 +298,15 @@ def _serve_and_ask(adapter: EngineAdapter, python: Path, model_path: Path, expec
     port = free_port(HOST)
     argv = adapter.server_command(python, model_path, smoke_launch(adapter, HOST, port, tasks.gpu), api_key)
     env = {**adapter.server_env(tasks.work_dir / adapter.name), **smoke_env(adapter, tasks.gpu)}
-    server = ManagedServer(argv, host=HOST, port=port, log_path=tasks.work_dir / f"{adapter.name}-server.log",
-                           api_key=api_key, env=env,
-                           ready_timeout_s=READY_TIMEOUT_S_BY_ENGINE.get(adapter.name, READY_TIMEOUT_S))
+    server = ManagedServer(
+        argv,
+        host=HOST,
+        port=port,
+        log_path=tasks.work_dir / f"{adapter.name}-server.log",
+        api_key=api_key,
+        env=env,
+        ready_timeout_s=READY_TIMEOUT_S_BY_ENGINE.get(adapter.name, READY_TIMEOUT_S),
+    )
     result.log_path = str(server.log_path)
     ids = None
     try:
@@ -283,8 +315,9 @@ def _serve_and_ask(adapter: EngineAdapter, python: Path, model_path: Path, expec
             tasks.check()
             result.ready_s = server.ready_s
             result.rss_mb = group_rss_mb(server.process.pid) if server.process else None
-            client = openai.OpenAI(base_url=server.base_url, api_key=api_key or "none",
-                                   timeout=REQUEST_TIMEOUT_S, max_retries=0)
+            client = openai.OpenAI(
+                base_url=server.base_url, api_key=api_key or "none", timeout=REQUEST_TIMEOUT_S, max_retries=0
+            )
             # transformers serve 5.17 lists only hub-cache models, not the local one it serves.
             served = server.models[0] if server.models else adapter.served_model(model_path)
             if served is None:
@@ -302,8 +335,9 @@ def _serve_and_ask(adapter: EngineAdapter, python: Path, model_path: Path, expec
     stopped = server.stop_result  # set by leaving the `with`
     if stopped is not None and not stopped.clean:
         code = stopped.returncode
-        raise EngineFailed(f"server did not stop cleanly after SIGTERM (exit {code})",
-                           server.log_tail(LOG_TAIL_LINES))
+        raise EngineFailed(
+            f"server did not stop cleanly after SIGTERM (exit {code})", server.log_tail(LOG_TAIL_LINES)
+        )
     if result.hardware is None:
         if adapter.model_format == "gguf":
             result.hardware = llama_cpp_placement(server.log_path.read_text(errors="replace"))
@@ -312,8 +346,14 @@ def _serve_and_ask(adapter: EngineAdapter, python: Path, model_path: Path, expec
     return ids
 
 
-def ask(client, model_name: str, extra_body: dict, expected_text: str | None, result: EngineResult,
-        cut_char_ok: bool = False) -> None:
+def ask(
+    client,
+    model_name: str,
+    extra_body: dict,
+    expected_text: str | None,
+    result: EngineResult,
+    cut_char_ok: bool = False,
+) -> None:
     """One greedy chat completion and the same streamed, held to check_chat_answer."""
     messages = [{"role": "user", "content": USER_MESSAGE}]
     greedy = {"max_tokens": MAX_TOKENS, "temperature": 0, "extra_body": extra_body or None}
@@ -336,8 +376,15 @@ def ask(client, model_name: str, extra_body: dict, expected_text: str | None, re
             parts.append(delta)
     result.ttft_s = first
     result.answer = text
-    check_chat_answer(text, "".join(parts), choice.finish_reason if choice else None, completion_tokens,
-                      MAX_TOKENS, expected_text, cut_char_ok)
+    check_chat_answer(
+        text,
+        "".join(parts),
+        choice.finish_reason if choice else None,
+        completion_tokens,
+        MAX_TOKENS,
+        expected_text,
+        cut_char_ok,
+    )
 
 
 def group_rss_mb(pgid: int) -> float | None:
@@ -363,29 +410,50 @@ def _xinference_job(python: Path, model: TinyModel, tasks: _Tasks) -> Callable[[
         from smoke.xinference_check import run_xinference
 
         return run_xinference(python, model, tasks.work_dir, tasks.expected_text, tasks.check)
+
     return job
 
 
 # ------------------------------------------------------------ agreement
 
 
-def _agreements(greedy: dict[str, tuple[list[int], list | None]], expected,
-                tolerance: float) -> list[Agreement]:
+def _agreements(
+    greedy: dict[str, tuple[list[int], list | None]], expected, tolerance: float
+) -> list[Agreement]:
     """Each exact engine against the numpy reference, and transformers against llama.cpp."""
-    out = [compare_greedy(name, "reference", ids, expected.new_ids, logits,
-                          expected.prompt_logits if logits is not None else None, tolerance=tolerance)
-           for name, (ids, logits) in greedy.items()]
+    out = [
+        compare_greedy(
+            name,
+            "reference",
+            ids,
+            expected.new_ids,
+            logits,
+            expected.prompt_logits if logits is not None else None,
+            tolerance=tolerance,
+        )
+        for name, (ids, logits) in greedy.items()
+    ]
     tf, lc = greedy.get("transformers"), greedy.get("llama-cpp-python")
     if tf and lc:
-        out.append(compare_greedy("transformers", "llama-cpp-python", tf[0], lc[0], tf[1], lc[1],
-                                  tolerance=tolerance))
+        out.append(
+            compare_greedy(
+                "transformers", "llama-cpp-python", tf[0], lc[0], tf[1], lc[1], tolerance=tolerance
+            )
+        )
     return out
 
 
 def _model_info(model: TinyModel) -> dict:
-    return {"key": model.key, "hf_dir": str(model.hf_dir), "gguf": str(model.gguf_path),
-            "hf_bytes": model.hf_bytes, "gguf_bytes": model.gguf_bytes, "vocab_size": model.vocab_size,
-            "generated": model.generated, "generate_s": round(model.generate_s, 3)}
+    return {
+        "key": model.key,
+        "hf_dir": str(model.hf_dir),
+        "gguf": str(model.gguf_path),
+        "hf_bytes": model.hf_bytes,
+        "gguf_bytes": model.gguf_bytes,
+        "vocab_size": model.vocab_size,
+        "generated": model.generated,
+        "generate_s": round(model.generate_s, 3),
+    }
 
 
 def _one_line(e: BaseException) -> str:

@@ -29,16 +29,27 @@ def _post(url: str, body: dict, api_key: str | None) -> dict:
 
 
 def _vllm(base_url: str, model: str, api_key: str | None, prompt_ids: list[int], n: int) -> list[int]:
-    body = {"model": model, "prompt": prompt_ids, "max_tokens": n, "temperature": 0,
-            "ignore_eos": True, "return_token_ids": True}
+    body = {
+        "model": model,
+        "prompt": prompt_ids,
+        "max_tokens": n,
+        "temperature": 0,
+        "ignore_eos": True,
+        "return_token_ids": True,
+    }
     reply = _post(f"{base_url}/completions", body, api_key)
     return [int(t) for t in reply["choices"][0]["token_ids"]]
 
 
-def _llama_server(base_url: str, model: str, api_key: str | None, prompt_ids: list[int],
-                  n: int) -> list[int]:
-    body = {"prompt": prompt_ids, "n_predict": n, "temperature": 0, "ignore_eos": True,
-            "return_tokens": True, "cache_prompt": False}
+def _llama_server(base_url: str, model: str, api_key: str | None, prompt_ids: list[int], n: int) -> list[int]:
+    body = {
+        "prompt": prompt_ids,
+        "n_predict": n,
+        "temperature": 0,
+        "ignore_eos": True,
+        "return_tokens": True,
+        "cache_prompt": False,
+    }
     root = base_url.removesuffix("/v1")
     reply = _post(f"{root}/completion", body, api_key)
     return [int(t) for t in reply["tokens"]]

@@ -45,8 +45,14 @@ def config(vocab_size: int, **extra) -> BertConfig:
     # 32 wide, 2 layers: loads in well under a second; a larger init spread than BERT's 0.02 so
     # different texts give clearly different vectors.
     return BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, initializer_range=0.2, **extra,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        **extra,
     )
 
 
@@ -61,8 +67,10 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer, models  # type: ignore[import-not-found]
 
-    st = SentenceTransformer(modules=[models.Transformer(str(hf), max_seq_length=64),
-                                      models.Pooling(32, pooling_mode="mean")], device="cpu")
+    st = SentenceTransformer(
+        modules=[models.Transformer(str(hf), max_seq_length=64), models.Pooling(32, pooling_mode="mean")],
+        device="cpu",
+    )
     st.save(str(out / "embedding"))
 
     torch.manual_seed(1)
@@ -79,16 +87,26 @@ def main() -> None:
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         vectors = mean / mean.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        pairs = tok([texts["query"]] * len(texts["documents"]), texts["documents"], padding=True,
-                    truncation=True, max_length=64, return_tensors="pt")
+        pairs = tok(
+            [texts["query"]] * len(texts["documents"]),
+            texts["documents"],
+            padding=True,
+            truncation=True,
+            max_length=64,
+            return_tensors="pt",
+        )
         scores = torch.sigmoid(scorer(**pairs).logits[:, 0])
-    print(json.dumps({
-        "embedding_dir": str(out / "embedding"),
-        "rerank_dir": str(out / "rerank"),
-        "dimensions": 32,
-        "embeddings": vectors.tolist(),
-        "rerank_scores": scores.tolist(),
-    }))
+    print(
+        json.dumps(
+            {
+                "embedding_dir": str(out / "embedding"),
+                "rerank_dir": str(out / "rerank"),
+                "dimensions": 32,
+                "embeddings": vectors.tolist(),
+                "rerank_scores": scores.tolist(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def row_name(engine: str) -> str:
     return f"xinference/{XINFERENCE_ENGINE_NAMES[engine]}"
 
 
-def run_xinference(python: Path, model: TinyModel, work_dir: Path, expected_text: str,
-                   check_cancelled: Callable[[], None]) -> list[EngineResult]:
+def run_xinference(
+    python: Path, model: TinyModel, work_dir: Path, expected_text: str, check_cancelled: Callable[[], None]
+) -> list[EngineResult]:
     """One row per Xinference engine; a failed start fails both rows with the same reason."""
     import openai
 
@@ -53,18 +54,24 @@ def run_xinference(python: Path, model: TinyModel, work_dir: Path, expected_text
     home = work_dir / "xinference-home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port(HOST)
-    server = XinferenceServer(xinference_command(python, HOST, port), host=HOST, port=port,
-                              log_path=work_dir / "xinference-server.log",
-                              env=xinference_env(home, auth=False), ready_timeout_s=READY_TIMEOUT_S,
-                              grace_s=STOP_GRACE_S)
+    server = XinferenceServer(
+        xinference_command(python, HOST, port),
+        host=HOST,
+        port=port,
+        log_path=work_dir / "xinference-server.log",
+        env=xinference_env(home, auth=False),
+        ready_timeout_s=READY_TIMEOUT_S,
+        grace_s=STOP_GRACE_S,
+    )
     for r in rows.values():
         r.log_path = str(server.log_path)
     try:
         check_cancelled()
         with server:
             api = XinferenceApi(f"http://{HOST}:{port}")
-            client = openai.OpenAI(base_url=server.base_url, api_key="none", timeout=REQUEST_TIMEOUT_S,
-                                   max_retries=0)
+            client = openai.OpenAI(
+                base_url=server.base_url, api_key="none", timeout=REQUEST_TIMEOUT_S, max_retries=0
+            )
             models = _private_copy(model, work_dir / "xinference-models")
             for engine, fmt in ENGINES:
                 check_cancelled()

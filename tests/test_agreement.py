@@ -19,10 +19,16 @@ from smoke.reference import TinyReference
 
 def _probe(python: Path, backend: str, model_path: Path, prompt_ids: list[int]) -> dict:
     argv = ADAPTERS[backend].probe_command(python, model_path, prompt_ids, 12, logits=True)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     line = next(x for x in out.stdout.splitlines() if x.startswith(RESULT_MARKER))
-    return json.loads(line[len(RESULT_MARKER):])
+    return json.loads(line[len(RESULT_MARKER) :])
 
 
 @pytest.mark.slow
@@ -36,12 +42,19 @@ def test_transformers_and_llama_cpp_agree_with_the_reference(_engine_pythons, tm
     lc = _probe(_engine_pythons["llama-cpp-python"], "llama-cpp-python", model.gguf_path, prompt_ids)
 
     for name, run in (("transformers", tf), ("llama-cpp-python", lc)):
-        verdict = compare_greedy(name, "reference", run["new_ids"], expected.new_ids,
-                                 run["prompt_logits"], expected.prompt_logits)
+        verdict = compare_greedy(
+            name, "reference", run["new_ids"], expected.new_ids, run["prompt_logits"], expected.prompt_logits
+        )
         assert verdict.status == "pass", verdict.reason
         assert verdict.tokens_compared == 12
-    both = compare_greedy("transformers", "llama-cpp-python", tf["new_ids"], lc["new_ids"],
-                          tf["prompt_logits"], lc["prompt_logits"])
+    both = compare_greedy(
+        "transformers",
+        "llama-cpp-python",
+        tf["new_ids"],
+        lc["new_ids"],
+        tf["prompt_logits"],
+        lc["prompt_logits"],
+    )
     assert both.status == "pass", both.reason
     assert both.max_logit_diff < 1e-4
 
@@ -64,8 +77,14 @@ def test_a_wrong_conversion_is_caught(_engine_pythons, tmp_path, monkeypatch):
     prompt_ids = ref.encode("One, two, three, four, five, six, seven")
     expected = ref.greedy(prompt_ids, 12)
     lc = _probe(_engine_pythons["llama-cpp-python"], "llama-cpp-python", bad, prompt_ids)
-    verdict = compare_greedy("llama-cpp-python", "reference", lc["new_ids"], expected.new_ids,
-                             lc["prompt_logits"], expected.prompt_logits)
+    verdict = compare_greedy(
+        "llama-cpp-python",
+        "reference",
+        lc["new_ids"],
+        expected.new_ids,
+        lc["prompt_logits"],
+        expected.prompt_logits,
+    )
     assert verdict.status == "fail"
     assert verdict.max_logit_diff > 1e-2
 
@@ -84,10 +103,15 @@ def test_xllamacpp_server_gives_the_reference_ids(_engine_pythons, tmp_path):
     expected = ref.greedy(prompt_ids, 12)
     adapter = ADAPTERS["xllamacpp"]
     port = free_port()
-    argv = adapter.server_command(_engine_pythons["xllamacpp"], model.gguf_path,
-                                  smoke_launch(adapter, "127.0.0.1", port, False), "sk-agree")
-    with ManagedServer(argv, host="127.0.0.1", port=port, log_path=tmp_path / "xl.log",
-                       api_key="sk-agree") as server:
+    argv = adapter.server_command(
+        _engine_pythons["xllamacpp"],
+        model.gguf_path,
+        smoke_launch(adapter, "127.0.0.1", port, False),
+        "sk-agree",
+    )
+    with ManagedServer(
+        argv, host="127.0.0.1", port=port, log_path=tmp_path / "xl.log", api_key="sk-agree"
+    ) as server:
         ids = SERVER_GREEDY_IDS["xllamacpp"](server.base_url, "tiny", "sk-agree", prompt_ids, 12)
     verdict = compare_greedy("xllamacpp", "reference", ids, expected.new_ids)
     assert verdict.status == "pass" and verdict.tokens_compared == 12, verdict.reason

@@ -34,8 +34,10 @@ def _installed(root: Path) -> dict[str, str | None]:
 
 def _on_disk(root: Path, dist: str) -> bool:
     python = root / "main" / "bin" / "python"
-    probe = (f"import importlib.metadata as m\ntry:\n m.version({dist!r}); print('yes')\n"
-             "except m.PackageNotFoundError: print('no')")
+    probe = (
+        f"import importlib.metadata as m\ntry:\n m.version({dist!r}); print('yes')\n"
+        "except m.PackageNotFoundError: print('no')"
+    )
     return subprocess.run([str(python), "-c", probe], capture_output=True, text=True).stdout.strip() == "yes"
 
 
@@ -88,8 +90,11 @@ def test_uninstall_status_drift_and_install_brings_it_back(root):
 
     # A change behind the tool's back: status names it, exit 1.
     main_python = str(root / "main" / "bin" / "python")
-    uv = subprocess.run([uv_bin() or "uv", "pip", "uninstall", "--python", main_python, "xllamacpp"],
-                        capture_output=True, text=True)
+    uv = subprocess.run(
+        [uv_bin() or "uv", "pip", "uninstall", "--python", main_python, "xllamacpp"],
+        capture_output=True,
+        text=True,
+    )
     assert uv.returncode == 0, uv.stderr
     st = cli("status", "--venv", str(root), "--json")
     assert st.returncode == 1, st.stderr

@@ -67,14 +67,56 @@ def test_unknown_backend_is_one_error_with_one_wording():
 @pytest.mark.parametrize(
     ("table", "what"),
     [
-        ({"x": {"version": "1", "dist": "x", "import_check": "import x", "disk_mb": 1, "needs_torch": False}},
-         "environment"),
-        ({"x": {"dist": "x", "import_check": "import x", "disk_mb": 1, "needs_torch": False,
-                "environment": "own"}}, "version"),
-        ({"x": {"version": "1", "dist": "x", "import_check": "import x", "disk_mb": 1, "needs_torch": False,
-                "environment": "shared"}}, "environment must be one of primary, own"),
-        ({"x": {"version": "1", "dist": "x", "import_check": "i", "disk_mb": "lots", "needs_torch": False,
-                "environment": "own"}}, "lots"),
+        (
+            {
+                "x": {
+                    "version": "1",
+                    "dist": "x",
+                    "import_check": "import x",
+                    "disk_mb": 1,
+                    "needs_torch": False,
+                }
+            },
+            "environment",
+        ),
+        (
+            {
+                "x": {
+                    "dist": "x",
+                    "import_check": "import x",
+                    "disk_mb": 1,
+                    "needs_torch": False,
+                    "environment": "own",
+                }
+            },
+            "version",
+        ),
+        (
+            {
+                "x": {
+                    "version": "1",
+                    "dist": "x",
+                    "import_check": "import x",
+                    "disk_mb": 1,
+                    "needs_torch": False,
+                    "environment": "shared",
+                }
+            },
+            "environment must be one of primary, own",
+        ),
+        (
+            {
+                "x": {
+                    "version": "1",
+                    "dist": "x",
+                    "import_check": "i",
+                    "disk_mb": "lots",
+                    "needs_torch": False,
+                    "environment": "own",
+                }
+            },
+            "lots",
+        ),
     ],
 )
 def test_a_malformed_recipe_names_the_backend_and_the_entry(table, what):
@@ -86,9 +128,10 @@ def test_a_malformed_recipe_names_the_backend_and_the_entry(table, what):
 def test_engine_specific_facts_stay_with_the_planner_rules():
     vllm = backends.backend("vllm")
     assert vllm.rules["sm_min"] == 75 and "dist" not in vllm.rules
-    assert backends.backend("transformers").requirement == "transformers[serving]==" + backends.backend(
-        "transformers"
-    ).version
+    assert (
+        backends.backend("transformers").requirement
+        == "transformers[serving]==" + backends.backend("transformers").version
+    )
 
 
 def test_recipes_are_read_from_a_source_checkout_without_install(tmp_path):
@@ -104,8 +147,16 @@ def test_recipes_are_read_from_a_source_checkout_without_install(tmp_path):
 
 
 def _recipe(**kw):
-    base = dict(name="newengine", version="1.2.3", dist="newengine", import_check="import newengine",
-                disk_mb=100, environment="primary", needs_torch=False, extras=("server",))
+    base = dict(
+        name="newengine",
+        version="1.2.3",
+        dist="newengine",
+        import_check="import newengine",
+        disk_mb=100,
+        environment="primary",
+        needs_torch=False,
+        extras=("server",),
+    )
     return backends.BackendRecipe(**{**base, **kw})
 
 
@@ -113,11 +164,21 @@ def _recipe(**kw):
     ("profile", "recipe", "action", "environment", "reason"),
     [
         ("linux-h100-driver590", _recipe(), "install", "main", "newengine 1.2.3, as recipes/backends.toml"),
-        ("linux-h100-driver590", _recipe(environment="own", needs_torch=True), "install", "newengine",
-         "pins"),
+        (
+            "linux-h100-driver590",
+            _recipe(environment="own", needs_torch=True),
+            "install",
+            "newengine",
+            "pins",
+        ),
         ("linux-8x-a100-driver450", _recipe(python_min="3.10"), "skip", None, "needs Python >= 3.10"),
-        ("centos7-glibc2.17-cpu", _recipe(needs_torch=True), "skip", None,
-         "requires torch, and torch wheels"),
+        (
+            "centos7-glibc2.17-cpu",
+            _recipe(needs_torch=True),
+            "skip",
+            None,
+            "requires torch, and torch wheels",
+        ),
     ],
 )
 def test_a_backend_without_its_own_rule_installs_its_recipe_pin(profile, recipe, action, environment, reason):
@@ -138,9 +199,17 @@ def test_a_backend_without_its_own_rule_installs_its_recipe_pin(profile, recipe,
 
 
 def test_a_table_without_dist_is_planner_facts_not_a_backend():
-    tables = {"a": {"version": "1", "dist": "a", "import_check": "import a", "disk_mb": 1,
-                    "environment": "primary", "needs_torch": False},
-              "a-cpu": {"distribution": "a-cpu", "version": "2"}}
+    tables = {
+        "a": {
+            "version": "1",
+            "dist": "a",
+            "import_check": "import a",
+            "disk_mb": 1,
+            "environment": "primary",
+            "needs_torch": False,
+        },
+        "a-cpu": {"distribution": "a-cpu", "version": "2"},
+    }
     assert [b.name for b in backends.recipes_from_table(tables)] == ["a"]
 
 

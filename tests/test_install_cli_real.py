@@ -45,8 +45,9 @@ def test_ctrl_c_mid_step_leaves_an_accurate_receipt_and_a_rerun_resumes(tmp_path
     backends = ["--backend", "transformers", "--backend", "xllamacpp"]
     argv = [sys.executable, "-m", "provision", "install", *backends, "--venv", str(root)]
     # A terminal's Ctrl-C reaches the whole foreground process group: the installer and its uv.
-    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True
+    )
     seen = []
     deadline = time.monotonic() + 600
     for line in proc.stderr:

@@ -74,8 +74,9 @@ def test_no_op_rerun_and_drift(provisioned_root, tmp_path):
 
     # Drift: a dependency removed behind our back. The fingerprint changes; the full run repairs it.
     python = root / "main" / "bin" / "python"
-    out = subprocess.run([uv_bin(), "pip", "uninstall", "--python", str(python), "diskcache"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [uv_bin(), "pip", "uninstall", "--python", str(python), "diskcache"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     repaired = cli(*args)
     assert repaired.returncode == 0, repaired.stderr
@@ -118,7 +119,13 @@ def test_build_failure_in_the_background_reports_cleanly(tmp_path):
     # build, while xllamacpp installs in the foreground.
     root = tmp_path / "envs"
     done = cli(
-        "install", "--backend", "llama-cpp-python", "--backend", "xllamacpp", "--venv", str(root),
+        "install",
+        "--backend",
+        "llama-cpp-python",
+        "--backend",
+        "xllamacpp",
+        "--venv",
+        str(root),
         env={"CMAKE_ARGS": "-DCMAKE_C_COMPILER=/nonexistent/cc"},
     )
     assert done.returncode == 1, done.stderr

@@ -110,10 +110,16 @@ def test_plan_round_trips_through_a_receipt(recipes):
 def test_recipe_matches_installed_xinference_metadata(recipes, engine_env):
     """The recipe's facts are the installed xinference's own Requires-Dist (importlib.metadata)."""
     done = subprocess.run(
-        [str(engine_env["xinference"]), "-c",
-         "import json; from importlib import metadata as m; "
-         "print(json.dumps([m.version('xinference'), m.requires('xinference')]))"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            str(engine_env["xinference"]),
+            "-c",
+            "import json; from importlib import metadata as m; "
+            "print(json.dumps([m.version('xinference'), m.requires('xinference')]))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     version, requires = json.loads(done.stdout)
     assert version == recipes.model_types["for_version"] == recipes.engine("xinference")["version"]
@@ -135,7 +141,10 @@ def test_cli_flag_and_bad_input():
     args = ["--profile", str(PROFILES / "linux-cpu-debian12-nvcc-no-cublas.json"), "--json"]
     done = subprocess.run(
         [sys.executable, "-m", "provision", "plan", "--auto", "--model-types", "llm,embedding,rerank", *args],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     d = json.loads(done.stdout)
@@ -144,7 +153,10 @@ def test_cli_flag_and_bad_input():
     for cmd in (["plan", "--auto"], ["install", "--auto", "--dry-run"]):
         bad = subprocess.run(
             [sys.executable, "-m", "provision", *cmd, "--model-types", "llm,speech", *args[:2]],
-            capture_output=True, text=True, env=env, timeout=120,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
         )
         assert bad.returncode == 2, bad.stderr
         assert bad.stderr.strip().splitlines() == [

@@ -61,9 +61,7 @@ EXPECTED = {
         warnings=("nvidia-driver-too-old",),
         reasons={"torch": "older than 525.60.13", "llama-cpp-python": "no nvcc"},
     ),
-    "linux-t4-driver580": row(
-        "cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=75"), GPU_ENVS
-    ),
+    "linux-t4-driver580": row("cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=75"), GPU_ENVS),
     # Turing consumer, driver 610 without nvcc: CPU llama build that says what to install.
     "linux-rtx2080super-driver610": row(
         "cu130", {}, (), GPU_ENVS, reasons={"llama-cpp-python": "install the CUDA toolkit"}
@@ -89,9 +87,7 @@ EXPECTED = {
         warnings=("cuda-cublas-unknown",),
         reasons={"xllamacpp": "cu128"},
     ),
-    "linux-l40s-driver580": row(
-        "cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=89"), GPU_ENVS
-    ),
+    "linux-l40s-driver580": row("cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=89"), GPU_ENVS),
     "linux-h100-driver590": row(
         "cu130",
         {},
@@ -128,9 +124,7 @@ EXPECTED = {
         GPU_ENVS,
         reasons={"xllamacpp": "cu128 wheel"},
     ),
-    "linux-b200-driver580": row(
-        "cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=100"), GPU_ENVS
-    ),
+    "linux-b200-driver580": row("cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=100"), GPU_ENVS),
     # Blackwell on a 12.x driver: only torch < 2.12's cu128 has sm_120 kernels.
     "linux-rtx5090-driver570": row(
         "cu128",

@@ -53,6 +53,7 @@ def gguf_model(tmp_path):
     def make(stem: str):
         meta = json.loads((FIX / "gguf" / f"{stem}.json").read_text())
         return inspect_model(write_gguf(meta, tmp_path / f"{stem}.gguf"))
+
     return make
 
 
@@ -88,9 +89,11 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("model", "profile", "installed", "engine", "family"), TABLE,
-                         ids=[f"{r[0]}-{r[1].gpus[0].name if r[1].gpus else 'cpu'}-{len(r[2])}"
-                              for r in TABLE])
+@pytest.mark.parametrize(
+    ("model", "profile", "installed", "engine", "family"),
+    TABLE,
+    ids=[f"{r[0]}-{r[1].gpus[0].name if r[1].gpus else 'cpu'}-{len(r[2])}" for r in TABLE],
+)
 def test_engine_choice_table(model, profile, installed, engine, family):
     choice = choose_engine([hf(model)], profile, installed, RULES)
     assert (choice.engine, choice.family) == (engine, family), choice.reason
@@ -106,11 +109,19 @@ def test_reasons_name_the_rule_that_decided():
     assert "but it is not installed" in no_vllm.reason
 
 
-@pytest.mark.parametrize(("stem", "installed", "engine", "quant", "family"), [
-    ("qwen2-7b-instruct-q4_k_m", ALL, "xllamacpp", "Q4_K_M", "qwen2"),
-    ("Meta-Llama-3-8B-Instruct.Q8_0", frozenset({"llama-cpp-python", "transformers"}),
-     "llama-cpp-python", "Q8_0", "llama-3"),
-])
+@pytest.mark.parametrize(
+    ("stem", "installed", "engine", "quant", "family"),
+    [
+        ("qwen2-7b-instruct-q4_k_m", ALL, "xllamacpp", "Q4_K_M", "qwen2"),
+        (
+            "Meta-Llama-3-8B-Instruct.Q8_0",
+            frozenset({"llama-cpp-python", "transformers"}),
+            "llama-cpp-python",
+            "Q8_0",
+            "llama-3",
+        ),
+    ],
+)
 def test_gguf_goes_to_llama_cpp(gguf_model, stem, installed, engine, quant, family):
     facts = gguf_model(stem)
     assert (facts.format, facts.quantization) == ("ggufv2", quant)
@@ -131,15 +142,18 @@ def test_tiny_forms_fall_back_to_gguf_when_only_llama_cpp_is_installed(gguf_mode
     assert choose_engine(forms, CPU, NO_GPU_ENGINES, RULES, requested="llama.cpp").model.kind == "gguf"
 
 
-@pytest.mark.parametrize(("model", "profile", "requested", "message"), [
-    ("Qwen--Qwen2-7B-Instruct", CPU, "vllm", "vllm needs a CUDA device"),
-    ("Qwen--Qwen2-7B-Instruct", MAC, "sglang", "sglang runs on linux only"),
-    ("unsloth--llama-3-8b-bnb-4bit", CUDA, "vllm", "vllm takes pytorch/awq/gptq models, this one is bnb"),
-    ("openai-community--gpt2", CUDA, "vllm", "family unknown (GPT2LMHeadModel)"),
-    ("internlm--internlm2-chat-7b", CUDA, "sglang", "family internlm2 is not in its supported list"),
-    ("Qwen--Qwen2-7B-Instruct", CUDA, "llama.cpp", "serves GGUF files"),
-    ("Qwen--Qwen2-7B-Instruct", CUDA, "tensorrt", "unknown engine 'tensorrt'"),
-])
+@pytest.mark.parametrize(
+    ("model", "profile", "requested", "message"),
+    [
+        ("Qwen--Qwen2-7B-Instruct", CPU, "vllm", "vllm needs a CUDA device"),
+        ("Qwen--Qwen2-7B-Instruct", MAC, "sglang", "sglang runs on linux only"),
+        ("unsloth--llama-3-8b-bnb-4bit", CUDA, "vllm", "vllm takes pytorch/awq/gptq models, this one is bnb"),
+        ("openai-community--gpt2", CUDA, "vllm", "family unknown (GPT2LMHeadModel)"),
+        ("internlm--internlm2-chat-7b", CUDA, "sglang", "family internlm2 is not in its supported list"),
+        ("Qwen--Qwen2-7B-Instruct", CUDA, "llama.cpp", "serves GGUF files"),
+        ("Qwen--Qwen2-7B-Instruct", CUDA, "tensorrt", "unknown engine 'tensorrt'"),
+    ],
+)
 def test_explicit_engine_that_cannot_serve_is_an_error_with_the_reason(model, profile, requested, message):
     with pytest.raises(UserError) as e:
         choose_engine([hf(model)], profile, ALL, RULES, requested=requested)
@@ -148,8 +162,14 @@ def test_explicit_engine_that_cannot_serve_is_an_error_with_the_reason(model, pr
 
 def test_engine_not_installed_names_the_install_command():
     with pytest.raises(UserError) as e:
-        choose_engine([hf("Qwen--Qwen2-7B-Instruct")], CUDA, frozenset({"transformers"}), RULES,
-                      requested="vllm", hint_args=" --venv /srv/envs")
+        choose_engine(
+            [hf("Qwen--Qwen2-7B-Instruct")],
+            CUDA,
+            frozenset({"transformers"}),
+            RULES,
+            requested="vllm",
+            hint_args=" --venv /srv/envs",
+        )
     assert "`xinfer-setup install --backend vllm --venv /srv/envs`" in str(e.value)
     with pytest.raises(UserError) as e:
         choose_engine([hf("Qwen--Qwen2-7B-Instruct")], CPU, frozenset(), RULES)
@@ -169,25 +189,39 @@ def test_family_comes_from_the_model_not_its_name(tmp_path):
     # A llama-3 vocabulary in a directory named like Qwen is still llama-3.
     d = tmp_path / "Qwen2-7B-Instruct"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-                                               "vocab_size": 128256}))
+    (d / "config.json").write_text(
+        json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256})
+    )
     assert family_of(inspect_model(d), RULES).name == "llama-3"
-    gguf_llama = facts_from_gguf_metadata(tmp_path / "x.gguf", {"general.architecture": "llama",
-                                                                 "llama.vocab_size": 32000})
+    gguf_llama = facts_from_gguf_metadata(
+        tmp_path / "x.gguf", {"general.architecture": "llama", "llama.vocab_size": 32000}
+    )
     assert family_of(gguf_llama, RULES).name == "llama-2"
 
 
-@pytest.mark.parametrize(("setup", "message"), [
-    (lambda p: p / "missing", "no such model"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "has no config.json"),
-    (lambda p: (p / "notes.txt").write_text("hello") and p / "notes.txt",
-     "neither a model directory nor a GGUF"),
-    (lambda p: (p / "c").mkdir() or (p / "c" / "config.json").write_text("{}") and p / "c",
-     "names no architectures or model_type"),
-    (lambda p: (p / "bad").mkdir() or (p / "bad" / "config.json").write_text("{nope") and p / "bad",
-     "cannot read it as JSON"),
-    (lambda p: (p / "trunc.gguf").write_bytes(b"GGUF\x03\x00") and p / "trunc.gguf", "not a readable GGUF"),
-])
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: p / "missing", "no such model"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "has no config.json"),
+        (
+            lambda p: (p / "notes.txt").write_text("hello") and p / "notes.txt",
+            "neither a model directory nor a GGUF",
+        ),
+        (
+            lambda p: (p / "c").mkdir() or (p / "c" / "config.json").write_text("{}") and p / "c",
+            "names no architectures or model_type",
+        ),
+        (
+            lambda p: (p / "bad").mkdir() or (p / "bad" / "config.json").write_text("{nope") and p / "bad",
+            "cannot read it as JSON",
+        ),
+        (
+            lambda p: (p / "trunc.gguf").write_bytes(b"GGUF\x03\x00") and p / "trunc.gguf",
+            "not a readable GGUF",
+        ),
+    ],
+)
 def test_bad_models_are_one_line_user_errors(tmp_path, setup, message):
     with pytest.raises(UserError) as e:
         inspect_model(setup(tmp_path))

@@ -31,11 +31,13 @@ def serve_root(request, tmp_path_factory) -> Path:
     if not python:
         return request.getfixturevalue("provisioned_root")
     root = tmp_path_factory.mktemp("serve-root")
-    probe = ("import json, importlib.metadata as m\nout = {}\n"
-             f"for b, d in {BACKEND_DISTS!r}.items():\n"
-             "    try: out[b] = m.version(d)\n"
-             "    except m.PackageNotFoundError: pass\n"
-             "print(json.dumps(out))")
+    probe = (
+        "import json, importlib.metadata as m\nout = {}\n"
+        f"for b, d in {BACKEND_DISTS!r}.items():\n"
+        "    try: out[b] = m.version(d)\n"
+        "    except m.PackageNotFoundError: pass\n"
+        "print(json.dumps(out))"
+    )
     done = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True)
     backends = [BackendRecord(b, "installed", "main", v) for b, v in json.loads(done.stdout).items()]
     prefix = str(Path(python).parent.parent)
@@ -63,13 +65,17 @@ def test_missing_model_is_one_line_exit_2(tmp_path):
 
 
 def test_directory_that_is_not_a_model_is_exit_2(tmp_path):
-    _one_line_error(cli("serve", str(tmp_path), "--dry-run"), 2,
-                    "is not a model directory: it has no config.json")
+    _one_line_error(
+        cli("serve", str(tmp_path), "--dry-run"), 2, "is not a model directory: it has no config.json"
+    )
 
 
 def test_profile_only_with_dry_run():
-    _one_line_error(cli("serve", "tiny", "--profile", str(PROFILES / "macos-m1max.json")), 2,
-                    "--profile describes another machine")
+    _one_line_error(
+        cli("serve", "tiny", "--profile", str(PROFILES / "macos-m1max.json")),
+        2,
+        "--profile describes another machine",
+    )
 
 
 def test_unknown_via_is_a_usage_error():
@@ -90,23 +96,37 @@ def test_dry_run_json_decides_without_starting_anything(serve_root):
 
 
 def test_unknown_engine_is_exit_2(serve_root):
-    _one_line_error(cli("serve", "tiny", "--venv", str(serve_root), "--engine", "tensorrt", "--dry-run"), 2,
-                    "unknown engine 'tensorrt'")
+    _one_line_error(
+        cli("serve", "tiny", "--venv", str(serve_root), "--engine", "tensorrt", "--dry-run"),
+        2,
+        "unknown engine 'tensorrt'",
+    )
 
 
 def test_engine_that_cannot_run_here_is_exit_2_with_reason(serve_root):
-    _one_line_error(cli("serve", "tiny", "--venv", str(serve_root), "--engine", "vllm", "--dry-run"), 2,
-                    "vllm needs a CUDA device")
+    _one_line_error(
+        cli("serve", "tiny", "--venv", str(serve_root), "--engine", "vllm", "--dry-run"),
+        2,
+        "vllm needs a CUDA device",
+    )
 
 
 def test_engine_not_installed_names_the_fix(tmp_path):
     # An empty environment root: a receipt with nothing installed.
-    write_receipt(Receipt({}, {}, "uv", [EnvRecord("main", str(tmp_path / "main"), sys.executable)], []),
-                  tmp_path / "main")
-    _one_line_error(cli("serve", "tiny", "--venv", str(tmp_path), "--dry-run"), 2,
-                    f"run `xinfer-setup install --backend transformers --venv {tmp_path}`")
-    _one_line_error(cli("serve", "tiny", "--venv", str(tmp_path), "--via", "xinference", "--dry-run"), 2,
-                    "xinference is not installed here")
+    write_receipt(
+        Receipt({}, {}, "uv", [EnvRecord("main", str(tmp_path / "main"), sys.executable)], []),
+        tmp_path / "main",
+    )
+    _one_line_error(
+        cli("serve", "tiny", "--venv", str(tmp_path), "--dry-run"),
+        2,
+        f"run `xinfer-setup install --backend transformers --venv {tmp_path}`",
+    )
+    _one_line_error(
+        cli("serve", "tiny", "--venv", str(tmp_path), "--via", "xinference", "--dry-run"),
+        2,
+        "xinference is not installed here",
+    )
 
 
 def test_port_in_use_is_exit_2_and_starts_nothing(serve_root, state_home):
@@ -114,8 +134,9 @@ def test_port_in_use_is_exit_2_and_starts_nothing(serve_root, state_home):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = cli("serve", "tiny", "--venv", str(serve_root), "--port", str(port), env=state_home,
-                   timeout=120)
+        done = cli(
+            "serve", "tiny", "--venv", str(serve_root), "--port", str(port), env=state_home, timeout=120
+        )
     _one_line_error(done, 2, f"cannot listen on 127.0.0.1:{port}")
     assert not _processes_mentioning(f"--port {port}")
 
@@ -123,8 +144,9 @@ def test_port_in_use_is_exit_2_and_starts_nothing(serve_root, state_home):
 def test_a_model_that_does_not_fit_is_exit_2_and_starts_nothing(serve_root, state_home):
     # Llama-3.1-70B (config and index only) on this machine's CPU: 131 GiB of bf16 weights.
     model = str(FIX / "hf" / "meta-llama--Llama-3.1-70B-Instruct")
-    _one_line_error(cli("serve", model, "--venv", str(serve_root), env=state_home, timeout=120), 2,
-                    "does not fit")
+    _one_line_error(
+        cli("serve", model, "--venv", str(serve_root), env=state_home, timeout=120), 2, "does not fit"
+    )
     assert not _processes_with_environ(state_home["XDG_STATE_HOME"])
     # --dry-run prints the decision with fits false and exits 0.
     done = cli("serve", model, "--venv", str(serve_root), "--dry-run", "--json", env=state_home)
@@ -132,22 +154,47 @@ def test_a_model_that_does_not_fit_is_exit_2_and_starts_nothing(serve_root, stat
 
 
 def test_bad_gpus_and_context_are_exit_2(serve_root):
-    _one_line_error(cli("serve", "tiny", "--venv", str(serve_root), "--gpus", "0", "--dry-run"), 2,
-                    "--gpus 0: no GPU 0 here (NVIDIA GPUs: none)")
+    _one_line_error(
+        cli("serve", "tiny", "--venv", str(serve_root), "--gpus", "0", "--dry-run"),
+        2,
+        "--gpus 0: no GPU 0 here (NVIDIA GPUs: none)",
+    )
     too_long = cli("serve", "tiny", "--venv", str(serve_root), "--max-model-len", "999999", "--dry-run")
     _one_line_error(too_long, 2, "is above tiny's maximum context")
-    _one_line_error(cli("serve", "tiny", "--venv", str(serve_root), "--gpus", "a,b", "--dry-run"), 2,
-                    "comma-separated list")
+    _one_line_error(
+        cli("serve", "tiny", "--venv", str(serve_root), "--gpus", "a,b", "--dry-run"),
+        2,
+        "comma-separated list",
+    )
 
 
 def test_dry_run_masks_the_api_key(serve_root):
-    done = cli("serve", "tiny", "--venv", str(serve_root), "--engine", "llama.cpp", "--api-key", "sk-dry-9x",
-               "--dry-run", "--json")
+    done = cli(
+        "serve",
+        "tiny",
+        "--venv",
+        str(serve_root),
+        "--engine",
+        "llama.cpp",
+        "--api-key",
+        "sk-dry-9x",
+        "--dry-run",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     assert "sk-dry-9x" not in done.stdout + done.stderr
     assert json.loads(done.stdout)["command"][-2:] == ["--api-key", "***"]
-    text = cli("serve", "tiny", "--venv", str(serve_root), "--engine", "llama.cpp", "--api-key", "sk-dry-9x",
-               "--dry-run")
+    text = cli(
+        "serve",
+        "tiny",
+        "--venv",
+        str(serve_root),
+        "--engine",
+        "llama.cpp",
+        "--api-key",
+        "sk-dry-9x",
+        "--dry-run",
+    )
     assert "sk-dry-9x" not in text.stdout + text.stderr and "--api-key ***" in text.stdout
 
 
@@ -158,14 +205,16 @@ def test_dry_run_with_another_machines_profile():
         pytest.skip("provision.planner.make_plan has not landed yet")
     # An L40S on driver 580: plan --auto installs vLLM there (CUDA 13 wheel), so the tiny
     # llama (pytorch format, no quantization, a vLLM family) goes to vLLM.
-    done = cli("serve", "tiny", "--dry-run", "--json", "--profile",
-               str(PROFILES / "linux-l40s-driver580.json"))
+    done = cli(
+        "serve", "tiny", "--dry-run", "--json", "--profile", str(PROFILES / "linux-l40s-driver580.json")
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["engine"] in ("vllm", "sglang")
     # An RTX 3090 on driver 570: vllm 0.33.0 / sglang 0.5.23 need a CUDA 13 driver (>= 580), so
     # plan --auto skips them there and the model goes to transformers.
-    done = cli("serve", "tiny", "--dry-run", "--json", "--profile",
-               str(PROFILES / "linux-rtx3090-driver570.json"))
+    done = cli(
+        "serve", "tiny", "--dry-run", "--json", "--profile", str(PROFILES / "linux-rtx3090-driver570.json")
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["engine"] == "transformers"
 
@@ -206,11 +255,16 @@ def _processes_with_environ(marker: str) -> list[int]:
 class Serving:
     """`xinfer-setup serve` in the foreground of a child process, read until it prints its endpoint."""
 
-    def __init__(self, args: list[str], env: dict[str, str], ready_timeout_s: float,
-                 wrap=lambda argv: argv):
-        self.proc = subprocess.Popen(wrap([sys.executable, "-m", "provision", "serve", *args]), cwd=REPO,
-                                     env={**os.environ, **env}, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+    def __init__(self, args: list[str], env: dict[str, str], ready_timeout_s: float, wrap=lambda argv: argv):
+        self.proc = subprocess.Popen(
+            wrap([sys.executable, "-m", "provision", "serve", *args]),
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.started = time.perf_counter()
         self.info: dict[str, str] = {}
         deadline = self.started + ready_timeout_s
@@ -249,8 +303,9 @@ def _chat_both_ways(url: str, model: str, api_key: str) -> None:
     plain = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
     assert plain.choices[0].message.content
     assert plain.usage.completion_tokens > 0
-    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0,
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=8, temperature=0, stream=True
+    )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert len(pieces) > 1 and "".join(pieces)
 
@@ -301,8 +356,12 @@ def test_serve_tiny_by_hf_id_from_a_local_hub_cache(serve_root, state_home, tmp_
     build_hub_cache(tmp_path / "hub", "xinfer-setup/tiny-llama", files)
     secret = "sk-hf-cache-5a1t"
     # The key from the environment: not even serve's own argv holds it.
-    env = {**state_home, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
-           "XINFER_SETUP_API_KEY": secret}
+    env = {
+        **state_home,
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "XINFER_SETUP_API_KEY": secret,
+    }
     port = free_port()
     s = Serving(["xinfer-setup/tiny-llama", "--venv", str(serve_root), "--port", str(port)], env, 600)
     try:
@@ -323,8 +382,11 @@ def test_serve_tiny_with_llama_cpp(serve_root, state_home):
     if "xllamacpp" not in installed_backends(serve_root):
         pytest.skip("XINFER_TEST_ENGINE_PYTHON has no xllamacpp")  # the provisioned root always has it
     port = free_port()
-    s = Serving(["tiny", "--venv", str(serve_root), "--port", str(port), "--engine", "llama.cpp"],
-                {**state_home, "XINFER_SETUP_API_KEY": "k-9-llama"}, 300)
+    s = Serving(
+        ["tiny", "--venv", str(serve_root), "--port", str(port), "--engine", "llama.cpp"],
+        {**state_home, "XINFER_SETUP_API_KEY": "k-9-llama"},
+        300,
+    )
     try:
         assert s.info["model"] == "tiny"
         _chat_both_ways(s.info["url"], "tiny", "k-9-llama")
@@ -373,8 +435,11 @@ def test_64_concurrent_chats_through_the_key_guard(serve_root, state_home):
     from provision.engines.server import free_port
 
     port = free_port()
-    s = Serving(["tiny", "--venv", str(serve_root), "--port", str(port), "--engine", "transformers"],
-                {**state_home, "XINFER_SETUP_API_KEY": "k-load"}, 600)
+    s = Serving(
+        ["tiny", "--venv", str(serve_root), "--port", str(port), "--engine", "transformers"],
+        {**state_home, "XINFER_SETUP_API_KEY": "k-load"},
+        600,
+    )
     try:
         url = s.info["url"]
         with openai.OpenAI(base_url=url, api_key="k-load", max_retries=0) as warm:
@@ -388,8 +453,12 @@ def test_64_concurrent_chats_through_the_key_guard(serve_root, state_home):
             # (one left open would end after the guard's idle timeout).
             with openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=300) as client:
                 try:
-                    r = client.chat.completions.create(model="tiny", max_tokens=4, temperature=0,
-                                                       messages=[{"role": "user", "content": f"hello {i}"}])
+                    r = client.chat.completions.create(
+                        model="tiny",
+                        max_tokens=4,
+                        temperature=0,
+                        messages=[{"role": "user", "content": f"hello {i}"}],
+                    )
                     return 200 if r.choices[0].message.content is not None else "empty"
                 except openai.APIStatusError as e:
                     return e.status_code
@@ -410,8 +479,10 @@ def test_64_concurrent_chats_through_the_key_guard(serve_root, state_home):
         assert _threads(s.proc.pid) <= idle, (idle, _threads(s.proc.pid))
     finally:
         code, err = s.stop()
-    print(f"64 concurrent chats through the key guard: {took:.1f} s; {results.count(200)} answered, "
-          f"{results.count(401)} refused 401, {results.count(503)} refused 503")
+    print(
+        f"64 concurrent chats through the key guard: {took:.1f} s; {results.count(200)} answered, "
+        f"{results.count(401)} refused 401, {results.count(503)} refused 503"
+    )
     assert code == 0, err
 
 
@@ -439,8 +510,17 @@ def test_via_xinference_in_its_virtualenvs_with_the_network_closed(serve_root, s
         pytest.skip(why)
     port = free_port()
     with loopback_only_netns("xserve") as ns:
-        args = ["tiny", "--venv", str(serve_root), "--port", str(port), "--via", "xinference",
-                "--engine", engine]
+        args = [
+            "tiny",
+            "--venv",
+            str(serve_root),
+            "--port",
+            str(port),
+            "--via",
+            "xinference",
+            "--engine",
+            engine,
+        ]
         s = Serving(args, state_home, 600, wrap=ns.wrap)
         try:
             assert s.info["model"] == "tiny"

@@ -28,13 +28,22 @@ CPU_ENGINES = frozenset({"transformers", "xllamacpp", "llama-cpp-python"})
 
 
 def plan(model: Path, profile: str, installed=GPU_ENGINES, **opts):
-    return decide_serving([local_candidate(model)], load_profile(PROFILES / f"{profile}.json"), installed,
-                          load_serve_rules(), load_fit_facts(), ServeOptions(**opts), "127.0.0.1", 8000)
+    return decide_serving(
+        [local_candidate(model)],
+        load_profile(PROFILES / f"{profile}.json"),
+        installed,
+        load_serve_rules(),
+        load_fit_facts(),
+        ServeOptions(**opts),
+        "127.0.0.1",
+        8000,
+    )
 
 
 def argv(p) -> list[str]:
-    return ADAPTERS[p.choice.engine].server_command(Path("/env/bin/python"), p.candidate.facts.path, p.launch,
-                                                    None)
+    return ADAPTERS[p.choice.engine].server_command(
+        Path("/env/bin/python"), p.candidate.facts.path, p.launch, None
+    )
 
 
 def write_sparse_llama3_8b_q8_0(path: Path) -> Path:
@@ -196,14 +205,30 @@ def test_gguf_size_is_its_tensors_and_llama_cpp_offloads_all_layers(llama3_gguf)
     # Q8_0: 34 bytes per 32 weights; 8.03e9 weights; the real file is 8.54 GB.
     assert 8.4e9 < cand.weights_bytes < 8.6e9
     assert cand.shape.kv_heads == 8 and cand.shape.max_context == 8192
-    p = decide_serving([cand], load_profile(PROFILES / "linux-rtx4090-driver550.json"), CPU_ENGINES,
-                       load_serve_rules(), load_fit_facts(), ServeOptions(), "127.0.0.1", 8000)
+    p = decide_serving(
+        [cand],
+        load_profile(PROFILES / "linux-rtx4090-driver550.json"),
+        CPU_ENGINES,
+        load_serve_rules(),
+        load_fit_facts(),
+        ServeOptions(),
+        "127.0.0.1",
+        8000,
+    )
     assert p.choice.engine == "xllamacpp" and p.fit.fits and p.fit.context_length == 8192
     cmd = argv(p)
     assert cmd[cmd.index("--n-gpu-layers") + 1] == "-1" and cmd[cmd.index("--n-ctx") + 1] == "8192"
     assert "--f32-kv-cache" not in cmd  # llama.cpp's F16 KV cache
-    mac = decide_serving([cand], load_profile(PROFILES / "macos-m1max.json"), CPU_ENGINES, load_serve_rules(),
-                         load_fit_facts(), ServeOptions(), "127.0.0.1", 8000)
+    mac = decide_serving(
+        [cand],
+        load_profile(PROFILES / "macos-m1max.json"),
+        CPU_ENGINES,
+        load_serve_rules(),
+        load_fit_facts(),
+        ServeOptions(),
+        "127.0.0.1",
+        8000,
+    )
     assert mac.target.kind == "metal" and mac.fit.devices == 1 and mac.fit.fits
 
 
@@ -235,14 +260,29 @@ def test_weights_from_the_index_need_no_weight_files():
 
 
 def test_via_xinference_names_engines_in_their_own_environments_instead_of_an_install_hint():
-    p = decide_serving([local_candidate(LLAMA3_8B)], load_profile(PROFILES / "linux-h100-driver590.json"),
-                       frozenset({"transformers"}), load_serve_rules(), load_fit_facts(), ServeOptions(),
-                       "127.0.0.1", 9997, elsewhere=frozenset({"vllm", "sglang"}))
+    p = decide_serving(
+        [local_candidate(LLAMA3_8B)],
+        load_profile(PROFILES / "linux-h100-driver590.json"),
+        frozenset({"transformers"}),
+        load_serve_rules(),
+        load_fit_facts(),
+        ServeOptions(),
+        "127.0.0.1",
+        9997,
+        elsewhere=frozenset({"vllm", "sglang"}),
+    )
     assert p.choice.engine == "transformers"
     assert "vllm" in p.choice.reason and "lives in its own environment" in p.choice.reason
     assert "not installed" not in p.choice.reason
     with pytest.raises(UserError, match="serve it without --via"):
-        decide_serving([local_candidate(LLAMA3_8B)], load_profile(PROFILES / "linux-h100-driver590.json"),
-                       frozenset({"transformers"}), load_serve_rules(), load_fit_facts(),
-                       ServeOptions(engine="vllm"), "127.0.0.1", 9997,
-                       elsewhere=frozenset({"vllm", "sglang"}))
+        decide_serving(
+            [local_candidate(LLAMA3_8B)],
+            load_profile(PROFILES / "linux-h100-driver590.json"),
+            frozenset({"transformers"}),
+            load_serve_rules(),
+            load_fit_facts(),
+            ServeOptions(engine="vllm"),
+            "127.0.0.1",
+            9997,
+            elsewhere=frozenset({"vllm", "sglang"}),
+        )

@@ -40,8 +40,13 @@ class Upstream:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 up.seen.append(body.get("model"))
                 time.sleep(delay_s)
-                self._send({"object": "chat.completion", "model": body.get("model"),
-                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]})
+                self._send(
+                    {
+                        "object": "chat.completion",
+                        "model": body.get("model"),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+                    }
+                )
 
             def _send(self, obj):
                 data = json.dumps(obj).encode()
@@ -79,8 +84,14 @@ def guard():
         up.close()
 
 
-def call(g: KeyGuard, method: str, path: str, body: bytes | None = None, key: str | None = "k1",
-         headers: dict[str, str] | None = None) -> tuple[int, dict]:
+def call(
+    g: KeyGuard,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    key: str | None = "k1",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", g.server.server_address[1], timeout=30)
     h = {"Content-Type": "application/json", **(headers or {})}
     if key:
@@ -145,8 +156,9 @@ def test_a_silent_client_is_dropped(guard, monkeypatch):
     import socket
 
     s = socket.create_connection(("127.0.0.1", g.server.server_address[1]))
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 100\r\n"
-              b"Authorization: Bearer k1\r\n\r\n")
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 100\r\nAuthorization: Bearer k1\r\n\r\n"
+    )
     s.settimeout(10)
     started = time.monotonic()
     reply = s.recv(4096)

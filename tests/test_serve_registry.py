@@ -30,8 +30,14 @@ def _one_line_error(done, code: int, text: str) -> None:
 
 
 def test_built_in_name_unquantized_when_it_fits(serve_root):  # noqa: F811
-    done = _dry(serve_root, "qwen2.5-instruct", "--size", "7", "--profile",
-                str(PROFILES / "linux-h100-driver590.json"))
+    done = _dry(
+        serve_root,
+        "qwen2.5-instruct",
+        "--size",
+        "7",
+        "--profile",
+        str(PROFILES / "linux-h100-driver590.json"),
+    )
     assert done.returncode == 0, done.stderr
     d = json.loads(done.stdout)
     assert d["source"] == "xinference-registry" and d["served_name"] == "qwen2.5-instruct"
@@ -41,24 +47,53 @@ def test_built_in_name_unquantized_when_it_fits(serve_root):  # noqa: F811
 
 def test_built_in_name_picks_the_best_spec_that_fits(serve_root):  # noqa: F811
     # 32B on a 24 GB card: not bf16 (61 GiB), not 8-bit (35 GiB): a 4-bit spec.
-    d = json.loads(_dry(serve_root, "qwen2.5-instruct", "--size", "32", "--profile",
-                        str(PROFILES / "linux-rtx4090-driver550.json")).stdout)
+    d = json.loads(
+        _dry(
+            serve_root,
+            "qwen2.5-instruct",
+            "--size",
+            "32",
+            "--profile",
+            str(PROFILES / "linux-rtx4090-driver550.json"),
+        ).stdout
+    )
     assert d["quantization"] == "Int4" and d["format"] in ("gptq", "awq") and d["memory"]["fits"]
     assert "context lowered" in d["reason"]
     # A CPU with 31 GiB: Mixtral only as a GGUF.
-    d = json.loads(_dry(serve_root, "mixtral-instruct-v0.1", "--profile",
-                        str(PROFILES / "linux-graviton3-cpu.json")).stdout)
+    d = json.loads(
+        _dry(
+            serve_root, "mixtral-instruct-v0.1", "--profile", str(PROFILES / "linux-graviton3-cpu.json")
+        ).stdout
+    )
     assert d["format"] == "ggufv2" and d["memory"]["fits"]
     assert d["engine"] in ("xllamacpp", "llama-cpp-python")
     # Four H100s: the unquantized 70B, spanning them.
-    d = json.loads(_dry(serve_root, "llama-3.1-instruct", "--size", "70", "--profile",
-                        str(PROFILES / "linux-4x-h100-driver590.json")).stdout)
+    d = json.loads(
+        _dry(
+            serve_root,
+            "llama-3.1-instruct",
+            "--size",
+            "70",
+            "--profile",
+            str(PROFILES / "linux-4x-h100-driver590.json"),
+        ).stdout
+    )
     assert (d["format"], d["quantization"], d["memory"]["devices"]) == ("pytorch", "none", 4)
 
 
 def test_built_in_name_that_does_not_fit_prints_fits_false(serve_root):  # noqa: F811
-    d = json.loads(_dry(serve_root, "qwen2.5-instruct", "--size", "72", "--format", "pytorch", "--profile",
-                        str(PROFILES / "linux-rtx4090-driver550.json")).stdout)
+    d = json.loads(
+        _dry(
+            serve_root,
+            "qwen2.5-instruct",
+            "--size",
+            "72",
+            "--format",
+            "pytorch",
+            "--profile",
+            str(PROFILES / "linux-rtx4090-driver550.json"),
+        ).stdout
+    )
     assert d["memory"]["fits"] is False and d["memory"]["need_gib"] > d["memory"]["have_gib"]
 
 
@@ -66,8 +101,11 @@ def test_built_in_name_errors_list_what_exists(serve_root):  # noqa: F811
     _one_line_error(_dry(serve_root, "qwen2.5-instrct"), 2, "close names: qwen2.5-instruct")
     _one_line_error(_dry(serve_root, "qwen2.5-instruct"), 2, "pass --size (0.5, 1.5, 3, 7, 14, 32, 72)")
     _one_line_error(_dry(serve_root, "qwen2.5-instruct", "--size", "9"), 2, "has no size 9")
-    _one_line_error(_dry(serve_root, "qwen2.5-instruct", "--size", "7", "--quantization", "Q9"), 2,
-                    "(quantizations: none, Int4, Int8, q2_k")
+    _one_line_error(
+        _dry(serve_root, "qwen2.5-instruct", "--size", "7", "--quantization", "Q9"),
+        2,
+        "(quantizations: none, Int4, Int8, q2_k",
+    )
 
 
 # ---------------------------------------------------------------- against cal-model-mem
@@ -88,11 +126,31 @@ def _cal_model_mem(python: Path, home: Path, name: str, size: str, config: Path)
     cache = home / "cache" / "v2" / "model_mem" / f"{name}-pytorch-{size}b-none"
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "config.json").write_text(config.read_text())
-    done = subprocess.run([str(python.parent / "xinference"), "cal-model-mem", "-n", name, "-s", size, "-f",
-                           "pytorch", "-q", "none", "-c", str(CONTEXT)], capture_output=True, text=True,
-                          timeout=300, env={"XINFERENCE_HOME": str(home), "HF_HUB_OFFLINE": "1",
-                                            "PYTHONUNBUFFERED": "1",
-                                            "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [
+            str(python.parent / "xinference"),
+            "cal-model-mem",
+            "-n",
+            name,
+            "-s",
+            size,
+            "-f",
+            "pytorch",
+            "-q",
+            "none",
+            "-c",
+            str(CONTEXT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            "XINFERENCE_HOME": str(home),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": "/usr/bin:/bin",
+        },
+    )
     m = re.search(r"total: (\d+) MB", done.stdout)
     if m is None:
         assert "not match" in done.stdout or "unavailable" in done.stderr, done.stdout + done.stderr

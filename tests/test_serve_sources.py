@@ -56,13 +56,18 @@ def _dry(model: str, env: dict[str, str], *extra: str):
 
 @pytest.fixture
 def hub_env(tmp_path) -> dict[str, str]:
-    return {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "hf-home"),
-            "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return {
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
 
 
 def test_hf_id_from_the_cache_offline(hub_env, tmp_path):
-    files = {"config.json": LLAMA3_8B / "config.json",
-             "model.safetensors.index.json": LLAMA3_8B / "model.safetensors.index.json"}
+    files = {
+        "config.json": LLAMA3_8B / "config.json",
+        "model.safetensors.index.json": LLAMA3_8B / "model.safetensors.index.json",
+    }
     snapshot = build_hub_cache(tmp_path / "hub", "meta-llama/Meta-Llama-3-8B-Instruct", files)
     done = _dry("meta-llama/Meta-Llama-3-8B-Instruct", {**hub_env, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
@@ -77,8 +82,11 @@ def test_hf_id_from_the_cache_offline(hub_env, tmp_path):
 
 
 def test_hf_id_not_cached_and_offline_is_one_line(hub_env):
-    _one_line_error(_dry("meta-llama/Meta-Llama-3-8B-Instruct", {**hub_env, "HF_HUB_OFFLINE": "1"}), 2,
-                    "is not in the Hugging Face cache")
+    _one_line_error(
+        _dry("meta-llama/Meta-Llama-3-8B-Instruct", {**hub_env, "HF_HUB_OFFLINE": "1"}),
+        2,
+        "is not in the Hugging Face cache",
+    )
 
 
 def test_hub_unreachable_with_no_cache_is_one_line_and_leaves_nothing(hub_env, tmp_path):
@@ -110,7 +118,7 @@ class FakeHub:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                name = self.path[len(prefix):].split("/", 1)[1].split("?")[0]
+                name = self.path[len(prefix) :].split("/", 1)[1].split("?")[0]
                 if name not in files:
                     self.send_response(404)
                     self.send_header("X-Error-Code", "EntryNotFound")
@@ -144,9 +152,13 @@ class FakeHub:
 
 @pytest.fixture
 def fake_hub():
-    hub = FakeHub("meta-llama/Meta-Llama-3-8B-Instruct",
-                  {"config.json": LLAMA3_8B / "config.json",
-                   "model.safetensors.index.json": LLAMA3_8B / "model.safetensors.index.json"})
+    hub = FakeHub(
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        {
+            "config.json": LLAMA3_8B / "config.json",
+            "model.safetensors.index.json": LLAMA3_8B / "model.safetensors.index.json",
+        },
+    )
     yield hub
     hub.close()
 
@@ -165,14 +177,20 @@ def test_hf_id_from_the_hub_fetches_only_config_and_index(hub_env, fake_hub):
 
 
 def test_unknown_hf_id_is_one_line(hub_env, fake_hub, tmp_path):
-    _one_line_error(_dry("nobody/no-such-model", {**hub_env, "HF_ENDPOINT": fake_hub.url}), 2,
-                    "no model nobody/no-such-model on the Hugging Face hub")
+    _one_line_error(
+        _dry("nobody/no-such-model", {**hub_env, "HF_ENDPOINT": fake_hub.url}),
+        2,
+        "no model nobody/no-such-model on the Hugging Face hub",
+    )
     assert not list((tmp_path / "hub").rglob("*.incomplete"))
 
 
 def test_source_options_that_do_not_apply_are_refused():
-    _one_line_error(cli("serve", str(LLAMA3_8B), "--dry-run", "--size", "8"), 2,
-                    "--size applies to Xinference built-in names")
+    _one_line_error(
+        cli("serve", str(LLAMA3_8B), "--dry-run", "--size", "8"),
+        2,
+        "--size applies to Xinference built-in names",
+    )
     _one_line_error(cli("serve", "./nope/model.gguf", "--dry-run"), 2, "no such model")
 
 
@@ -183,8 +201,25 @@ def test_local_dir_with_config_and_index_is_enough_for_dry_run(tmp_path):
     assert done.returncode == 0, done.stderr
     d = json.loads(done.stdout)
     assert d["source"] == "local" and d["served_name"] == "Llama-3-8B-Instruct"
-    assert set(d["memory"]) == {"weights_gib", "kv_cache_gib", "need_gib", "have_gib", "devices",
-                                "context_length", "fits"}
-    for key in ("engine", "reason", "command", "model", "format", "quantization", "family", "host", "port",
-                "via"):
+    assert set(d["memory"]) == {
+        "weights_gib",
+        "kv_cache_gib",
+        "need_gib",
+        "have_gib",
+        "devices",
+        "context_length",
+        "fits",
+    }
+    for key in (
+        "engine",
+        "reason",
+        "command",
+        "model",
+        "format",
+        "quantization",
+        "family",
+        "host",
+        "port",
+        "via",
+    ):
         assert key in d

@@ -60,8 +60,12 @@ def fake(tmp_path: Path):
     def make(mode: str, *extra: str, ready_timeout_s: float = 30, grace_s: float = 5, api_key=None):
         port = free_port()
         server = ManagedServer(
-            [sys.executable, str(script), str(port), mode, *extra], host="127.0.0.1", port=port,
-            log_path=tmp_path / f"{mode}.log", ready_timeout_s=ready_timeout_s, grace_s=grace_s,
+            [sys.executable, str(script), str(port), mode, *extra],
+            host="127.0.0.1",
+            port=port,
+            log_path=tmp_path / f"{mode}.log",
+            ready_timeout_s=ready_timeout_s,
+            grace_s=grace_s,
             api_key=api_key,
         )
         servers.append(server)

@@ -61,8 +61,12 @@ def test_every_cpu_engine_passes_and_gpu_engines_skip(_engine_pythons, cache, tm
     assert "no CPU wheel on PyPI (sglang-kernel is CUDA-only)" in by_name["sglang"].reason
     pairs = {(a.left, a.right): a for a in report.agreement}
     # xllamacpp's ids come from its server's /completion (return_tokens), the others' in-process.
-    assert set(pairs) == {("transformers", "reference"), ("llama-cpp-python", "reference"),
-                          ("xllamacpp", "reference"), ("transformers", "llama-cpp-python")}
+    assert set(pairs) == {
+        ("transformers", "reference"),
+        ("llama-cpp-python", "reference"),
+        ("xllamacpp", "reference"),
+        ("transformers", "llama-cpp-python"),
+    }
     assert all(a.status == "pass" and a.tokens_compared >= 8 for a in pairs.values())
     assert report.ok
     assert _processes_mentioning(str(cache)) == []
@@ -74,8 +78,9 @@ def test_broken_model_fails_that_engine_only(_engine_pythons, cache, tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(model.gguf_path.read_bytes()[:300_000])
     pythons = {k: _engine_pythons[k] for k in FAST_ENGINES}
-    report = run_smoke(pythons, probe_host(), model, tmp_path / "work",
-                       model_overrides={"llama-cpp-python": broken})
+    report = run_smoke(
+        pythons, probe_host(), model, tmp_path / "work", model_overrides={"llama-cpp-python": broken}
+    )
 
     by_name = {r.backend: r for r in report.results}
     assert by_name["llama-cpp-python"].status == "fail"
@@ -98,8 +103,22 @@ def _write_receipt(root: Path, python: Path, backends: tuple[str, ...]) -> None:
 @pytest.mark.slow
 def test_cli_json_from_receipt(_engine_pythons, cache, tmp_path):
     _write_receipt(tmp_path / "root", _engine_pythons["xllamacpp"], FAST_ENGINES)
-    out = subprocess.run([sys.executable, "-m", "provision.cli", "smoke", "--venv", str(tmp_path / "root"),
-                          "--cache-dir", str(cache), "--json"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "provision.cli",
+            "smoke",
+            "--venv",
+            str(tmp_path / "root"),
+            "--cache-dir",
+            str(cache),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr + out.stdout
     report = json.loads(out.stdout)
     assert report["ok"] is True
@@ -118,8 +137,21 @@ def test_sigterm_mid_run_leaves_no_server(_engine_pythons, cache, tmp_path):
     """Interrupted while transformers serve is starting: exit 130, its process group is gone."""
     _write_receipt(tmp_path / "root", _engine_pythons["transformers"], ("transformers",))
     marker = str(cache)
-    cli = subprocess.Popen([sys.executable, "-m", "provision.cli", "smoke", "--venv", str(tmp_path / "root"),
-                            "--cache-dir", marker], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "provision.cli",
+            "smoke",
+            "--venv",
+            str(tmp_path / "root"),
+            "--cache-dir",
+            marker,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not any("serve" in p for p in _processes_mentioning(marker)):
@@ -146,8 +178,9 @@ def test_gpu_check_prepares_its_carry_and_runs_its_cpu_half(_engine_pythons, tmp
 
     script = Path(__file__).parent.parent / "smoke" / "gpu_check.sh"
     carry, out = tmp_path / "carry", tmp_path / "out"
-    prep = subprocess.run(["bash", str(script), "prepare", str(carry)], capture_output=True, text=True,
-                          timeout=600)
+    prep = subprocess.run(
+        ["bash", str(script), "prepare", str(carry)], capture_output=True, text=True, timeout=600
+    )
     assert prep.returncode == 0, prep.stderr[-2000:]
     size = sum(f.stat().st_size for f in carry.rglob("*") if f.is_file())
     assert size < 16 * 2**20, size  # the device carries 64 MiB with the repository
@@ -157,19 +190,31 @@ def test_gpu_check_prepares_its_carry_and_runs_its_cpu_half(_engine_pythons, tmp
         src.mkdir()
         subprocess.run(["tar", "xzf", str(sdist), "-C", str(src)], check=True)
         top = next(src.iterdir())
-        conf = subprocess.run(["cmake", "-S", str(top), "-B", str(tmp_path / "b")], capture_output=True,
-                              text=True, timeout=300)
+        conf = subprocess.run(
+            ["cmake", "-S", str(top), "-B", str(tmp_path / "b")], capture_output=True, text=True, timeout=300
+        )
         assert conf.returncode == 0, conf.stdout[-2000:] + conf.stderr[-2000:]
-    env = {**os.environ, "PYTHON": str(_engine_pythons["llama-cpp-python"]),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    run = subprocess.run(["bash", str(script), "run", "--cpu", str(carry), str(out)], capture_output=True,
-                         text=True, timeout=900, env=env)
+    env = {
+        **os.environ,
+        "PYTHON": str(_engine_pythons["llama-cpp-python"]),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    run = subprocess.run(
+        ["bash", str(script), "run", "--cpu", str(carry), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "using the wheel built before" in run.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and not summary["failures"]
     assert summary["verify"]["ok"] and {c["name"] for c in summary["verify"]["checks"]} >= {
-        "import", "torch variant", "llama.cpp backends"}
+        "import",
+        "torch variant",
+        "llama.cpp backends",
+    }
     assert summary["build"]["backends"] == ["cpu"] and summary["build"]["cmake_args"] is not None
     assert json.loads((out / "plan.json").read_text())["request"]["backends"] is None  # --auto
     assert summary["llama-cpp-python"]["max_logit_diff_vs_reference"] < 1e-4

@@ -16,7 +16,9 @@ from smoke.model_types import check_model_types, installed_types
 def _receipt_with(root: Path, packages: list[str], status: str = "installed") -> None:
     prefix = root / "main"
     receipt = Receipt(
-        profile={}, plan={}, installer="uv",
+        profile={},
+        plan={},
+        installer="uv",
         environments=[EnvRecord("main", str(prefix), str(prefix / "bin" / "python"))],
         backends=[BackendRecord("xinference", status, "main", packages=packages)],
     )

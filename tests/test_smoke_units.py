@@ -18,18 +18,24 @@ MODEL = Path("/models/tiny/hf")
 
 
 def _profile(system="linux", gpus=(), driver=True):
-    return profile_from_dict({
-        "schema_version": 1,
-        "os": {"system": system, "release": "6.8", "machine": "x86_64", "libc": "glibc 2.36"},
-        "python": {"version": "3.11.2", "implementation": "cpython"},
-        "cpu": {"brand": "AMD EPYC", "cores": 2, "flags": ["avx2"]},
-        "memory_mb": 24000,
-        "gpus": [{"vendor": "nvidia", "name": name, "memory_mb": 81559, "compute_capability": cc}
-                 for name, cc in gpus],
-        "nvidia": {"driver_version": "580.65.06", "cuda_driver_version": "13.0"} if gpus and driver else None,
-        "rocm": None,
-        "toolchain": {},
-    })
+    return profile_from_dict(
+        {
+            "schema_version": 1,
+            "os": {"system": system, "release": "6.8", "machine": "x86_64", "libc": "glibc 2.36"},
+            "python": {"version": "3.11.2", "implementation": "cpython"},
+            "cpu": {"brand": "AMD EPYC", "cores": 2, "flags": ["avx2"]},
+            "memory_mb": 24000,
+            "gpus": [
+                {"vendor": "nvidia", "name": name, "memory_mb": 81559, "compute_capability": cc}
+                for name, cc in gpus
+            ],
+            "nvidia": {"driver_version": "580.65.06", "cuda_driver_version": "13.0"}
+            if gpus and driver
+            else None,
+            "rocm": None,
+            "toolchain": {},
+        }
+    )
 
 
 CPU = _profile()
@@ -79,8 +85,15 @@ def test_vllm_command():
 
 
 def test_production_launch_has_no_smoke_settings():
-    launch = LaunchSettings(served_name="m", host="0.0.0.0", port=1, gpu=True, dtype="bfloat16",
-                            context_length=8192, tensor_parallel=4)
+    launch = LaunchSettings(
+        served_name="m",
+        host="0.0.0.0",
+        port=1,
+        gpu=True,
+        dtype="bfloat16",
+        context_length=8192,
+        tensor_parallel=4,
+    )
     argv = ADAPTERS["vllm"].server_command(PY, MODEL, launch, None)
     assert "--enforce-eager" not in argv and "--gpu-memory-utilization" not in argv
     assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
@@ -162,8 +175,9 @@ def test_llama_cpp_placement_from_real_log_lines():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "provision.cli", "smoke", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "provision.cli", "smoke", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
@@ -186,8 +200,9 @@ def test_gpu_check_script_fails_loudly_on_bad_arguments(tmp_path):
     for args in ((), ("nope",), ("prepare",), ("run",)):
         usage = subprocess.run(["bash", str(GPU_CHECK), *args], capture_output=True, text=True)
         assert usage.returncode == 1 and "usage:" in usage.stderr, args
-    missing = subprocess.run(["bash", str(GPU_CHECK), "run", str(tmp_path / "no-carry")], capture_output=True,
-                             text=True)
+    missing = subprocess.run(
+        ["bash", str(GPU_CHECK), "run", str(tmp_path / "no-carry")], capture_output=True, text=True
+    )
     assert missing.returncode == 1 and "gpu_check: FAIL: carry directory" in missing.stderr
     empty = subprocess.run(["bash", str(GPU_CHECK), "run", str(tmp_path)], capture_output=True, text=True)
     assert empty.returncode == 1 and "has no llama_cpp_python-0.3.36.tar.gz" in empty.stderr
@@ -202,11 +217,12 @@ def test_nvml_recording_replays_to_the_same_findings():
 
     live = FakeNvml("580.159.03", 13000, [("NVIDIA H200", 143771, (9, 0), 0)] * 2)
     raw = record_nvml(live)
-    assert raw == {"driver": "580.159.03", "cuda": 13000,
-                   "gpus": [["NVIDIA H200", 143771, [9, 0], 0]] * 2}
+    assert raw == {"driver": "580.159.03", "cuda": 13000, "gpus": [["NVIDIA H200", 143771, [9, 0], 0]] * 2}
     replay = FakeNvml(raw["driver"], raw["cuda"], [(n, m, tuple(cc), mig) for n, m, cc, mig in raw["gpus"]])
-    assert read_nvml(replay).value == read_nvml(FakeNvml("580.159.03", 13000,
-                                                         [("NVIDIA H200", 143771, (9, 0), 0)] * 2)).value
+    assert (
+        read_nvml(replay).value
+        == read_nvml(FakeNvml("580.159.03", 13000, [("NVIDIA H200", 143771, (9, 0), 0)] * 2)).value
+    )
 
 
 def test_vllm_on_cpu_is_float32_with_a_small_kv_cache_and_fast_start_env():

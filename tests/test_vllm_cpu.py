@@ -70,11 +70,14 @@ def test_avx2_only_cpu_is_told_what_vllm_recommends():
     assert vllm.action == "install" and "AVX2; vLLM recommends avx512f" in vllm.reason
 
 
-@pytest.mark.parametrize(("profile", "text"), [
-    (_no_avx2(HERE), "needs avx2 on x86_64"),
-    (CENTOS7, "glibc >= 2.28"),
-    (MAC, "Linux only"),
-])
+@pytest.mark.parametrize(
+    ("profile", "text"),
+    [
+        (_no_avx2(HERE), "needs avx2 on x86_64"),
+        (CENTOS7, "glibc >= 2.28"),
+        (MAC, "Linux only"),
+    ],
+)
 def test_where_the_cpu_build_cannot_run_it_is_skipped_with_why(profile, text):
     vllm = _plan(profile).backend("vllm")
     assert vllm.action == "skip" and text in vllm.reason, vllm.reason

@@ -179,10 +179,14 @@ def install(
     if plan.installs or not impossible:
         receipt = install_plan(plan, root, options.installer, options=options, reporter=Reporter())
     if as_json:
-        report = receipt.to_dict() if receipt else {
-            "ok": False,
-            "backends": [{"name": b.name, "status": "skipped", "reason": b.reason} for b in impossible],
-        }
+        report = (
+            receipt.to_dict()
+            if receipt
+            else {
+                "ok": False,
+                "backends": [{"name": b.name, "status": "skipped", "reason": b.reason} for b in impossible],
+            }
+        )
         click.echo(json.dumps(report, indent=2))
     if impossible:
         raise OperationFailed("; ".join(f"{b.name}: {b.reason}" for b in impossible))

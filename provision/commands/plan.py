@@ -84,9 +84,7 @@ def plan_from_flags(
 @options.torch_index_url()
 @options.portable()
 @click.option("--model-types", metavar="TYPES", help=MODEL_TYPES_HELP)
-@click.option(
-    "--cache-key", "cache_key", is_flag=True, help="Print one stable line for CI caches."
-)
+@click.option("--cache-key", "cache_key", is_flag=True, help="Print one stable line for CI caches.")
 def plan(
     auto, backends, profile_path, as_json, resolve, torch_index_url, portable, cache_key, model_types=None
 ):

@@ -23,17 +23,30 @@ def status(venv_root: str | None, as_json: bool) -> None:
         raise UserError(f"no receipt at {path}: nothing was installed under this root")
     envs = receipt_status(read_receipt(path))
     if as_json:
-        click.echo(json.dumps({"receipt": str(path), "ok": all(e.ok for e in envs),
-                               "environments": [e.to_dict() for e in envs]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "receipt": str(path),
+                    "ok": all(e.ok for e in envs),
+                    "environments": [e.to_dict() for e in envs],
+                },
+                indent=2,
+            )
+        )
     else:
         for e in envs:
             verify = {None: "not verified", True: "verify ok", False: "verify FAILED"}[e.verify_ok]
-            click.echo(f"{e.name}: {e.prefix}{'' if e.exists else ' (GONE)'}; {verify}"
-                       f"{f' at {e.verified_at}' if e.verified_at else ''}")
+            click.echo(
+                f"{e.name}: {e.prefix}{'' if e.exists else ' (GONE)'}; {verify}"
+                f"{f' at {e.verified_at}' if e.verified_at else ''}"
+            )
             for b in e.backends:
                 click.echo(f"  {b['status']:9} {b['name']} {b['version'] or ''}".rstrip())
-            for label, items in (("added", e.drift.added), ("removed", e.drift.removed),
-                                 ("changed", e.drift.changed)):
+            for label, items in (
+                ("added", e.drift.added),
+                ("removed", e.drift.removed),
+                ("changed", e.drift.changed),
+            ):
                 if items:
                     click.echo(f"  drift, {label}: {', '.join(items)}")
     bad = [e for e in envs if not e.ok]

@@ -26,6 +26,7 @@ XLLAMACPP_SERVE = ENGINES_DIR / "xllamacpp_serve.py"
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 ModelFormat = Literal["hf", "gguf"]  # a Hugging Face directory, or one GGUF file
 
+
 def has_cuda_device(profile: HostProfile) -> bool:
     return bool(profile.nvidia_gpus) and profile.nvidia is not None
 
@@ -73,8 +74,9 @@ class EngineAdapter:
     def can_run(self, profile: HostProfile) -> tuple[bool, str]:
         return True, "runs on CPU" if not has_cuda_device(profile) else "runs on the CUDA device"
 
-    def server_command(self, python: Path, model: Path, launch: LaunchSettings,
-                       api_key: str | None) -> list[str]:
+    def server_command(
+        self, python: Path, model: Path, launch: LaunchSettings, api_key: str | None
+    ) -> list[str]:
         raise NotImplementedError
 
     def server_env(self, work_dir: Path) -> dict[str, str]:
@@ -85,13 +87,30 @@ class EngineAdapter:
         """The model name the server answers to when GET /v1/models does not list it."""
         return None
 
-    def probe_command(self, python: Path, model: Path, prompt_ids: list[int], new_tokens: int,
-                      logits: bool, gpu: bool = False) -> list[str] | None:
+    def probe_command(
+        self,
+        python: Path,
+        model: Path,
+        prompt_ids: list[int],
+        new_tokens: int,
+        logits: bool,
+        gpu: bool = False,
+    ) -> list[str] | None:
         if self.probe is None:
             return None
-        argv = [str(python), str(ENGINE_PROBE), self.probe, "--model", str(model),
-                "--prompt-ids", ",".join(map(str, prompt_ids)), "--new-tokens", str(new_tokens),
-                "--device", "auto" if gpu else "cpu"]
+        argv = [
+            str(python),
+            str(ENGINE_PROBE),
+            self.probe,
+            "--model",
+            str(model),
+            "--prompt-ids",
+            ",".join(map(str, prompt_ids)),
+            "--new-tokens",
+            str(new_tokens),
+            "--device",
+            "auto" if gpu else "cpu",
+        ]
         return [*argv, "--logits"] if logits else argv
 
 
@@ -114,11 +133,24 @@ class TransformersAdapter(EngineAdapter):
     def server_command(self, python, model, launch, api_key):
         # `transformers serve` (5.x) preloads the positional model and serves it under its path.
         # It has no API key option; supports_api_key is False so none is passed.
-        return [str(python), "-m", "transformers.cli.transformers", "serve", str(model),
-                "--host", launch.host, "--port", str(launch.port),
-                # "auto": device_map="auto" places the layers on the GPUs (CUDA or Apple's mps).
-                "--device", "auto" if launch.gpu else "cpu",
-                "--dtype", launch.dtype, "--log-level", "info"]
+        return [
+            str(python),
+            "-m",
+            "transformers.cli.transformers",
+            "serve",
+            str(model),
+            "--host",
+            launch.host,
+            "--port",
+            str(launch.port),
+            # "auto": device_map="auto" places the layers on the GPUs (CUDA or Apple's mps).
+            "--device",
+            "auto" if launch.gpu else "cpu",
+            "--dtype",
+            launch.dtype,
+            "--log-level",
+            "info",
+        ]
 
 
 @dataclass(frozen=True)
@@ -131,9 +163,23 @@ class LlamaCppPythonAdapter(EngineAdapter):
     def server_command(self, python, model, launch, api_key):
         # chat_format is left unset: the server then uses the GGUF's own Jinja template.
         # n_ctx 0 = the model's own trained context.
-        argv = [str(python), "-m", "llama_cpp.server", "--model", str(model),
-                "--model_alias", launch.served_name, "--host", launch.host, "--port", str(launch.port),
-                "--n_ctx", str(launch.context_length or 0), "--n_gpu_layers", "-1" if launch.gpu else "0"]
+        argv = [
+            str(python),
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--model_alias",
+            launch.served_name,
+            "--host",
+            launch.host,
+            "--port",
+            str(launch.port),
+            "--n_ctx",
+            str(launch.context_length or 0),
+            "--n_gpu_layers",
+            "-1" if launch.gpu else "0",
+        ]
         if launch.f32_kv_cache:
             argv += ["--type_k", "0", "--type_v", "0"]  # ggml type 0 = F32
         return [*argv, "--api_key", api_key] if api_key else argv
@@ -144,9 +190,22 @@ class XllamacppAdapter(EngineAdapter):
     model_format: ModelFormat = "gguf"
 
     def server_command(self, python, model, launch, api_key):
-        argv = [str(python), str(XLLAMACPP_SERVE), "--model", str(model), "--alias", launch.served_name,
-                "--host", launch.host, "--port", str(launch.port), "--n-ctx", str(launch.context_length or 0),
-                "--n-gpu-layers", "-1" if launch.gpu else "0"]
+        argv = [
+            str(python),
+            str(XLLAMACPP_SERVE),
+            "--model",
+            str(model),
+            "--alias",
+            launch.served_name,
+            "--host",
+            launch.host,
+            "--port",
+            str(launch.port),
+            "--n-ctx",
+            str(launch.context_length or 0),
+            "--n-gpu-layers",
+            "-1" if launch.gpu else "0",
+        ]
         if launch.f32_kv_cache:
             argv.append("--f32-kv-cache")
         return [*argv, "--api-key", api_key] if api_key else argv
@@ -166,8 +225,10 @@ class _GpuOnlyAdapter(EngineAdapter):
         sms = [g.sm for g in profile.nvidia_gpus if g.sm is not None]
         if sms and max(sms) < sm_min:
             cc = max(g.compute_capability for g in profile.nvidia_gpus if g.compute_capability)
-            return False, (f"{self.name} needs compute capability >= {sm_min // 10}.{sm_min % 10}; "
-                           f"the best GPU here has {cc}")
+            return False, (
+                f"{self.name} needs compute capability >= {sm_min // 10}.{sm_min % 10}; "
+                f"the best GPU here has {cc}"
+            )
         return True, "runs on the CUDA device"
 
 
@@ -193,9 +254,21 @@ class VllmAdapter(_GpuOnlyAdapter):
         return not gpu  # its GPU attention kernels take no float32; its CPU backend does
 
     def server_command(self, python, model, launch, api_key):
-        argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                "--served-model-name", launch.served_name, "--host", launch.host, "--port", str(launch.port),
-                "--dtype", launch.dtype]
+        argv = [
+            str(python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--served-model-name",
+            launch.served_name,
+            "--host",
+            launch.host,
+            "--port",
+            str(launch.port),
+            "--dtype",
+            launch.dtype,
+        ]
         if launch.context_length:
             argv += ["--max-model-len", str(launch.context_length)]
         if launch.tensor_parallel > 1:
@@ -218,9 +291,21 @@ class SglangAdapter(_GpuOnlyAdapter):
         return ok, why
 
     def server_command(self, python, model, launch, api_key):
-        argv = [str(python), "-m", "sglang.launch_server", "--model-path", str(model),
-                "--served-model-name", launch.served_name, "--host", launch.host, "--port", str(launch.port),
-                "--dtype", launch.dtype]
+        argv = [
+            str(python),
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            str(model),
+            "--served-model-name",
+            launch.served_name,
+            "--host",
+            launch.host,
+            "--port",
+            str(launch.port),
+            "--dtype",
+            launch.dtype,
+        ]
         if launch.context_length:
             argv += ["--context-length", str(launch.context_length)]
         if launch.tensor_parallel > 1:

@@ -28,8 +28,9 @@ def _argmax(row) -> int:
     return best_i
 
 
-def probe_transformers(model: str, prompt_ids: list[int], new_tokens: int, want_logits: bool,
-                       device: str) -> dict:
+def probe_transformers(
+    model: str, prompt_ids: list[int], new_tokens: int, want_logits: bool, device: str
+) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -66,24 +67,37 @@ def probe_transformers(model: str, prompt_ids: list[int], new_tokens: int, want_
         hardware["name"] = torch.cuda.get_device_name(torch.device(device))
         hardware["capability"] = ".".join(map(str, torch.cuda.get_device_capability(torch.device(device))))
     result = {
-        "load_s": load_s, "ttft_s": ttft_s, "decode_s": decode_s, "new_ids": generated,
-        "hardware": hardware, "engine_version": _version("transformers"), "torch": torch.__version__,
+        "load_s": load_s,
+        "ttft_s": ttft_s,
+        "decode_s": decode_s,
+        "new_ids": generated,
+        "hardware": hardware,
+        "engine_version": _version("transformers"),
+        "torch": torch.__version__,
     }
     if want_logits:
         result["prompt_logits"] = prompt_logits.cpu().tolist()
     return result
 
 
-def probe_llama_cpp(model: str, prompt_ids: list[int], new_tokens: int, want_logits: bool,
-                    device: str) -> dict:
+def probe_llama_cpp(
+    model: str, prompt_ids: list[int], new_tokens: int, want_logits: bool, device: str
+) -> dict:
     import llama_cpp
 
     offload = llama_cpp.llama_supports_gpu_offload() and device != "cpu"
     started = time.perf_counter()
     # F32 KV cache (ggml type 0): the default F16 cache alone moves logits by ~1e-3.
     llm = llama_cpp.Llama(
-        model_path=model, n_ctx=512, n_batch=512, n_gpu_layers=-1 if offload else 0,
-        logits_all=want_logits, type_k=0, type_v=0, seed=0, verbose=True,
+        model_path=model,
+        n_ctx=512,
+        n_batch=512,
+        n_gpu_layers=-1 if offload else 0,
+        logits_all=want_logits,
+        type_k=0,
+        type_v=0,
+        seed=0,
+        verbose=True,
         n_threads=os.cpu_count() or 1,
     )
     load_s = time.perf_counter() - started
@@ -103,9 +117,14 @@ def probe_llama_cpp(model: str, prompt_ids: list[int], new_tokens: int, want_log
     decode_s = time.perf_counter() - t1
 
     result = {
-        "load_s": load_s, "ttft_s": ttft_s, "decode_s": decode_s, "new_ids": generated,
-        "hardware": {"device": "gpu-offload" if offload else "cpu",
-                     "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload())},
+        "load_s": load_s,
+        "ttft_s": ttft_s,
+        "decode_s": decode_s,
+        "new_ids": generated,
+        "hardware": {
+            "device": "gpu-offload" if offload else "cpu",
+            "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
+        },
         "engine_version": llama_cpp.__version__,
     }
     if want_logits:

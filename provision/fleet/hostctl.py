@@ -127,12 +127,12 @@ def supervise(settings_path: Path) -> None:
             break
         now = time.monotonic()
         deaths = [t for t in deaths if now - t < RESTART_WINDOW_S] + [now]
-        with paths["log"].open("a") as log:
-            log.write(f"\n[xinfer-setup] {settings['role']} exited with {code}; ")
+        with paths["log"].open("a") as note:
+            note.write(f"\n[xinfer-setup] {settings['role']} exited with {code}; ")
             if len(deaths) >= MAX_RESTARTS:
-                log.write(f"{len(deaths)} exits within {RESTART_WINDOW_S} s: left down\n")
+                note.write(f"{len(deaths)} exits within {RESTART_WINDOW_S} s: left down\n")
                 break
-            log.write("restarting in 2 s\n")
+            note.write("restarting in 2 s\n")
         time.sleep(2)
     if child is not None:
         _kill_group(child.pid, grace=15)

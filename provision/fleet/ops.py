@@ -49,7 +49,7 @@ def apply_run(report: FleetReport, run: PlayRun) -> None:
     for name, o in run.hosts.items():
         row = report.row(name)
         if o.state in ("failed", "unreachable"):
-            report.fail(name, o.reason or o.state, o.state)  # type: ignore[arg-type]
+            report.fail(name, o.reason or o.state, o.state)
         elif o.state == "changed" and row.status not in ("failed", "unreachable"):
             row.status = "changed"
         elif o.state == "ok" and row.status == "skipped":
@@ -179,7 +179,7 @@ def plan_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
 def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
     """probe (the tool and fresh profiles) -> plan -> one wheel set per plan group -> llama.cpp
     built once per key -> `xinfer-setup install` on every host in parallel -> receipts back."""
-    from provision.fleet.bundles import make_group_bundle
+    from provision.fleet.bundles import GroupBundle, make_group_bundle
     from provision.fleet.planning import group_builds
     from provision.install.wheelhouse import built_wheel
 
@@ -188,7 +188,8 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
     host_plans = plan_hosts_from_dir(ctx, report, portable, names=list(host_facts))
     by_name = {hp.name: hp for hp in host_plans}
 
-    bundles = {}
+    # (plan id, wheel target) -> its bundle, or why it could not be made
+    bundles: dict[tuple[str, str], GroupBundle | OperationFailed] = {}
     with timed(report, "bundles"):
         for hp in host_plans:
             key = (hp.plan_id, host_facts[hp.name].target)
@@ -209,9 +210,9 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
     # first host of the key, fetched back and pushed to the others.
     builds: dict[str, dict] = {}
     first_wave: list[str] = []
-    for key, hosts in group_builds([hp for hp in host_plans if hp.name in _live(report)]).items():
-        have = built_wheel(key) or _fetched_build(ctx, key)
-        builds[key] = {
+    for build_key, hosts in group_builds([hp for hp in host_plans if hp.name in _live(report)]).items():
+        have = built_wheel(build_key) or _fetched_build(ctx, build_key)
+        builds[build_key] = {
             "hosts": list(hosts),
             "source": "controller" if have else hosts[0],
             "wheel": str(have) if have else None,
@@ -221,12 +222,13 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
 
     def host_vars(name: str, fetch_build: bool) -> dict:
         hp = by_name[name]
-        b = bundles[(hp.plan_id, host_facts[name].target)]
+        bundle = bundles[(hp.plan_id, host_facts[name].target)]
+        assert isinstance(bundle, GroupBundle)  # a host whose bundle failed is not live
         build = builds.get(hp.build_key or "", {})
         return {
             "root": host_facts[name].root,
-            "bundle_tar": str(b.tar),
-            "bundle_id": b.content_id,
+            "bundle_tar": str(bundle.tar),
+            "bundle_id": bundle.content_id,
             "llama_key": hp.build_key or "",
             "llama_wheel": build.get("wheel") or "",
             "fetch_build": fetch_build,
@@ -239,15 +241,17 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
                 "install", {"xf_hosts": {n: host_vars(n, True) for n in first_wave}}, limit=first_wave
             )
         apply_run(report, run)
-        for key, b in builds.items():
-            if b["wheel"] is None:
-                fetched = _fetched_build(ctx, key)
+        for build_key, wave in builds.items():
+            if wave["wheel"] is None:
+                fetched = _fetched_build(ctx, build_key)
                 if fetched is not None:
-                    b["wheel"] = str(fetched)
+                    wave["wheel"] = str(fetched)
                     done_builds += 1
                 else:
-                    for n in b["hosts"][1:]:
-                        report.fail(n, f"the llama-cpp-python build for key {key} failed on {b['source']}")
+                    for n in wave["hosts"][1:]:
+                        report.fail(
+                            n, f"the llama-cpp-python build for key {build_key} failed on {wave['source']}"
+                        )
     rest = [n for n in _live(report) if n in by_name and n not in first_wave]
     if rest:
         with timed(report, "install"):

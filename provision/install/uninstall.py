@@ -41,7 +41,8 @@ def plan_removal(receipt: Receipt, backend: str, state: state_mod.EnvState) -> t
         raise _not_installed(receipt, backend)
     dist = canonicalize_name(backend_dist(backend, rec.packages))
     others = [
-        b for b in receipt.backends
+        b
+        for b in receipt.backends
         if b.name != backend and b.status == "installed" and b.environment == rec.environment
     ]
     for other in others:

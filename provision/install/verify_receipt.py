@@ -72,11 +72,7 @@ def verify_receipt(receipt: Receipt) -> list[dict]:
                     if "@" not in p and not p.startswith(("torch", "llama-cpp-python"))
                 ]
                 absent = state_mod.deliberately_absent(current) | _excluded(receipt, name)
-                missing = (
-                    state_mod.unmet(reqs, current, absent)
-                    if dist
-                    else []
-                )
+                missing = state_mod.unmet(reqs, current, absent) if dist else []
                 if missing:
                     findings.append(
                         {

@@ -64,8 +64,9 @@ def decide_xinference(profile: HostProfile, recipes: Recipes, planned: set[str])
     blocked = torch_installable(profile, recipes)
     if blocked:
         return skip("xinference", f"xinference {e['version']} requires torch, and {blocked}")
-    extras = [e["extra_for"][b] for b in ("transformers", "xllamacpp")
-              if b in planned and b in e["extra_for"]]
+    extras = [
+        e["extra_for"][b] for b in ("transformers", "xllamacpp") if b in planned and b in e["extra_for"]
+    ]
     if profile.os.system == "darwin" and profile.os.arch == "arm64":
         extras.append(e["apple_silicon_extra"])
     spec = f"xinference[{','.join(extras)}]=={e['version']}" if extras else f"xinference=={e['version']}"
@@ -187,10 +188,12 @@ def _cuda_engine_install(
     driver = profile.nvidia.driver_version if profile.nvidia else "unknown"  # the gate passed: known
     return EngineOutcome(
         BackendDecision(
-            name, "install",
+            name,
+            "install",
             f"{', '.join(map(gpu_label, used))} on driver {driver}: {what}{py_note}",
             (f"{name}=={e['version']}",),
-            environment=name, version=e["version"],
+            environment=name,
+            version=e["version"],
         ),
         warnings,
         torch=torch,
@@ -220,7 +223,11 @@ def decide_vllm(profile: HostProfile, recipes: Recipes, base: str, by_name: bool
         return _vllm_rocm(profile, e)
     x = recipes.engine("xinference")
     return _cuda_engine_install(
-        profile, recipes, base, e, "vllm",
+        profile,
+        recipes,
+        base,
+        e,
+        "vllm",
         f"the CUDA {e['wheel_cuda']} wheel of vllm {e['version']} (torch=={e['torch']})",
         env_reason=(
             f"vllm {e['version']} pins torch=={e['torch']} and needs huggingface-hub >= {x['hub_ceiling']} "
@@ -259,7 +266,11 @@ def decide_sglang(profile: HostProfile, recipes: Recipes, base: str) -> EngineOu
             "sglang", "AMD GPU: SGLang's ROCm builds ship as Docker images, there is no ROCm wheel on PyPI"
         )
     return _cuda_engine_install(
-        profile, recipes, base, e, "sglang",
+        profile,
+        recipes,
+        base,
+        e,
+        "sglang",
         f"sglang {e['version']} (torch=={e['torch']}, CUDA {e['wheel_cuda']})",
         env_reason=(
             f"sglang {e['version']} pins torch=={e['torch']} (vllm {v['version']} pins {v['torch']}) and "
@@ -334,12 +345,24 @@ def decide_pinned(
     why = f"{backend.name} {backend.version}, as recipes/{BACKENDS_RECIPE} pins it"
     if backend.environment == "primary":
         return EngineOutcome(
-            BackendDecision(backend.name, "install", f"{why}; co-installs with xinference",
-                            (backend.requirement,), environment=PRIMARY_ENV, version=backend.version)
+            BackendDecision(
+                backend.name,
+                "install",
+                f"{why}; co-installs with xinference",
+                (backend.requirement,),
+                environment=PRIMARY_ENV,
+                version=backend.version,
+            )
         )
     return EngineOutcome(
-        BackendDecision(backend.name, "install", why, (backend.requirement,), environment=backend.name,
-                        version=backend.version),
+        BackendDecision(
+            backend.name,
+            "install",
+            why,
+            (backend.requirement,),
+            environment=backend.name,
+            version=backend.version,
+        ),
         torch=torch if backend.needs_torch else None,
         env_reason=f"{backend.name}: its own environment (its pins do not co-install with xinference)",
     )

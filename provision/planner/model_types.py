@@ -39,9 +39,7 @@ def parse_model_types(text: str | None) -> tuple[str, ...]:
         return MODEL_TYPES
     unknown = [n for n in names if n not in MODEL_TYPES]
     if unknown:
-        raise UserError(
-            f"unknown model type '{unknown[0]}' (choose from {', '.join(MODEL_TYPES)}, or all)"
-        )
+        raise UserError(f"unknown model type '{unknown[0]}' (choose from {', '.join(MODEL_TYPES)}, or all)")
     # Kept in the canonical order, so the same set always makes the same plan.
     return tuple(t for t in MODEL_TYPES if t in names)
 
@@ -112,9 +110,8 @@ def not_all_reason(recipe: Mapping[str, Any], xinference: Mapping[str, Any], tak
     left = [x for x in all_extras if x not in taken and x not in recipe["not_from_all"]]
     if left:
         parts.append(f"[{','.join(left)}] not asked for (--model-types)")
-    return (
-        f"not [all] (= [{','.join(all_extras)}] in xinference {xinference['version']}): "
-        + "; ".join(parts)
+    return f"not [all] (= [{','.join(all_extras)}] in xinference {xinference['version']}): " + "; ".join(
+        parts
     )
 
 
@@ -133,9 +130,7 @@ def apply(
     backend = decision.backend
     skipped_why = backend.reason if backend.action != "install" else None
     outcomes = decide_types(asked, recipe, torch, skipped_why)
-    warnings = tuple(
-        PlanWarning("model-type-skipped", o.reason) for o in outcomes if o.extra is None
-    )
+    warnings = tuple(PlanWarning("model-type-skipped", o.reason) for o in outcomes if o.extra is None)
     if backend.action != "install":
         return replace(decision, warnings=(*decision.warnings, *warnings))
     extras = [*decision.extras, *(o.extra for o in outcomes if o.extra)]
@@ -143,9 +138,7 @@ def apply(
     spec = f"xinference[{','.join(extras)}]=={version}" if extras else f"xinference=={version}"
     # decide_xinference's own "not [all]" clause is replaced by the one made from the recipe.
     own = [p for p in backend.reason.split("; ") if not p.startswith("not [all]")]
-    reason = "; ".join(
-        [*own, *(o.reason for o in outcomes), not_all_reason(recipe, xinference, extras)]
-    )
+    reason = "; ".join([*own, *(o.reason for o in outcomes), not_all_reason(recipe, xinference, extras)])
     packages = (spec, *backend.packages[1:])
     return replace(
         decision,

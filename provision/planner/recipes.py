@@ -133,8 +133,12 @@ class XllamacppRecipes:
             driver_cuda=tuple((str(branch), str(cuda)) for branch, cuda in t["driver_cuda"]),
             cuda=tuple(
                 XllamacppCudaWheel(
-                    index=w["index"], cuda=w["cuda"], driver_linux=w["driver_linux"],
-                    driver_windows=w["driver_windows"], sass=tuple(w["sass"]), ptx=tuple(w["ptx"]),
+                    index=w["index"],
+                    cuda=w["cuda"],
+                    driver_linux=w["driver_linux"],
+                    driver_windows=w["driver_windows"],
+                    sass=tuple(w["sass"]),
+                    ptx=tuple(w["ptx"]),
                 )
                 for w in t["cuda"]
             ),

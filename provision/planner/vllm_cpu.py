@@ -67,9 +67,13 @@ def decide(profile: HostProfile, recipes: Recipes, base: str) -> EngineOutcome:
     host_py = py(profile)
     fits = at_least(host_py, e["python_min"]) and vtuple(host_py) <= vtuple(e["python_max"])
     env_python = None if fits else e["env_python"]
-    py_note = "" if fits else (
-        f"; Python {e['env_python']} for its environment (its wheels need {e['python_min']}-"
-        f"{e['python_max']}, the host has {host_py})"
+    py_note = (
+        ""
+        if fits
+        else (
+            f"; Python {e['env_python']} for its environment (its wheels need {e['python_min']}-"
+            f"{e['python_max']}, the host has {host_py})"
+        )
     )
     isa = "NEON" if profile.os.arch == "aarch64" else _x86_isa(profile, e)
     torch = TorchChoice(

@@ -50,15 +50,18 @@ def family_of(facts: ModelFacts, rules: ServeRules) -> FamilyRule | None:
     return None
 
 
-def gpu_engine_fit(rule: GpuEngineRule, facts: ModelFacts, family: FamilyRule | None,
-                   profile: HostProfile) -> tuple[bool, str]:
+def gpu_engine_fit(
+    rule: GpuEngineRule, facts: ModelFacts, family: FamilyRule | None, profile: HostProfile
+) -> tuple[bool, str]:
     """Whether a GPU engine (vLLM, SGLang) may serve this model on this machine, and why (not)."""
     accepted = rule.formats.get(facts.format)
     if accepted is None:
         return False, f"{rule.name} takes {'/'.join(rule.formats)} models, this one is {facts.format}"
     if facts.quantization not in accepted:
-        return False, (f"{rule.name} takes {facts.format} models quantized {'/'.join(accepted)}, "
-                       f"this one is {facts.quantization}")
+        return False, (
+            f"{rule.name} takes {facts.format} models quantized {'/'.join(accepted)}, "
+            f"this one is {facts.quantization}"
+        )
     if profile.os.system not in rule.systems:
         return False, f"{rule.name} runs on {'/'.join(rule.systems)} only, this is {profile.os.system}"
     if rule.needs_cuda and not (profile.nvidia_gpus and profile.nvidia is not None):
@@ -68,16 +71,19 @@ def gpu_engine_fit(rule: GpuEngineRule, facts: ModelFacts, family: FamilyRule | 
         return False, f"{rule.name}: model family unknown ({arch}), not in its supported list"
     if rule.name not in family.engines:
         return False, f"{rule.name}: family {family.name} is not in its supported list"
-    return True, (f"{rule.name}: {facts.format} {facts.quantization}, family {family.name}, "
-                  f"{profile.os.system} with {len(profile.nvidia_gpus)} CUDA device(s)")
+    return True, (
+        f"{rule.name}: {facts.format} {facts.quantization}, family {family.name}, "
+        f"{profile.os.system} with {len(profile.nvidia_gpus)} CUDA device(s)"
+    )
 
 
 def _install_hint(engines: Sequence[str], hint_args: str) -> str:
     return f"run `xinfer-setup install --backend {engines[0]}{hint_args}`"
 
 
-def _fit(engine: str, facts: ModelFacts, family: FamilyRule | None, profile: HostProfile,
-         rules: ServeRules) -> tuple[bool, str]:
+def _fit(
+    engine: str, facts: ModelFacts, family: FamilyRule | None, profile: HostProfile, rules: ServeRules
+) -> tuple[bool, str]:
     gpu_rule = next((r for r in rules.gpu_engines if r.name == engine), None)
     if gpu_rule is not None:
         if facts.kind != "hf":
@@ -94,13 +100,19 @@ def _fit(engine: str, facts: ModelFacts, family: FamilyRule | None, profile: Hos
     return False, f"unknown engine {engine}"
 
 
-ELSEWHERE = ("{why}, but it lives in its own environment, which Xinference's server cannot load "
-             "(serve it without --via)")
+ELSEWHERE = (
+    "{why}, but it lives in its own environment, which Xinference's server cannot load "
+    "(serve it without --via)"
+)
 
 
-def _choose_for_form(facts: ModelFacts, profile: HostProfile, installed: frozenset[str],
-                     rules: ServeRules, elsewhere: frozenset[str] = frozenset()
-                     ) -> tuple[EngineChoice | None, list[str]]:
+def _choose_for_form(
+    facts: ModelFacts,
+    profile: HostProfile,
+    installed: frozenset[str],
+    rules: ServeRules,
+    elsewhere: frozenset[str] = frozenset(),
+) -> tuple[EngineChoice | None, list[str]]:
     """The best installed engine for one form of the model, and the notes on engines passed over."""
     family = family_of(facts, rules)
     fam_name = family.name if family else None
@@ -127,17 +139,25 @@ def _choose_for_form(facts: ModelFacts, profile: HostProfile, installed: frozens
     return None, notes
 
 
-def choose_engine(forms: Sequence[ModelFacts], profile: HostProfile, installed: frozenset[str],
-                  rules: ServeRules, requested: str | None = None, hint_args: str = "",
-                  elsewhere: frozenset[str] = frozenset()) -> EngineChoice:
+def choose_engine(
+    forms: Sequence[ModelFacts],
+    profile: HostProfile,
+    installed: frozenset[str],
+    rules: ServeRules,
+    requested: str | None = None,
+    hint_args: str = "",
+    elsewhere: frozenset[str] = frozenset(),
+) -> EngineChoice:
     """The engine to serve the model with. `forms`: the model's forms in order of preference
     (one for a user's model; the tiny model has an HF directory and a GGUF). Raises UserError
     with the reason when no installed engine can serve it, or the requested one cannot.
     `elsewhere`: engines installed, but where the caller (Xinference) cannot load them; they
     get no install hint, which would only install them where they already are."""
     if requested in ENGINE_ALIASES and set(ENGINE_ALIASES[requested or ""]) <= elsewhere:
-        raise UserError(f"--engine {requested} is installed in its own environment, which Xinference's "
-                        "server cannot load: serve it without --via")
+        raise UserError(
+            f"--engine {requested} is installed in its own environment, which Xinference's "
+            "server cannot load: serve it without --via"
+        )
     if requested is not None:
         return _check_requested(forms, profile, installed, rules, requested, hint_args)
     all_notes: list[str] = []
@@ -147,12 +167,20 @@ def choose_engine(forms: Sequence[ModelFacts], profile: HostProfile, installed: 
             return choice
         all_notes.extend(notes)
     wanted = "xllamacpp" if all(f.kind == "gguf" for f in forms) else "transformers"
-    raise UserError(f"no installed engine can serve this model ({'; '.join(all_notes)}): "
-                    f"{_install_hint([wanted], hint_args)}")
+    raise UserError(
+        f"no installed engine can serve this model ({'; '.join(all_notes)}): "
+        f"{_install_hint([wanted], hint_args)}"
+    )
 
 
-def _check_requested(forms: Sequence[ModelFacts], profile: HostProfile, installed: frozenset[str],
-                     rules: ServeRules, requested: str, hint_args: str) -> EngineChoice:
+def _check_requested(
+    forms: Sequence[ModelFacts],
+    profile: HostProfile,
+    installed: frozenset[str],
+    rules: ServeRules,
+    requested: str,
+    hint_args: str,
+) -> EngineChoice:
     if requested not in ENGINE_ALIASES:
         raise UserError(f"unknown engine '{requested}' (choose from {', '.join(ENGINE_ALIASES)})")
     candidates = ENGINE_ALIASES[requested]
@@ -169,5 +197,7 @@ def _check_requested(forms: Sequence[ModelFacts], profile: HostProfile, installe
             reasons.append(f"{engine} is not installed")
     if reasons and all(r.endswith("is not installed") for r in reasons):
         raise UserError(f"{requested} is not installed here: {_install_hint(candidates, hint_args)}")
-    raise UserError(f"--engine {requested} cannot serve this model here: "
-                    f"{'; '.join(dict.fromkeys(r for r in reasons if not r.endswith('is not installed')))}")
+    raise UserError(
+        f"--engine {requested} cannot serve this model here: "
+        f"{'; '.join(dict.fromkeys(r for r in reasons if not r.endswith('is not installed')))}"
+    )

@@ -60,8 +60,16 @@ def _shape_or_guess(c: Candidate) -> ModelShape:
     if c.shape is not None:
         return c.shape
     # No layer facts (a config without them): weights only, no KV estimate.
-    return ModelShape(layers=0, attention_heads=1, kv_heads=0, head_dim=0, hidden=0, intermediate=0, vocab=0,
-                      max_context=c.facts.context_length)
+    return ModelShape(
+        layers=0,
+        attention_heads=1,
+        kv_heads=0,
+        head_dim=0,
+        hidden=0,
+        intermediate=0,
+        vocab=0,
+        max_context=c.facts.context_length,
+    )
 
 
 def _weights_in(c: Candidate, shape: ModelShape, dtype: Dtype) -> int:
@@ -77,21 +85,35 @@ def _weights_in(c: Candidate, shape: ModelShape, dtype: Dtype) -> int:
     return c.weights_bytes
 
 
-def _fit_one(c: Candidate, choice: EngineChoice, profile: HostProfile, facts: FitFacts,
-             opts: ServeOptions) -> tuple[Fit, Dtype, str, Target]:
+def _fit_one(
+    c: Candidate, choice: EngineChoice, profile: HostProfile, facts: FitFacts, opts: ServeOptions
+) -> tuple[Fit, Dtype, str, Target]:
     target = target_for(profile, choice.engine, opts.gpus)
     shape = _shape_or_guess(c)
     model_max = shape.max_context or c.facts.context_length
     if opts.max_model_len is not None and model_max and opts.max_model_len > model_max:
-        raise UserError(f"--max-model-len {opts.max_model_len} is above {c.served_name}'s maximum context "
-                        f"({model_max} tokens)")
+        raise UserError(
+            f"--max-model-len {opts.max_model_len} is above {c.served_name}'s maximum context "
+            f"({model_max} tokens)"
+        )
     kind = engine_kind(choice.engine)
 
     def attempt(dtype: Dtype) -> Fit:
         kv = 2 if kind == "llama-cpp" else DTYPE_BYTES.get(dtype, 2)
         act = 4 if kind == "llama-cpp" else DTYPE_BYTES.get(dtype, 2)
-        return fit_model(FitInput(_weights_in(c, shape, dtype), shape, kind, kv, act, opts.max_model_len,
-                                  opts.gpu_memory_fraction), target, facts)
+        return fit_model(
+            FitInput(
+                _weights_in(c, shape, dtype),
+                shape,
+                kind,
+                kv,
+                act,
+                opts.max_model_len,
+                opts.gpu_memory_fraction,
+            ),
+            target,
+            facts,
+        )
 
     dtype, why = run_dtype(shape.torch_dtype, target, profile, opts.dtype)
     fit = attempt(dtype)
@@ -103,9 +125,18 @@ def _fit_one(c: Candidate, choice: EngineChoice, profile: HostProfile, facts: Fi
     return fit, dtype, why, target
 
 
-def decide_serving(candidates: Sequence[Candidate], profile: HostProfile, installed: frozenset[str],
-                   rules: ServeRules, facts: FitFacts, opts: ServeOptions, host: str, port: int,
-                   hint_args: str = "", elsewhere: frozenset[str] = frozenset()) -> Planned:
+def decide_serving(
+    candidates: Sequence[Candidate],
+    profile: HostProfile,
+    installed: frozenset[str],
+    rules: ServeRules,
+    facts: FitFacts,
+    opts: ServeOptions,
+    host: str,
+    port: int,
+    hint_args: str = "",
+    elsewhere: frozenset[str] = frozenset(),
+) -> Planned:
     """The first candidate (best first) an installed engine serves and that fits; when none
     fits, the best one an engine serves, with fits false. Forms of one model (the tiny model's
     directory and GGUF) are chosen between by engine rules, as one group."""
@@ -117,15 +148,17 @@ def decide_serving(candidates: Sequence[Candidate], profile: HostProfile, instal
     fallback: Planned | None = None
     for group in groups:
         try:
-            choice = choose_engine([c.facts for c in group], profile, installed, rules, opts.engine,
-                                   hint_args, elsewhere)
+            choice = choose_engine(
+                [c.facts for c in group], profile, installed, rules, opts.engine, hint_args, elsewhere
+            )
         except UserError as e:
             first_error = first_error or e
             continue
         cand = next(c for c in group if c.facts is choice.model)
         fit, dtype, why, target = _fit_one(cand, choice, profile, facts, opts)
-        launch = launch_settings(choice.engine, cand.served_name, host, port, target, fit, dtype,
-                                 opts.gpu_memory_fraction)
+        launch = launch_settings(
+            choice.engine, cand.served_name, host, port, target, fit, dtype, opts.gpu_memory_fraction
+        )
         planned = Planned(cand, choice, fit, dtype, why, target, launch)
         if fit.fits:
             return planned

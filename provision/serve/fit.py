@@ -71,7 +71,8 @@ def _int(d: dict[str, Any], *keys: str) -> int | None:
 def shape_from_config(config: dict[str, Any]) -> ModelShape | None:
     """From a Hugging Face config.json (a multimodal model's text_config when it has one).
     None when it lacks what the estimate needs."""
-    c = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    text = config.get("text_config")
+    c: dict[str, Any] = text if isinstance(text, dict) else config
     layers = _int(c, "num_hidden_layers", "n_layer", "num_layers")
     heads = _int(c, "num_attention_heads", "n_head")
     hidden = _int(c, "hidden_size", "n_embd", "d_model")
@@ -79,7 +80,8 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape | None:
         return None
     dtype = c.get("torch_dtype") or c.get("dtype") or config.get("torch_dtype") or config.get("dtype")
     return ModelShape(
-        layers=layers, attention_heads=heads,
+        layers=layers,
+        attention_heads=heads,
         kv_heads=_int(c, "num_key_value_heads", "num_kv_heads") or (1 if c.get("multi_query") else heads),
         head_dim=_int(c, "head_dim") or hidden // heads,
         hidden=hidden,
@@ -97,17 +99,24 @@ def shape_from_gguf(meta: dict[str, Any]) -> ModelShape | None:
     if not isinstance(arch, str):
         return None
     d = {k.removeprefix(f"{arch}."): v for k, v in meta.items() if k.startswith(f"{arch}.")}
-    layers, heads, hidden = (_int(d, "block_count"), _int(d, "attention.head_count"),
-                             _int(d, "embedding_length"))
+    layers, heads, hidden = (
+        _int(d, "block_count"),
+        _int(d, "attention.head_count"),
+        _int(d, "embedding_length"),
+    )
     if not (layers and heads and hidden):
         return None
     tokens = meta.get("tokenizer.ggml.tokens")
     return ModelShape(
-        layers=layers, attention_heads=heads, kv_heads=_int(d, "attention.head_count_kv") or heads,
-        head_dim=_int(d, "attention.key_length") or hidden // heads, hidden=hidden,
+        layers=layers,
+        attention_heads=heads,
+        kv_heads=_int(d, "attention.head_count_kv") or heads,
+        head_dim=_int(d, "attention.key_length") or hidden // heads,
+        hidden=hidden,
         intermediate=_int(d, "feed_forward_length", "expert_feed_forward_length") or 4 * hidden,
         vocab=_int(d, "vocab_size") or (len(tokens) if isinstance(tokens, list) else 32000),
-        max_context=_int(d, "context_length"), active_experts=_int(d, "expert_used_count") or 1,
+        max_context=_int(d, "context_length"),
+        active_experts=_int(d, "expert_used_count") or 1,
     )
 
 
@@ -147,11 +156,14 @@ def load_fit_facts() -> FitFacts:
     data = tomllib.loads(resources.files("provision.recipes").joinpath("serve_fit.toml").read_text("utf-8"))
     host = data["host"]
     return FitFacts(
-        engines={name: EngineMemory(float(e["memory_fraction"]), float(e["overhead_gib"]),
-                                    int(e["prefill_chunk"])) for name, e in data["engines"].items()},
+        engines={
+            name: EngineMemory(float(e["memory_fraction"]), float(e["overhead_gib"]), int(e["prefill_chunk"]))
+            for name, e in data["engines"].items()
+        },
         cpu_memory_fraction=float(host["cpu_memory_fraction"]),
         metal_memory_fraction=float(host["metal_memory_fraction"]),
-        min_context=int(host["min_context"]), context_step=int(host["context_step"]),
+        min_context=int(host["min_context"]),
+        context_step=int(host["context_step"]),
         bits_per_weight={k: float(v) for k, v in data["bits_per_weight"].items()},
     )
 
@@ -199,9 +211,15 @@ class Fit:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights_gib": round(self.weights_gib, 2), "kv_cache_gib": round(self.kv_cache_gib, 2),
-                "need_gib": round(self.need_gib, 2), "have_gib": round(self.have_gib, 2),
-                "devices": self.devices, "context_length": self.context_length, "fits": self.fits}
+        return {
+            "weights_gib": round(self.weights_gib, 2),
+            "kv_cache_gib": round(self.kv_cache_gib, 2),
+            "need_gib": round(self.need_gib, 2),
+            "have_gib": round(self.have_gib, 2),
+            "devices": self.devices,
+            "context_length": self.context_length,
+            "fits": self.fits,
+        }
 
 
 def _activation_bytes(inp: FitInput, eng: EngineMemory, context: int) -> float:
@@ -264,8 +282,9 @@ def _largest_context(inp: FitInput, target: Target, facts: FitFacts, n: int, top
     return lo * step
 
 
-def _result(inp: FitInput, target: Target, facts: FitFacts, context: int, n: int, fits: bool,
-            reason: str) -> Fit:
+def _result(
+    inp: FitInput, target: Target, facts: FitFacts, context: int, n: int, fits: bool, reason: str
+) -> Fit:
     eng = facts.engines[inp.engine]
     w, kv, ov = _parts(inp, eng, context, n)
     have = _usable(target, facts, eng, inp.memory_fraction, n)
@@ -285,13 +304,18 @@ def fit_model(inp: FitInput, target: Target, facts: FitFacts) -> Fit:
     eng = facts.engines[inp.engine]
     model_max = inp.shape.max_context
     wanted = inp.requested_context or model_max or facts.min_context
-    why_ctx = "--max-model-len" if inp.requested_context else "the model's maximum" if model_max \
+    why_ctx = (
+        "--max-model-len"
+        if inp.requested_context
+        else "the model's maximum"
+        if model_max
         else "a default (the model states no maximum)"
+    )
     if target.kind == "cuda" and not target.devices:
         raise ValueError("a CUDA target needs devices")
     counts = device_counts(inp, target)
     share = inp.memory_fraction if inp.memory_fraction is not None else eng.memory_fraction
-    spread = ("tensor parallel" if inp.engine in TP_ENGINES else "layers placed across them")
+    spread = "tensor parallel" if inp.engine in TP_ENGINES else "layers placed across them"
     for n in counts:
         if _fits_at(inp, target, facts, wanted, n):
             if target.kind == "cuda":
@@ -300,24 +324,33 @@ def fit_model(inp: FitInput, target: Target, facts: FitFacts) -> Fit:
             else:
                 place = f"in {_where(target, n)}"
             fit = _result(inp, target, facts, wanted, n, True, "")
-            return _with_reason(fit, f"fits {place}: needs {fit.need_gib:.1f} GiB of {fit.have_gib:.1f} GiB; "
-                                     f"context {wanted} ({why_ctx})")
+            return _with_reason(
+                fit,
+                f"fits {place}: needs {fit.need_gib:.1f} GiB of {fit.have_gib:.1f} GiB; "
+                f"context {wanted} ({why_ctx})",
+            )
     n = counts[-1]
     lowered = _largest_context(inp, target, facts, n, wanted)
     floor = min(facts.min_context, wanted)
     if lowered >= floor:
         fit = _result(inp, target, facts, lowered, n, True, "")
-        return _with_reason(fit, f"fits on {_where(target, n)} only with the context lowered from {wanted} "
-                                 f"({why_ctx}) to {lowered}: the KV cache for {wanted} tokens would need "
-                                 f"{_result(inp, target, facts, wanted, n, False, '').need_gib:.1f} GiB, "
-                                 f"{fit.have_gib:.1f} GiB usable")
+        return _with_reason(
+            fit,
+            f"fits on {_where(target, n)} only with the context lowered from {wanted} "
+            f"({why_ctx}) to {lowered}: the KV cache for {wanted} tokens would need "
+            f"{_result(inp, target, facts, wanted, n, False, '').need_gib:.1f} GiB, "
+            f"{fit.have_gib:.1f} GiB usable",
+        )
     fit = _result(inp, target, facts, wanted, n, False, "")
     at_floor = _result(inp, target, facts, floor, n, False, "")
-    return _with_reason(fit, f"does not fit: needs {fit.need_gib:.1f} GiB (weights {fit.weights_gib:.1f}, "
-                             f"KV cache {fit.kv_cache_gib:.1f} for {wanted} tokens) and "
-                             f"{at_floor.need_gib:.1f} GiB even at {floor} tokens; "
-                             f"{_where(target, n)} has {fit.have_gib:.1f} GiB usable. "
-                             f"{suggestion(inp, target)}")
+    return _with_reason(
+        fit,
+        f"does not fit: needs {fit.need_gib:.1f} GiB (weights {fit.weights_gib:.1f}, "
+        f"KV cache {fit.kv_cache_gib:.1f} for {wanted} tokens) and "
+        f"{at_floor.need_gib:.1f} GiB even at {floor} tokens; "
+        f"{_where(target, n)} has {fit.have_gib:.1f} GiB usable. "
+        f"{suggestion(inp, target)}",
+    )
 
 
 def suggestion(inp: FitInput, target: Target) -> str:

@@ -76,18 +76,23 @@ def _hub_error(repo_id: str, revision: str | None, e: Exception) -> UserError:
 
     rev = f" at revision {revision}" if revision else ""
     if isinstance(e, errors.GatedRepoError):
-        return UserError(f"{repo_id} is gated on the Hugging Face hub: accept its license there and "
-                         "set HF_TOKEN")
+        return UserError(
+            f"{repo_id} is gated on the Hugging Face hub: accept its license there and set HF_TOKEN"
+        )
     if isinstance(e, errors.RevisionNotFoundError):
         return UserError(f"{repo_id} has no revision {revision} on the Hugging Face hub")
     if isinstance(e, errors.RepositoryNotFoundError):
-        return UserError(f"no model {repo_id} on the Hugging Face hub (a private one needs HF_TOKEN); "
-                         "for an Xinference built-in name, drop the owner/")
+        return UserError(
+            f"no model {repo_id} on the Hugging Face hub (a private one needs HF_TOKEN); "
+            "for an Xinference built-in name, drop the owner/"
+        )
     from huggingface_hub import constants
 
-    return UserError(f"{repo_id}{rev} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                     "the hub "
-                     f"({constants.ENDPOINT}) cannot be reached: {type(e).__name__}")
+    return UserError(
+        f"{repo_id}{rev} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+        "the hub "
+        f"({constants.ENDPOINT}) cannot be reached: {type(e).__name__}"
+    )
 
 
 def _cached_weights_bytes(snapshot: Path) -> int | None:
@@ -114,27 +119,34 @@ def resolve_hub_model(repo_id: str, revision: str | None) -> HubModel:
     _quiet()
     if config_path is not None:
         snapshot = Path(config_path).parent
-        return HubModel(repo_id, revision, "hf-cache", _read_json(config_path),
-                        _cached_weights_bytes(snapshot), snapshot)
+        return HubModel(
+            repo_id, revision, "hf-cache", _read_json(config_path), _cached_weights_bytes(snapshot), snapshot
+        )
     if _offline():
         from huggingface_hub import constants
 
-        raise UserError(f"{repo_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                        "HF_HUB_OFFLINE is set")
+        raise UserError(
+            f"{repo_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set"
+        )
     from huggingface_hub import constants
 
     if not _reachable(constants.ENDPOINT):
-        raise UserError(f"{repo_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub "
-                        f"({constants.ENDPOINT}) cannot be reached")
+        raise UserError(
+            f"{repo_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub "
+            f"({constants.ENDPOINT}) cannot be reached"
+        )
     try:
         config_path = hf_hub_download(repo_id, "config.json", revision=revision)
     except errors.RemoteEntryNotFoundError:
-        raise UserError(f"{repo_id} has no config.json: not a transformers model "
-                        "(for a GGUF repository, download the file and serve its path)") from None
+        raise UserError(
+            f"{repo_id} has no config.json: not a transformers model "
+            "(for a GGUF repository, download the file and serve its path)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - every hub failure becomes one line
         raise _hub_error(repo_id, revision, e) from None
-    return HubModel(repo_id, revision, "hub", _read_json(config_path), _hub_weights_bytes(repo_id, revision),
-                    None)
+    return HubModel(
+        repo_id, revision, "hub", _read_json(config_path), _hub_weights_bytes(repo_id, revision), None
+    )
 
 
 def _hub_weights_bytes(repo_id: str, revision: str | None) -> int | None:

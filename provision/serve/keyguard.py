@@ -29,8 +29,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 # Hop-by-hop headers are the proxy's own business (RFC 9110 7.6.1).
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade", "host", "content-length"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
 MAX_CONNECTIONS = 64
 MAX_BODY = 16 * 1024 * 1024  # a long chat with a 128k context is a few MiB of JSON
 CLIENT_TIMEOUT_S = 30.0
@@ -50,12 +60,15 @@ def _error_body(status: int, message: str, code: str) -> bytes:
 
 
 def models_listing(served_name: str) -> dict[str, Any]:
-    return {"object": "list", "data": [{"id": served_name, "object": "model", "created": 0,
-                                        "owned_by": "xinfer-setup"}]}
+    return {
+        "object": "list",
+        "data": [{"id": served_name, "object": "model", "created": 0, "owned_by": "xinfer-setup"}],
+    }
 
 
-def _handler(upstream_host: str, upstream_port: int, api_key: str | None, served_name: str,
-             upstream_name: str) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    upstream_host: str, upstream_port: int, api_key: str | None, served_name: str, upstream_name: str
+) -> type[BaseHTTPRequestHandler]:
     class Guard(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = CLIENT_TIMEOUT_S  # socket timeout while reading a request
@@ -125,18 +138,25 @@ def _handler(upstream_host: str, upstream_port: int, api_key: str | None, served
                     payload = None
                 if isinstance(payload, dict) and "model" in payload:
                     if payload["model"] not in (served_name, upstream_name):
-                        self._send_json(404, _error_body(
-                            404, f"model {payload['model']!r} is not served here; "
-                            f"this serves {served_name!r}",
-                            "model_not_found"))
+                        self._send_json(
+                            404,
+                            _error_body(
+                                404,
+                                f"model {payload['model']!r} is not served here; this serves {served_name!r}",
+                                "model_not_found",
+                            ),
+                        )
                         return
                     payload["model"] = upstream_name
                     body = json.dumps(payload).encode()
             self._forward(body)
 
         def _forward(self, body: bytes) -> None:
-            headers = {k: v for k, v in self.headers.items()
-                       if k.lower() not in HOP_BY_HOP and k.lower() != "authorization"}
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() not in HOP_BY_HOP and k.lower() != "authorization"
+            }
             conn = http.client.HTTPConnection(upstream_host, upstream_port, timeout=UPSTREAM_TIMEOUT_S)
             try:
                 try:
@@ -206,9 +226,10 @@ class BoundedThreadingHTTPServer(ThreadingHTTPServer):
             try:
                 _read_request(sock, REFUSAL_READ_S)
                 body = _error_body(503, "too many connections; retry", "overloaded")
-                sock.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                             b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(body), body))
+                sock.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
             except OSError:
                 pass
             finally:
@@ -243,8 +264,17 @@ def _read_request(sock: socket.socket, within_s: float) -> None:
 class KeyGuard:
     """The proxy's HTTP server, run in daemon threads of this process."""
 
-    def __init__(self, host: str, port: int, upstream_host: str, upstream_port: int, api_key: str | None,
-                 served_name: str = "", upstream_name: str = "", limit: int = MAX_CONNECTIONS):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        upstream_host: str,
+        upstream_port: int,
+        api_key: str | None,
+        served_name: str = "",
+        upstream_name: str = "",
+        limit: int = MAX_CONNECTIONS,
+    ):
         handler = _handler(upstream_host, upstream_port, api_key, served_name, upstream_name or served_name)
         self.server = BoundedThreadingHTTPServer((host, port), handler, limit)
         self._thread = threading.Thread(target=self.server.serve_forever, name="keyguard", daemon=True)

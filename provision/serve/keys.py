@@ -14,8 +14,12 @@ KEY_FILE_ENV = "XINFER_SETUP_API_KEY_FILE"
 MASK = "***"
 # Each engine's own option for its key (vLLM --api-key, SGLang --api-key, llama_cpp.server's
 # pydantic setting api_key, our xllamacpp launcher's --api-key).
-API_KEY_FLAGS = {"vllm": "--api-key", "sglang": "--api-key", "llama-cpp-python": "--api_key",
-                 "xllamacpp": "--api-key"}
+API_KEY_FLAGS = {
+    "vllm": "--api-key",
+    "sglang": "--api-key",
+    "llama-cpp-python": "--api_key",
+    "xllamacpp": "--api-key",
+}
 
 
 def keyed_command(argv: list[str], flag: str) -> list[str]:

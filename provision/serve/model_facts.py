@@ -62,8 +62,12 @@ def quantization_of(qc: dict[str, Any] | None) -> tuple[str, str]:
     return fmt, f"Int{bits}" if isinstance(bits, int) else "unknown"
 
 
-def facts_from_config(path: Path, config: dict[str, Any], quantize_config: dict[str, Any] | None = None,
-                      chat_template: str | None = None) -> ModelFacts:
+def facts_from_config(
+    path: Path,
+    config: dict[str, Any],
+    quantize_config: dict[str, Any] | None = None,
+    chat_template: str | None = None,
+) -> ModelFacts:
     """Facts of a Hugging Face directory from its parsed config.json.
 
     Older AutoGPTQ checkpoints keep their quantization in quantize_config.json
@@ -77,11 +81,15 @@ def facts_from_config(path: Path, config: dict[str, Any], quantize_config: dict[
     if not qc and quantize_config:
         qc = {"quant_method": "gptq", **quantize_config}
     fmt, quant = quantization_of(qc)
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    found = config.get("text_config")
+    text: dict[str, Any] = found if isinstance(found, dict) else {}
     vocab = config.get("vocab_size", text.get("vocab_size"))
     ctx = config.get("max_position_embeddings", text.get("max_position_embeddings"))
     return ModelFacts(
-        path=path, kind="hf", format=fmt, quantization=quant,
+        path=path,
+        kind="hf",
+        format=fmt,
+        quantization=quant,
         architectures=tuple(str(a) for a in architectures),
         model_type=str(model_type) if model_type else None,
         vocab_size=vocab if isinstance(vocab, int) else None,
@@ -106,8 +114,8 @@ def gguf_quantization(file_type: int | None) -> str:
 def facts_from_gguf_metadata(path: Path, meta: dict[str, Any]) -> ModelFacts:
     """Facts of a GGUF file from its metadata key/values, as the gguf reader gives them:
 
-        general.architecture = "llama", general.file_type = 0, llama.vocab_size = 431,
-        llama.context_length = 2048, tokenizer.chat_template = "{% for message in messages %}..."
+    general.architecture = "llama", general.file_type = 0, llama.vocab_size = 431,
+    llama.context_length = 2048, tokenizer.chat_template = "{% for message in messages %}..."
     """
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
@@ -116,9 +124,12 @@ def facts_from_gguf_metadata(path: Path, meta: dict[str, Any]) -> ModelFacts:
     if vocab is None and isinstance(meta.get("tokenizer.ggml.tokens"), list):
         vocab = len(meta["tokenizer.ggml.tokens"])
     return ModelFacts(
-        path=path, kind="gguf", format="ggufv2",
+        path=path,
+        kind="gguf",
+        format="ggufv2",
         quantization=gguf_quantization(meta.get("general.file_type")),
-        architectures=(), model_type=arch,
+        architectures=(),
+        model_type=arch,
         vocab_size=int(vocab) if vocab is not None else None,
         context_length=meta.get(f"{arch}.context_length"),
         chat_template=meta.get("tokenizer.chat_template"),

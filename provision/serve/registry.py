@@ -92,18 +92,27 @@ def _specs(name: str, fam: dict[str, Any]) -> list[RegistrySpec]:
         hf = srcs.get("huggingface") or {}
         quants = hf.get("quantizations") or next((s.get("quantizations") for s in srcs.values()), None) or []
         # model_metadata sits beside one or more hubs' ids; the shape is the same model's.
-        meta = next((s["model_metadata"] for s in [hf, *srcs.values()] if s.get("model_metadata")),
-                    shapes.get(str(spec.get("model_size_in_billions")), {}))
+        meta = next(
+            (s["model_metadata"] for s in [hf, *srcs.values()] if s.get("model_metadata")),
+            shapes.get(str(spec.get("model_size_in_billions")), {}),
+        )
         template = hf.get("model_file_name_template")
         for q in quants:
-            out.append(RegistrySpec(
-                model_name=name, model_format=fmt, size=str(spec.get("model_size_in_billions")),
-                quantization=q,
-                # GPTQ ids name the quantization: "Qwen/Qwen2.5-7B-Instruct-GPTQ-{quantization}".
-                hub_id=hf["model_id"].replace("{quantization}", q) if hf.get("model_id") else None,
-                file_name=template.format(quantization=q) if fmt == "ggufv2" and template
-                and not hf.get("model_file_name_split_template") else None,
-                metadata=meta, family=base))
+            out.append(
+                RegistrySpec(
+                    model_name=name,
+                    model_format=fmt,
+                    size=str(spec.get("model_size_in_billions")),
+                    quantization=q,
+                    # GPTQ ids name the quantization: "Qwen/Qwen2.5-7B-Instruct-GPTQ-{quantization}".
+                    hub_id=hf["model_id"].replace("{quantization}", q) if hf.get("model_id") else None,
+                    file_name=template.format(quantization=q)
+                    if fmt == "ggufv2" and template and not hf.get("model_file_name_split_template")
+                    else None,
+                    metadata=meta,
+                    family=base,
+                )
+            )
     return out
 
 
@@ -114,8 +123,9 @@ def _same_size(a: str, b: str) -> bool:
         return a == b
 
 
-def built_in_specs(models_dir: Path, name: str, size: str | None, model_format: str | None,
-                   quantization: str | None) -> list[RegistrySpec]:
+def built_in_specs(
+    models_dir: Path, name: str, size: str | None, model_format: str | None, quantization: str | None
+) -> list[RegistrySpec]:
     """The specs of a built-in name that match the options, servable formats only. Unknown
     names, sizes, formats and quantizations are UserErrors listing what the registry has."""
     families = _families(models_dir)
@@ -123,14 +133,17 @@ def built_in_specs(models_dir: Path, name: str, size: str | None, model_format: 
     if fam is None:
         close = difflib.get_close_matches(name, list(families), n=5, cutoff=0.6)
         hint = f"; close names: {', '.join(close)}" if close else ""
-        raise UserError(f"{name}: not a local path, not a Hugging Face id (owner/name), and not an "
-                        "Xinference "
-                        f"built-in model name{hint}")
+        raise UserError(
+            f"{name}: not a local path, not a Hugging Face id (owner/name), and not an "
+            "Xinference "
+            f"built-in model name{hint}"
+        )
     name = fam["model_name"]
     specs = [s for s in _specs(name, fam) if s.model_format in SERVABLE_FORMATS]
     if not specs:
-        raise UserError(f"{name}: Xinference has no spec of it in a format serve can run "
-                        f"({', '.join(SERVABLE_FORMATS)})")
+        raise UserError(
+            f"{name}: Xinference has no spec of it in a format serve can run ({', '.join(SERVABLE_FORMATS)})"
+        )
     sizes = list(dict.fromkeys(s.size_label for s in specs))
     if size is not None:
         specs = [s for s in specs if _same_size(s.size, size)]
@@ -142,12 +155,16 @@ def built_in_specs(models_dir: Path, name: str, size: str | None, model_format: 
         formats = list(dict.fromkeys(s.model_format for s in specs))
         specs = [s for s in specs if s.model_format == model_format]
         if not specs:
-            raise UserError(f"{name} {sizes[0] if size is None else size}B has no format {model_format} "
-                            f"(formats: {', '.join(formats)})")
+            raise UserError(
+                f"{name} {sizes[0] if size is None else size}B has no format {model_format} "
+                f"(formats: {', '.join(formats)})"
+            )
     if quantization is not None:
         quants = list(dict.fromkeys(s.quantization for s in specs))
         specs = [s for s in specs if s.quantization.lower() == quantization.lower()]
         if not specs:
-            raise UserError(f"{name} has no quantization {quantization} for these options "
-                            f"(quantizations: {', '.join(quants)})")
+            raise UserError(
+                f"{name} has no quantization {quantization} for these options "
+                f"(quantizations: {', '.join(quants)})"
+            )
     return specs

@@ -34,6 +34,7 @@ DEFAULT_PORTS = {"native": 8000, "xinference": 9997}
 NATIVE_READY_TIMEOUT_S = 900.0  # a 70B model from a slow disk
 XINFERENCE_READY_TIMEOUT_S = 300.0
 
+
 @dataclass(frozen=True)
 class ServeRequest:
     model: str
@@ -77,11 +78,20 @@ class Decision:
     def to_dict(self) -> dict:
         c, p = self.planned.candidate, self.planned
         dtype = "" if p.launch.dtype == "auto" else f"; dtype {p.dtype} ({p.dtype_reason})"
-        return {"engine": p.choice.engine, "reason": f"{p.choice.reason}; {p.fit.reason}{dtype}",
-                "command": self.command, "model": c.display,
-                "format": c.facts.format, "quantization": c.facts.quantization, "family": p.choice.family,
-                "host": self.host, "port": self.port, "source": c.source, "served_name": self.served_name,
-                "memory": p.fit.to_dict()}
+        return {
+            "engine": p.choice.engine,
+            "reason": f"{p.choice.reason}; {p.fit.reason}{dtype}",
+            "command": self.command,
+            "model": c.display,
+            "format": c.facts.format,
+            "quantization": c.facts.quantization,
+            "family": p.choice.family,
+            "host": self.host,
+            "port": self.port,
+            "source": c.source,
+            "served_name": self.served_name,
+            "memory": p.fit.to_dict(),
+        }
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -101,10 +111,14 @@ def installed_for_via(installed: dict[str, InstalledBackend], hint_args: str) ->
     xllamacpp, so llama-cpp-python does not count."""
     xinf = installed.get("xinference")
     if xinf is None:
-        raise UserError("xinference is not installed here: "
-                        f"run `xinfer-setup install --backend xinference{hint_args}`")
-    return {name: b for name, b in installed.items()
-            if b.environment == xinf.environment and name not in ("xinference", "llama-cpp-python")}
+        raise UserError(
+            f"xinference is not installed here: run `xinfer-setup install --backend xinference{hint_args}`"
+        )
+    return {
+        name: b
+        for name, b in installed.items()
+        if b.environment == xinf.environment and name not in ("xinference", "llama-cpp-python")
+    }
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -128,7 +142,8 @@ def candidates(req: ServeRequest, all_installed: dict[str, InstalledBackend]) ->
             from provision.tiny_model import ensure_tiny_model
         except ImportError as e:
             raise OperationFailed(
-                f"the tiny model needs the smoke extras (pip install 'xinfer-setup[smoke]'): {e}") from None
+                f"the tiny model needs the smoke extras (pip install 'xinfer-setup[smoke]'): {e}"
+            ) from None
         tiny = ensure_tiny_model()
         return [replace(local_candidate(p), served_name=TINY) for p in (tiny.hf_dir, tiny.gguf_path)]
 
@@ -167,27 +182,44 @@ def host_and_installed(req: ServeRequest) -> tuple[HostProfile, dict[str, Instal
         raise OperationFailed(f"the planner is not available ({e})") from None
     plan = make_plan(profile, PlanRequest(), load_recipes())
     envs = locate(plan, req.venv_root)
-    return profile, {b.name: InstalledBackend(b.name, b.version, b.environment, envs[b.environment].prefix,
-                                              envs[b.environment].python)
-                     for b in plan.installs if b.environment in envs}
+    return profile, {
+        b.name: InstalledBackend(
+            b.name, b.version, b.environment, envs[b.environment].prefix, envs[b.environment].python
+        )
+        for b in plan.installs
+        if b.environment in envs
+    }
 
 
 def decide(req: ServeRequest) -> Decision:
     if req.via not in (None, "xinference"):
         raise UserError(f"--via {req.via}: only 'xinference' is supported")
     if req.via and req.api_key:
-        raise UserError("--api-key does not apply with --via xinference: Xinference issues its own keys "
-                        "(bind to a non-loopback --host and serve saves one to a file only you can read)")
+        raise UserError(
+            "--api-key does not apply with --via xinference: Xinference issues its own keys "
+            "(bind to a non-loopback --host and serve saves one to a file only you can read)"
+        )
     profile, all_installed = host_and_installed(req)
     cands = candidates(req, all_installed)
     hint_args = f" --venv {req.venv_root}" if req.venv_root else ""
     installed = installed_for_via(all_installed, hint_args) if req.via else all_installed
     port = req.port or DEFAULT_PORTS["xinference" if req.via else "native"]
-    opts = ServeOptions(req.engine, req.max_model_len, req.gpus, req.dtype, req.gpu_memory_fraction,
-                        req.force)
+    opts = ServeOptions(
+        req.engine, req.max_model_len, req.gpus, req.dtype, req.gpu_memory_fraction, req.force
+    )
     elsewhere = frozenset(set(all_installed) - set(installed) - {"xinference", "llama-cpp-python"})
-    planned = decide_serving(cands, profile, frozenset(installed), load_serve_rules(), load_fit_facts(), opts,
-                             req.host, port, hint_args, elsewhere)
+    planned = decide_serving(
+        cands,
+        profile,
+        frozenset(installed),
+        load_serve_rules(),
+        load_fit_facts(),
+        opts,
+        req.host,
+        port,
+        hint_args,
+        elsewhere,
+    )
     served = planned.candidate.served_name
     if req.via:
         from provision.serve.xinference import xinference_command
@@ -195,8 +227,15 @@ def decide(req: ServeRequest) -> Decision:
         xinf_python = all_installed["xinference"].python
         # Xinference puts the model uid in URL paths (/v1/models/{uid}): no "/" from an HF id.
         served = served.replace("/", "--")
-        return Decision(planned, xinference_command(xinf_python, req.host, port), req.host, port, served,
-                        python=xinf_python, env=planned.env)
+        return Decision(
+            planned,
+            xinference_command(xinf_python, req.host, port),
+            req.host,
+            port,
+            served,
+            python=xinf_python,
+            env=planned.env,
+        )
     return native_decision(req, planned, installed[planned.choice.engine].python, port)
 
 
@@ -220,8 +259,17 @@ def native_decision(req: ServeRequest, planned: Planned, python: Path, port: int
     if req.api_key and adapter.supports_api_key:
         key_flag = API_KEY_FLAGS[planned.choice.engine]
         argv = keyed_command(argv, key_flag)
-    return Decision(planned, argv, req.host, port, planned.candidate.served_name, upstream_port=upstream_port,
-                    python=python, env=planned.env, api_key_flag=key_flag)
+    return Decision(
+        planned,
+        argv,
+        req.host,
+        port,
+        planned.candidate.served_name,
+        upstream_port=upstream_port,
+        python=python,
+        env=planned.env,
+        api_key_flag=key_flag,
+    )
 
 
 # ---------------------------------------------------------------- serving
@@ -242,8 +290,10 @@ def run_dir(kind: str, port: int) -> Path:
 def serve(req: ServeRequest, decision: Decision, say: Callable[[str], None]) -> None:
     check_port_free(decision.host, decision.port)
     if not is_loopback(decision.host):
-        say(f"warning: listening on {decision.host}, reachable from other machines"
-            + ("" if req.api_key or req.via else "; consider --api-key"))
+        say(
+            f"warning: listening on {decision.host}, reachable from other machines"
+            + ("" if req.api_key or req.via else "; consider --api-key")
+        )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         decision = materialize(req, decision)
@@ -275,8 +325,10 @@ def materialize(req: ServeRequest, d: Decision) -> Decision:
     assert cand.hub_id is not None
     local = with_local_path(cand, download_snapshot(cand.hub_id, cand.revision, cand.hub_file))
     if local.facts.kind == "hf" and local.weights_bytes is None:
-        raise OperationFailed(f"{cand.hub_id}: the Hugging Face cache has its config but not its weights "
-                              "(HF_HUB_OFFLINE is set?)")
+        raise OperationFailed(
+            f"{cand.hub_id}: the Hugging Face cache has its config but not its weights "
+            "(HF_HUB_OFFLINE is set?)"
+        )
     planned = replace(d.planned, candidate=local, choice=replace(d.planned.choice, model=local.facts))
     if req.via:
         return replace(d, planned=planned)
@@ -294,9 +346,15 @@ def _serve_native(req: ServeRequest, d: Decision, say: Callable[[str], None]) ->
     env = {**ADAPTERS[d.choice.engine].server_env(rd), **d.env}
     if d.api_key_flag and req.api_key:
         env[KEY_FILE_ENV] = str(write_key_file(rd / "api-key", req.api_key))
-    server = ManagedServer(d.command, host="127.0.0.1" if d.upstream_port else d.host, port=listen_port,
-                           log_path=rd / "server.log", api_key=None if d.upstream_port else req.api_key,
-                           env=env, ready_timeout_s=NATIVE_READY_TIMEOUT_S)
+    server = ManagedServer(
+        d.command,
+        host="127.0.0.1" if d.upstream_port else d.host,
+        port=listen_port,
+        log_path=rd / "server.log",
+        api_key=None if d.upstream_port else req.api_key,
+        env=env,
+        ready_timeout_s=NATIVE_READY_TIMEOUT_S,
+    )
     say(f"engine: {d.choice.engine} ({d.choice.reason})")
     say(f"memory: {d.planned.fit.reason}")
     say(f"starting: {shown(d.command, d.api_key_flag)}")
@@ -313,8 +371,9 @@ def _serve_native(req: ServeRequest, d: Decision, say: Callable[[str], None]) ->
             from provision.serve.keyguard import KeyGuard
 
             upstream_name = server.models[0] if server.models else str(d.choice.model.path)
-            guard = KeyGuard(d.host, d.port, "127.0.0.1", d.upstream_port, req.api_key, d.served_name,
-                             upstream_name)
+            guard = KeyGuard(
+                d.host, d.port, "127.0.0.1", d.upstream_port, req.api_key, d.served_name, upstream_name
+            )
             guard.start()
         try:
             say(f"ready in {ready_s:.1f} s")
@@ -342,9 +401,14 @@ def _serve_via_xinference(req: ServeRequest, d: Decision, say: Callable[[str], N
     # A fresh XINFERENCE_HOME per run: no registrations or accounts from an earlier run.
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    server = XinferenceServer(d.command, host=d.host, port=d.port, log_path=rd / "xinference.log",
-                              env={**xinference_env(home, auth, d.python, provisioned_find_links()), **d.env},
-                              ready_timeout_s=XINFERENCE_READY_TIMEOUT_S)
+    server = XinferenceServer(
+        d.command,
+        host=d.host,
+        port=d.port,
+        log_path=rd / "xinference.log",
+        env={**xinference_env(home, auth, d.python, provisioned_find_links()), **d.env},
+        ready_timeout_s=XINFERENCE_READY_TIMEOUT_S,
+    )
     say(f"engine: {d.choice.engine} via Xinference ({d.choice.reason})")
     say(f"log: {server.log_path}")
     started = time.perf_counter()

@@ -24,12 +24,20 @@ def target_for(profile: HostProfile, engine: str, gpus: tuple[int, ...] | None) 
         missing = [i for i in gpus if i not in present]
         if missing:
             have = ", ".join(str(i) for i in sorted(present)) or "none"
-            raise UserError(f"--gpus {','.join(map(str, gpus))}: no GPU {', '.join(map(str, missing))} here "
-                            f"(NVIDIA GPUs: {have})")
+            raise UserError(
+                f"--gpus {','.join(map(str, gpus))}: no GPU {', '.join(map(str, missing))} here "
+                f"(NVIDIA GPUs: {have})"
+            )
         nvidia = [present[i] for i in gpus]
     if nvidia:
-        return Target("cuda", tuple(Device(g.name, (g.memory_mb or 0) / 1024, g.index if g.index is not None
-                                           else i) for i, g in enumerate(nvidia)), ram)
+        return Target(
+            "cuda",
+            tuple(
+                Device(g.name, (g.memory_mb or 0) / 1024, g.index if g.index is not None else i)
+                for i, g in enumerate(nvidia)
+            ),
+            ram,
+        )
     apple = profile.apple_gpus
     if apple and engine_kind(engine) in ("llama-cpp", "transformers"):
         mem = apple[0].memory_mb or profile.memory_mb or 0
@@ -37,8 +45,9 @@ def target_for(profile: HostProfile, engine: str, gpus: tuple[int, ...] | None) 
     return Target("cpu", (), ram)
 
 
-def run_dtype(checkpoint_dtype: str | None, target: Target, profile: HostProfile,
-              requested: str | None) -> tuple[Dtype, str]:
+def run_dtype(
+    checkpoint_dtype: str | None, target: Target, profile: HostProfile, requested: str | None
+) -> tuple[Dtype, str]:
     """(dtype, why): the model's own torch_dtype where the hardware has it."""
     if requested:
         if requested not in DTYPE_BYTES:
@@ -60,18 +69,30 @@ def run_dtype(checkpoint_dtype: str | None, target: Target, profile: HostProfile
     return half, f"the model is {own or 'of unstated dtype'}; {half} on the GPU"
 
 
-def launch_settings(engine: str, served_name: str, host: str, port: int, target: Target, fit: Fit,
-                    dtype: Dtype, memory_fraction: float | None) -> LaunchSettings:
+def launch_settings(
+    engine: str,
+    served_name: str,
+    host: str,
+    port: int,
+    target: Target,
+    fit: Fit,
+    dtype: Dtype,
+    memory_fraction: float | None,
+) -> LaunchSettings:
     """What serve launches: vLLM/SGLang with their own memory share unless asked, CUDA graphs on,
     tensor parallel across the GPUs the fit spans; llama.cpp with every layer on the GPU and an
     f16 KV cache; transformers in the model's dtype, spread by device_map when it spans GPUs."""
     gpu = target.kind in ("cuda", "metal")
     kind = engine_kind(engine)
     return LaunchSettings(
-        served_name=served_name, host=host, port=port, gpu=gpu,
+        served_name=served_name,
+        host=host,
+        port=port,
+        gpu=gpu,
         dtype="auto" if kind == "llama-cpp" else dtype,
         context_length=fit.context_length,
         tensor_parallel=fit.devices if kind in ("vllm", "sglang") and fit.devices > 1 else 1,
         gpu_memory_fraction=memory_fraction if kind in ("vllm", "sglang") else None,
-        enforce_eager=False, f32_kv_cache=False,
+        enforce_eager=False,
+        f32_kv_cache=False,
     )

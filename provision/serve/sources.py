@@ -82,8 +82,15 @@ def hub_candidate(repo_id: str, revision: str | None) -> Candidate:
     m = hub.resolve_hub_model(repo_id, revision)
     where = m.snapshot or Path(repo_id)
     facts = facts_from_config(where, m.config)
-    return Candidate(facts, m.source, repo_id, shape_from_config(m.config), m.weights_bytes, hub_id=repo_id,
-                     revision=revision)
+    return Candidate(
+        facts,
+        m.source,
+        repo_id,
+        shape_from_config(m.config),
+        m.weights_bytes,
+        hub_id=repo_id,
+        revision=revision,
+    )
 
 
 def registry_candidate(spec: RegistrySpec, facts_recipe: FitFacts) -> Candidate:
@@ -94,39 +101,71 @@ def registry_candidate(spec: RegistrySpec, facts_recipe: FitFacts) -> Candidate:
     where = Path(spec.hub_id or spec.model_name)
     arches = tuple(fam.get("architectures") or ())
     if spec.model_format == "ggufv2":
-        facts = ModelFacts(path=where / (spec.file_name or "model.gguf"), kind="gguf", format="ggufv2",
-                           quantization=spec.quantization, architectures=arches,
-                           model_type=fam.get("model_type"), vocab_size=spec.metadata.get("vocab_size"),
-                           context_length=ctx, chat_template=template)
+        facts = ModelFacts(
+            path=where / (spec.file_name or "model.gguf"),
+            kind="gguf",
+            format="ggufv2",
+            quantization=spec.quantization,
+            architectures=arches,
+            model_type=fam.get("model_type"),
+            vocab_size=spec.metadata.get("vocab_size"),
+            context_length=ctx,
+            chat_template=template,
+        )
     else:
-        facts = ModelFacts(path=where, kind="hf", format=spec.model_format, quantization=spec.quantization,
-                           architectures=arches, model_type=fam.get("model_type"),
-                           vocab_size=spec.metadata.get("vocab_size"), context_length=ctx,
-                           chat_template=template)
+        facts = ModelFacts(
+            path=where,
+            kind="hf",
+            format=spec.model_format,
+            quantization=spec.quantization,
+            architectures=arches,
+            model_type=fam.get("model_type"),
+            vocab_size=spec.metadata.get("vocab_size"),
+            context_length=ctx,
+            chat_template=template,
+        )
     from provision.serve.fit import weights_for_params
 
     weights = weights_for_params(spec.params, spec.quantization, facts_recipe)
-    return Candidate(facts, "xinference-registry", spec.model_name, shape, weights, hub_id=spec.hub_id,
-                     hub_file=spec.file_name, spec=spec)
+    return Candidate(
+        facts,
+        "xinference-registry",
+        spec.model_name,
+        shape,
+        weights,
+        hub_id=spec.hub_id,
+        hub_file=spec.file_name,
+        spec=spec,
+    )
 
 
-def resolve_model(model: str, opts: SourceOptions, registry: Callable[[], Path | None],
-                  facts_recipe: FitFacts) -> list[Candidate]:
+def resolve_model(
+    model: str, opts: SourceOptions, registry: Callable[[], Path | None], facts_recipe: FitFacts
+) -> list[Candidate]:
     """The candidates MODEL names, best first. `registry` finds the installed Xinference's
     registry directory (called only for a built-in name)."""
     path = Path(model).expanduser()
     if path.exists():
-        for flag, value in (("--size", opts.size), ("--format", opts.model_format),
-                            ("--quantization", opts.quantization), ("--revision", opts.revision)):
+        for flag, value in (
+            ("--size", opts.size),
+            ("--format", opts.model_format),
+            ("--quantization", opts.quantization),
+            ("--revision", opts.revision),
+        ):
             if value is not None:
-                raise UserError(f"{flag} applies to Xinference built-in names and Hugging Face ids, "
-                                f"not to a local model ({path})")
+                raise UserError(
+                    f"{flag} applies to Xinference built-in names and Hugging Face ids, "
+                    f"not to a local model ({path})"
+                )
         return [local_candidate(path)]
     if model.startswith((".", "/", "~")) or model.endswith(".gguf") or "\\" in model:
         raise UserError(f"no such model: {path}")
     if hub.looks_like_hf_id(model):
-        for flag, value in (("--size", opts.size), ("--format", opts.model_format),
-                            ("--quantization", opts.quantization)):
+        for flag, value in (
+            ("--size", opts.size),
+            ("--format", opts.model_format),
+            ("--quantization", opts.quantization),
+        ):
             if value is not None:
                 raise UserError(f"{flag} applies to Xinference built-in names; {model} is a Hugging Face id")
         return [hub_candidate(model, opts.revision)]
@@ -134,20 +173,28 @@ def resolve_model(model: str, opts: SourceOptions, registry: Callable[[], Path |
         raise UserError("--revision applies to Hugging Face ids (owner/name)")
     models_dir = registry()
     if models_dir is None:
-        raise UserError(f"{model}: not a local path or a Hugging Face id, and no installed Xinference to "
-                        "look "
-                        "up built-in names in: run `xinfer-setup install --backend xinference`")
+        raise UserError(
+            f"{model}: not a local path or a Hugging Face id, and no installed Xinference to "
+            "look "
+            "up built-in names in: run `xinfer-setup install --backend xinference`"
+        )
     specs = built_in_specs(models_dir, model, opts.size, opts.model_format, opts.quantization)
     cands = [registry_candidate(s, facts_recipe) for s in specs]
-    return sorted(cands, key=lambda c: c.spec.rank(facts_recipe.bits(c.spec.quantization)) if c.spec
-                  else (9, 0))
+    return sorted(
+        cands, key=lambda c: c.spec.rank(facts_recipe.bits(c.spec.quantization)) if c.spec else (9, 0)
+    )
 
 
 def with_local_path(cand: Candidate, path: Path) -> Candidate:
     """The candidate once its files are on disk (after a download)."""
     if cand.facts.kind == "gguf":
-        return replace(local_candidate(path), source=cand.source, served_name=cand.served_name,
-                       hub_id=cand.hub_id, spec=cand.spec)
+        return replace(
+            local_candidate(path),
+            source=cand.source,
+            served_name=cand.served_name,
+            hub_id=cand.hub_id,
+            spec=cand.spec,
+        )
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     facts = facts_from_config(path, config, None, _chat_template(path) or cand.facts.chat_template)
     return replace(cand, facts=facts, weights_bytes=_local_weights(path) or cand.weights_bytes)

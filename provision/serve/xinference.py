@@ -56,8 +56,9 @@ def provisioned_find_links(environ: Mapping[str, str] = os.environ) -> list[Path
     return sorted({w.parent for w in (paths.cache_dir(environ) / "wheelhouse").glob("*/*.whl")})
 
 
-def xinference_env(home: Path, auth: bool, python: Path | None = None,
-                   find_links: list[Path] | None = None) -> dict[str, str]:
+def xinference_env(
+    home: Path, auth: bool, python: Path | None = None, find_links: list[Path] | None = None
+) -> dict[str, str]:
     """Xinference's own per-model virtualenvs, kept offline: each model's venv is layered over
     this environment (--system-site-packages plus Xinference's parent .pth), packages the
     environment already has are skipped, and uv may install only from our wheel directories."""
@@ -180,8 +181,7 @@ class XinferenceApi:
     root: str  # http://host:port
     token: str | None = None
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             timeout: float = 60) -> Any:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 60) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.root + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
@@ -206,21 +206,25 @@ class XinferenceApi:
         if setup_token is None:
             raise OperationFailed(f"Xinference wants admin setup but {home}/auth/auth.db has no setup token")
         password = secrets.token_urlsafe(24)
-        self.call("POST", "/v1/admin/setup",
-                  {"setup_token": setup_token, "username": ADMIN_USER, "password": password})
+        self.call(
+            "POST",
+            "/v1/admin/setup",
+            {"setup_token": setup_token, "username": ADMIN_USER, "password": password},
+        )
         login = self.call("POST", "/token", {"username": ADMIN_USER, "password": password})
         self.token = login["access_token"]
         key = self.call("POST", "/v1/admin/keys", {"name": "xinfer-setup-serve"})["key"]
-        write_private_json(credentials_path, {"url": self.root, "username": ADMIN_USER,
-                                              "password": password, "api_key": key})
+        write_private_json(
+            credentials_path, {"url": self.root, "username": ADMIN_USER, "password": password, "api_key": key}
+        )
         # The admin's bearer token stays: API keys may only query models and run inference.
         return key
 
-    def register_and_launch(self, facts: ModelFacts, model_name: str, engine: str,
-                            family: str | None) -> str:
+    def register_and_launch(self, facts: ModelFacts, model_name: str, engine: str, family: str | None) -> str:
         """Register the model, launch it; returns the model uid OpenAI clients name."""
         family_json = custom_llm_family(facts, model_name, family)
         self.call("POST", "/v1/model_registrations/LLM", {"model": json.dumps(family_json), "persist": False})
-        result = self.call("POST", "/v1/models", launch_payload(model_name, engine, facts),
-                           timeout=LAUNCH_TIMEOUT_S)
+        result = self.call(
+            "POST", "/v1/models", launch_payload(model_name, engine, facts), timeout=LAUNCH_TIMEOUT_S
+        )
         return result["model_uid"]

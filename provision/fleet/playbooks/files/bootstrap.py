@@ -38,7 +38,9 @@ def main() -> None:
     with tarfile.open(a.tar) as tf:
         for member in tf.getmembers():
             if member.isfile() and "/" not in member.name and not member.name.startswith("."):
-                with tf.extractfile(member) as src, (wheels / member.name).open("wb") as dst:
+                src = tf.extractfile(member)
+                assert src is not None  # a regular file's member always has a body
+                with src, (wheels / member.name).open("wb") as dst:
                     shutil.copyfileobj(src, dst)
     uv_wheels = sorted(wheels.glob("uv-*.whl"))
     if not uv_wheels:
