@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -23,7 +24,7 @@ MIN_AGREEING_TOKENS = 8
 class Agreement:
     left: str
     right: str
-    status: str  # pass | fail
+    status: Literal["pass", "fail"]
     reason: str
     tokens_compared: int
     first_divergence: int | None

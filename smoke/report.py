@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from smoke.checks import Agreement
 
@@ -10,7 +11,7 @@ from smoke.checks import Agreement
 @dataclass
 class EngineResult:
     backend: str
-    status: str  # pass | fail | skip
+    status: Literal["pass", "fail", "skip"]
     reason: str
     python: str | None = None
     hardware: str | None = None

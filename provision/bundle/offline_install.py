@@ -20,6 +20,7 @@ from provision.bundle.fetch import place
 from provision.bundle.manifest import Manifest, Target, check_files, read_manifest
 from provision.errors import UserError
 from provision.install import wheelhouse
+from provision.install.executor import InstallerKind
 from provision.install.pipconfig import IndexConfig
 from provision.install.progress import Reporter
 from provision.plan import plan_from_dict
@@ -121,7 +122,7 @@ def pins_by_env(manifest: Manifest) -> dict[str, list[str]]:
 def install_from_bundle(
     bundle_dir: str | Path,
     venv_root: Path | None = None,
-    installer: str = "uv",
+    installer: InstallerKind = "uv",
     reporter: Reporter | None = None,
     wait: bool = True,
 ):

@@ -11,7 +11,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from provision.errors import UserError
 
@@ -31,7 +31,10 @@ def uv_bin() -> str | None:
         return shutil.which("uv")
 
 
-def choose_installer(requested: str | None) -> str:
+InstallerKind = Literal["uv", "pip"]
+
+
+def choose_installer(requested: str | None) -> InstallerKind:
     if requested is not None and requested not in INSTALLERS:
         raise UserError(f"unknown installer '{requested}' (choose uv or pip)")
     if requested == "pip":
@@ -51,7 +54,7 @@ def env_python(prefix: Path) -> Path:
 
 @dataclass(frozen=True)
 class Installer:
-    kind: str  # uv | pip
+    kind: InstallerKind
     index: IndexConfig
 
     def _index_flags(self, first_indexes: tuple[str, ...], exclusive: bool = False) -> list[str]:

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from provision.backends import registry
 from provision.errors import UserError
@@ -65,10 +65,13 @@ class EnvRecord:
     verified_at: str | None = None
 
 
+BackendStatus = Literal["installed", "failed", "skipped"]
+
+
 @dataclass
 class BackendRecord:
     name: str
-    status: str  # installed | failed | skipped
+    status: BackendStatus
     environment: str | None
     version: str | None = None
     packages: list[str] = field(default_factory=list)

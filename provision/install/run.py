@@ -33,7 +33,7 @@ from provision.install import state as state_mod
 from provision.install import wheelhouse
 from provision.install.disk import check_free_disk, estimate_disk_mb
 from provision.install.envs import EnvLocation, ensure_env, locate
-from provision.install.executor import Installer
+from provision.install.executor import Installer, InstallerKind
 from provision.install.fingerprint import installed_fingerprint
 from provision.install.ledger import merge_receipts
 from provision.install.noop import UNCHANGED_NOTE, unchanged_receipt
@@ -57,7 +57,7 @@ from provision.plan import BackendDecision, Environment, Plan
 @dataclass
 class InstallOptions:
     venv_root: Path | None = None
-    installer: str = "uv"
+    installer: InstallerKind = "uv"
     index: IndexConfig | None = None
     # env name -> exact pins (name==version) from a receipt being replayed.
     replay_pins: dict[str, list[str]] = field(default_factory=dict)
@@ -635,7 +635,7 @@ def verify_environment(plan: Plan, env: Environment, python: Path, backends: tup
 def install_plan(
     plan: Plan,
     venv_root: Path | None = None,
-    installer: str = "uv",
+    installer: InstallerKind = "uv",
     *,
     options: InstallOptions | None = None,
     reporter: Reporter | None = None,

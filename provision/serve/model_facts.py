@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provision.engines.adapters import ModelFormat
 from provision.errors import UserError
 
 GGUF_MAGIC = b"GGUF"
@@ -25,7 +26,7 @@ QUANT_METHOD_FORMATS = {"awq": "awq", "gptq": "gptq", "fp8": "fp8", "bitsandbyte
 @dataclass(frozen=True)
 class ModelFacts:
     path: Path
-    kind: str  # "hf" (a Hugging Face directory) or "gguf" (one file)
+    kind: ModelFormat  # "hf" (a Hugging Face directory) or "gguf" (one file)
     format: str  # pytorch, awq, gptq, fp8, bnb, ggufv2, or the checkpoint's own quant_method
     quantization: str  # none, Int4, FP8, Q4_K_M, F32 ...
     architectures: tuple[str, ...]
