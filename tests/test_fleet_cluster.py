@@ -188,9 +188,13 @@ def test_status_reports_daemons_models_and_drift(harness, inv, tmp_path):
         )
     )
     assert fleet("plan", *args(inv, inventory=changed)).returncode == 0
-    rep = report_of(fleet("status", *args(inv, inventory=changed)))
+    drifted = fleet("status", *args(inv, inventory=changed))
+    rep = report_of(drifted)
     rows = {h["name"]: h for h in rep["hosts"]}
     assert rows["host3"]["status"] == "drift" and "its receipt is for plan" in rows["host3"]["reason"]
+    # Drift is a non-zero exit, as `xinfer-setup status` on one host: CI acts on it.
+    assert drifted.returncode == 1 and not rep["ok"]
+    assert "fleet status: 1 host(s) drifted: host3: its receipt is for plan" in drifted.stderr
     assert rows["host2"]["status"] == "ok"
     assert fleet("plan", *args(inv)).returncode == 0
 

@@ -39,10 +39,16 @@ def _common(f):
         report = f(Ctx(fleet, d, forks), **kw)
         click.echo(report.to_json() if as_json else report.render())
         if not report.ok:
-            bad = [h for h in report.hosts if h.status in ("failed", "unreachable")]
+            failed = sum(h.status != "drift" for h in report.bad)
+            drifted = len(report.bad) - failed
+            what = ", ".join(
+                f"{n} host(s) {word}" for n, word in ((failed, "failed"), (drifted, "drifted")) if n
+            )
+            repair = " (`xinfer-setup fleet install` repairs drift)" if drifted else ""
             raise OperationFailed(
-                f"fleet {report.command}: {len(bad)} host(s) failed: "
-                + "; ".join(f"{h.name}: {h.reason}" for h in bad)[:1500]
+                f"fleet {report.command}: {what}: "
+                + "; ".join(f"{h.name}: {h.reason}" for h in report.bad)[:1500]
+                + repair
             )
 
     return wrapper

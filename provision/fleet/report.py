@@ -29,7 +29,12 @@ class FleetReport:
 
     @property
     def ok(self) -> bool:
-        return all(h.status not in ("failed", "unreachable") for h in self.hosts)
+        """No host failed, none unreachable, none drifted from its plan (as `status` exits 1 on drift)."""
+        return not self.bad
+
+    @property
+    def bad(self) -> list[HostRow]:
+        return [h for h in self.hosts if h.status in ("failed", "unreachable", "drift")]
 
     def row(self, name: str) -> HostRow:
         return next(h for h in self.hosts if h.name == name)
