@@ -100,30 +100,18 @@ def registry_candidate(spec: RegistrySpec, facts_recipe: FitFacts) -> Candidate:
     template = fam.get("chat_template") if isinstance(fam.get("chat_template"), str) else None
     where = Path(spec.hub_id or spec.model_name)
     arches = tuple(fam.get("architectures") or ())
-    if spec.model_format == "ggufv2":
-        facts = ModelFacts(
-            path=where / (spec.file_name or "model.gguf"),
-            kind="gguf",
-            format="ggufv2",
-            quantization=spec.quantization,
-            architectures=arches,
-            model_type=fam.get("model_type"),
-            vocab_size=spec.metadata.get("vocab_size"),
-            context_length=ctx,
-            chat_template=template,
-        )
-    else:
-        facts = ModelFacts(
-            path=where,
-            kind="hf",
-            format=spec.model_format,
-            quantization=spec.quantization,
-            architectures=arches,
-            model_type=fam.get("model_type"),
-            vocab_size=spec.metadata.get("vocab_size"),
-            context_length=ctx,
-            chat_template=template,
-        )
+    gguf = spec.model_format == "ggufv2"  # one file; every other format is a directory
+    facts = ModelFacts(
+        path=where / (spec.file_name or "model.gguf") if gguf else where,
+        kind="gguf" if gguf else "hf",
+        format=spec.model_format,
+        quantization=spec.quantization,
+        architectures=arches,
+        model_type=fam.get("model_type"),
+        vocab_size=spec.metadata.get("vocab_size"),
+        context_length=ctx,
+        chat_template=template,
+    )
     from provision.serve.fit import weights_for_params
 
     weights = weights_for_params(spec.params, spec.quantization, facts_recipe)
