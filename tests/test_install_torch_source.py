@@ -7,12 +7,8 @@ import socket
 import pytest
 
 from provision.errors import OperationFailed
-from provision.install.torch_source import (
-    index_reachable,
-    pick_build,
-    resolve_torch_source,
-    wheel_names_in_html,
-)
+from provision.install.index_pages import index_reachable, wheel_names_in_html
+from provision.install.torch_source import pick_build, resolve_torch_source
 
 # File names as they appear on download.pytorch.org/whl/* and in this machine's /opt/wheels.
 NAMES = [

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from provision.install import wheelhouse
+from provision.install.index_pages import _absolute, index_sha256
 from provision.install.progress import Reporter
-from provision.install.torch_source import index_sha256
 from tests.support.auth_index import auth_index
 
 REAL_CACHE = wheelhouse.cache_root()
@@ -84,6 +84,47 @@ def test_index_sha256_reads_the_link_fragment(tmp_path):
         missing = index_sha256((url,), "llama-cpp-python", "llama_cpp_python-9.9.9.tar.gz")
     assert page_hash == wheelhouse.sha256_file(wheel)
     assert missing is None  # not listed: no hash invented
+
+
+# pip is handed an index nobody answers on: an sdist that arrives came by the page that lists it.
+NO_PIP = ["--index-url", "http://127.0.0.1:9/simple", "--no-cache-dir", "--retries", "0", "--timeout", "2"]
+
+
+def _fake_sdist(tmp_path: Path) -> Path:
+    sdist = tmp_path / "served" / "llama_cpp_python-9.9.9.tar.gz"
+    sdist.parent.mkdir()
+    sdist.write_bytes(b"not really a tarball " * 5000)
+    return sdist
+
+
+def test_the_sdist_comes_from_the_page_listing_it_with_its_credentials_and_hash(tmp_path):
+    sdist = _fake_sdist(tmp_path)
+    with auth_index([sdist], "u", "p@ss") as (base, log):
+        url = base.replace("http://", "http://u:p%40ss@")
+        got = wheelhouse.ensure_sdist("9.9.9", NO_PIP, Said(), tmp_path / "cache", (url,))
+    assert got == tmp_path / "cache" / "sdist" / sdist.name
+    assert got.read_bytes() == sdist.read_bytes()
+    sha = wheelhouse.sha256_file(sdist)
+    assert got.with_name(got.name + ".sha256").read_text().strip() == sha
+    assert f"GET /files/{sdist.name} 200" in log  # the file itself, with the index's credentials
+
+
+def test_a_fetched_sdist_that_does_not_match_its_published_hash_is_not_kept(tmp_path):
+    sdist = _fake_sdist(tmp_path)
+    with auth_index([sdist], "u", "p", corrupt=frozenset({sdist.name})) as (base, log):
+        url = base.replace("http://", "http://u:p@")
+        with pytest.raises(wheelhouse.BuildFailed, match="cannot download the llama-cpp-python 9.9.9 source"):
+            wheelhouse.ensure_sdist("9.9.9", NO_PIP, Said(), tmp_path / "cache", (url,))
+    assert f"GET /files/{sdist.name} 200" in log  # fetched, found wrong, then left to pip (which fails)
+    assert not any((tmp_path / "cache" / "sdist").rglob("*.tar.gz"))
+
+
+def test_index_credentials_go_only_to_the_index_host():
+    page = "https://u:p%40ss@mirror.example/simple/llama-cpp-python/"
+    same = _absolute(page, "../../files/llama_cpp_python-0.3.36.tar.gz")
+    other = _absolute(page, "https://files.pythonhosted.org/packages/ab/llama_cpp_python-0.3.36.tar.gz")
+    assert same == "https://u:p%40ss@mirror.example/files/llama_cpp_python-0.3.36.tar.gz"
+    assert other == "https://files.pythonhosted.org/packages/ab/llama_cpp_python-0.3.36.tar.gz"
 
 
 @pytest.mark.skipif(

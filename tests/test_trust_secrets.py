@@ -6,8 +6,9 @@ import json
 import zipfile
 from pathlib import Path
 
+from provision.install.index_pages import index_reachable, list_wheels
 from provision.install.receipt import Receipt, write_receipt
-from provision.install.torch_source import index_reachable, list_wheels, resolve_torch_source
+from provision.install.torch_source import resolve_torch_source
 from provision.redact import drop_masked_credentials, redact, redact_obj
 from tests.support.auth_index import auth_index
 from tests.support.cli import TEST_SECRETS, assert_no_secret, cli

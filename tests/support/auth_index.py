@@ -1,7 +1,9 @@
 """A local simple index (PEP 503 pages) that demands HTTP Basic auth, for credentialed-mirror tests.
 
-It serves the project pages of a real directory of wheels and answers 401 to a request without
+It serves the project pages of real wheel and sdist files and answers 401 to a request without
 the right Authorization header, so a client that drops or mangles credentials fails the test.
+Files named in `corrupt` are served with one byte flipped (the page keeps the true sha256): a
+tampering mirror or a broken transfer.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
 
 def _sha(path: Path) -> str:
@@ -22,12 +24,17 @@ def _sha(path: Path) -> str:
 
 
 @contextmanager
-def auth_index(wheels: list[Path], user: str, password: str) -> Iterator[tuple[str, list[str]]]:
+def auth_index(
+    wheels: list[Path], user: str, password: str, corrupt: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, list[str]]]:
     """(base URL without credentials, log of "METHOD path status") for a Basic-auth index."""
     want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     by_project: dict[str, list[Path]] = {}
     for w in wheels:
-        by_project.setdefault(parse_wheel_filename(w.name)[0], []).append(w)
+        project = (
+            parse_wheel_filename(w.name)[0] if w.name.endswith(".whl") else parse_sdist_filename(w.name)[0]
+        )
+        by_project.setdefault(project, []).append(w)
     log: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -57,7 +64,10 @@ def auth_index(wheels: list[Path], user: str, password: str) -> Iterator[tuple[s
                 return f"<html><body>{links}</body></html>".encode()
             if len(parts) == 2 and parts[0] == "files":
                 match = [f for ws in by_project.values() for f in ws if f.name == parts[1]]
-                return match[0].read_bytes() if match else None
+                if not match:
+                    return None
+                body = match[0].read_bytes()
+                return body[:-1] + bytes([body[-1] ^ 0xFF]) if parts[1] in corrupt else body
             return None
 
         def do_GET(self) -> None:  # noqa: N802
