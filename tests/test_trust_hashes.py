@@ -3,15 +3,18 @@ recorded at build, the receipt's record of the installed wheel, and a replay tha
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from provision.install import wheelhouse
-from provision.install.index_pages import _absolute, index_sha256
+from provision.install.index_pages import _absolute, fetch_file, index_sha256
 from provision.install.progress import Reporter
 from tests.support.auth_index import auth_index
 
@@ -117,6 +120,46 @@ def test_a_fetched_sdist_that_does_not_match_its_published_hash_is_not_kept(tmp_
             wheelhouse.ensure_sdist("9.9.9", NO_PIP, Said(), tmp_path / "cache", (url,))
     assert f"GET /files/{sdist.name} 200" in log  # fetched, found wrong, then left to pip (which fails)
     assert not any((tmp_path / "cache" / "sdist").rglob("*.tar.gz"))
+
+
+def test_a_redirect_to_another_host_does_not_carry_the_index_credentials(tmp_path):
+    """A mirror answering a file with 302 to another host (object storage, a CDN): the file comes,
+    the Authorization header stays behind."""
+    seen: list[str | None] = []
+
+    class Storage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"data")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    class Mirror(Storage):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{storage.server_address[1]}/blob")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    storage = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Storage)
+    mirror = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    for server in (storage, mirror):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://u:secret@127.0.0.1:{mirror.server_address[1]}/files/x.tar.gz"
+        digest = fetch_file(url, tmp_path / "x.tar.gz")
+    finally:
+        for server in (storage, mirror):
+            server.shutdown()
+            server.server_close()
+    assert digest == hashlib.sha256(b"data").hexdigest()
+    assert seen[0] is not None and seen[0].startswith("Basic ")  # the mirror got the credentials
+    assert seen[1:] == [None]  # the other host did not
 
 
 def test_index_credentials_go_only_to_the_index_host():

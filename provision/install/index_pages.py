@@ -34,7 +34,8 @@ def _request(url: str, method: str = "GET") -> urllib.request.Request:
     req = urllib.request.Request(bare, method=method)
     if creds is not None:
         token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
+        # Unredirected: urllib would otherwise send it on to wherever a redirect points.
+        req.add_unredirected_header("Authorization", f"Basic {token}")
     return req
 
 
