@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import OperationFailed
+from provision.fleet.ansible import PlayRun
 from provision.fleet.inventory import FleetHost
 from provision.fleet.ops import Ctx, apply_run, facts, new_report, read_facts, timed
 from provision.fleet.report import FleetReport
@@ -269,24 +270,25 @@ def chat(endpoint: str, api_key: str, uid: str) -> str:
     return text
 
 
-def down_fleet(ctx: Ctx) -> FleetReport:
-    report = new_report(ctx, "down")
+def _play_on_roots(ctx: Ctx, command: str) -> tuple[FleetReport, PlayRun]:
+    """A new report for `command`, and its playbook run on every host, given only its root."""
+    report = new_report(ctx, command)
     roots = _roots(ctx, report)
-    with timed(report, "down"):
-        run = ctx.play("down", {"xf_hosts": {n: {"root": r} for n, r in roots.items()}}, limit=list(roots))
+    with timed(report, command):
+        run = ctx.play(command, {"xf_hosts": {n: {"root": r} for n, r in roots.items()}}, limit=list(roots))
     apply_run(report, run)
-    return report
+    return report, run
+
+
+def down_fleet(ctx: Ctx) -> FleetReport:
+    return _play_on_roots(ctx, "down")[0]
 
 
 def status_fleet(ctx: Ctx) -> FleetReport:
     """Per host: daemons alive, receipt vs its plan, receipt vs peers of the same plan, models."""
     from provision.fleet.drift import drift_reasons
 
-    report = new_report(ctx, "status")
-    roots = _roots(ctx, report)
-    with timed(report, "status"):
-        run = ctx.play("status", {"xf_hosts": {n: {"root": r} for n, r in roots.items()}}, limit=list(roots))
-    apply_run(report, run)
+    report, run = _play_on_roots(ctx, "status")
     plans = json.loads((ctx.dir / "plans.json").read_text()) if (ctx.dir / "plans.json").exists() else {}
     receipts = {}
     for h in ctx.fleet.hosts:

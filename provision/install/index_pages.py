@@ -24,6 +24,11 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from provision.redact import strip_userinfo
 
 
+def _file_path(url: str) -> Path:
+    """The local path of a file: URL (find-links and mirrors on disk)."""
+    return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+
+
 def _request(url: str, method: str = "GET") -> urllib.request.Request:
     """A request for an index URL; credentials in its userinfo go as Basic auth, as pip sends them.
 
@@ -47,7 +52,7 @@ def index_reachable(url: str, timeout: float = 3.0) -> bool:
     """A HEAD of the index page for torch: cheap, and enough to know whether pip/uv could use it."""
     probe = url.rstrip("/") + "/torch/"
     if probe.startswith("file:"):
-        return Path(urllib.request.url2pathname(urllib.parse.urlparse(probe).path)).exists()
+        return _file_path(probe).exists()
     try:
         with urllib.request.urlopen(_request(probe, "HEAD"), timeout=timeout) as resp:  # noqa: S310
             return resp.status < 400
@@ -86,7 +91,7 @@ def wheel_names_in_html(text: str) -> list[str]:
 
 def _read_url(url: str, timeout: float) -> str | None:
     if url.startswith("file:"):
-        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        path = _file_path(url)
         if path.is_dir():
             index = path / "index.html"
             return index.read_text(encoding="utf-8", errors="replace") if index.exists() else None
@@ -149,8 +154,7 @@ def fetch_file(url: str, dest: Path, timeout: float = 60.0) -> str | None:
     """Download `url` to `dest`; its sha256, or None (and no `dest`) when it cannot be fetched."""
     try:
         if url.startswith("file:"):
-            src = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-            with src.open("rb") as body, dest.open("wb") as out:
+            with _file_path(url).open("rb") as body, dest.open("wb") as out:
                 return _copy_hashing(body, out)
         with urllib.request.urlopen(_request(url), timeout=timeout) as body, dest.open("wb") as out:  # noqa: S310
             return _copy_hashing(body, out)
