@@ -62,6 +62,9 @@ class BuildSpec:
     # What the build must contain, checked after install: cpu, cuda, hip, metal, blas, vulkan.
     expected_backends: tuple[str, ...] = ("cpu",)
     portable: bool = False
+    # The PyPI CUDA toolkit's nvcc version when the build takes its toolkit from PyPI
+    # (recipes/cuda_toolkit.toml); None when it uses the host's nvcc or is no CUDA build.
+    cuda_toolkit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ def _backend_from(d: dict[str, Any]) -> BackendDecision:
             cmake_args=tuple(build.get("cmake_args") or ()),
             expected_backends=tuple(build.get("expected_backends") or ("cpu",)),
             portable=bool(build.get("portable", False)),
+            cuda_toolkit=build.get("cuda_toolkit"),
         ),
     )
 

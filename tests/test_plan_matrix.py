@@ -62,9 +62,14 @@ EXPECTED = {
         reasons={"torch": "older than 525.60.13", "llama-cpp-python": "no nvcc"},
     ),
     "linux-t4-driver580": row("cu130", {}, ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=75"), GPU_ENVS),
-    # Turing consumer, driver 610 without nvcc: CPU llama build that says what to install.
+    # Turing consumer, driver 610 without nvcc: the driver runs CUDA 13, so the CUDA build takes
+    # its toolkit from PyPI (recipes/cuda_toolkit.toml) and the reason says why the host's cannot.
     "linux-rtx2080super-driver610": row(
-        "cu130", {}, (), GPU_ENVS, reasons={"llama-cpp-python": "install the CUDA toolkit"}
+        "cu130",
+        {},
+        ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=75"),
+        GPU_ENVS,
+        reasons={"llama-cpp-python": "toolkit from PyPI (nvcc 13.0.88"},
     ),
     # Driver 450 and Python 3.8: nothing installs; every reason says why.
     "linux-8x-a100-driver450": row(

@@ -28,8 +28,6 @@ def _check_flags(
         raise UserError("say what to install: --auto, --backend NAME or --from-receipt FILE")
     if not from_receipt:
         check_request(auto, backends)
-    if profile and not dry_run:
-        raise UserError("--profile describes another machine: use it only with --dry-run")
 
 
 def _dry_run_report(plan, venv_root: Path | None) -> dict:
@@ -77,7 +75,10 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
 @options.command("install", "Environments, torch, engines, verify, receipt; a step already done is skipped.")
 @options.auto()
 @options.backend("Install this backend")
-@options.profile("Plan for this profile (only with --dry-run).")
+@options.profile(
+    "Install for another machine's profile (its GPUs and driver) on this host, which must have the "
+    "same OS, arch and Python minor and a glibc at least the target's."
+)
 @options.venv("Create the environments under ROOT (ROOT/main, ...).")
 @click.option(
     "--installer", type=click.Choice(["uv", "pip"]), default=None, help="Default: uv, pip without uv."
@@ -145,6 +146,7 @@ def install(
             for e in report["environments"]:
                 click.echo(f"env {e['name']}: {e['prefix']} ({'exists' if e['exists'] else 'to create'})")
         return
+    builder = _target_builder(plan) if profile_path else None
     named_but_skipped = any(b.name in backends and b.action == "skip" for b in plan.backends)
     if not from_receipt and not named_but_skipped:
         # The no-op re-run decides before the installer's own modules are even imported; an
@@ -171,6 +173,7 @@ def install(
         replay_pins=replay_pins,
         replay_hashes=replay_hashes,
         wait=not no_wait,
+        builder=builder,
     )
     # A backend the user named is a promise to install it: one this host cannot run is a failure,
     # reported after the others are done. Under --auto a skip is information.
@@ -192,6 +195,21 @@ def install(
         raise OperationFailed("; ".join(f"{b.name}: {b.reason}" for b in impossible))
     assert receipt is not None
     _raise_unless_ok(receipt)
+
+
+def _target_builder(plan):
+    """This host's profile, when it can install for the plan's target; else exit 2 naming why."""
+    from provision.install.target import glibc_floor_note, target_mismatches
+    from provision.probe.host import probe_host
+
+    host = probe_host()
+    problems = target_mismatches(plan.profile, host)
+    if problems:
+        raise UserError("--profile: this host cannot install for the target: " + "; ".join(problems))
+    note = glibc_floor_note(plan.profile, host)
+    if note:
+        click.echo(f"xinfer-setup: {note}", err=True)
+    return host
 
 
 def _install_from_bundle(bundle_dir: str, venv_root, installer, as_json: bool, flags: dict) -> None:
@@ -221,6 +239,40 @@ def _install_from_bundle(bundle_dir: str, venv_root, installer, as_json: bool, f
     if as_json:
         click.echo(json.dumps(receipt.to_dict(), indent=2))
     _raise_unless_ok(receipt)
+
+
+def _record_verify(path: Path, findings: list[dict], venv_root) -> None:
+    """verify's findings into the root's receipt, under its lock: `status` then shows what this run
+    proved, and which deferred checks (a GPU host's) are still open."""
+    import dataclasses
+
+    from provision.install.receipt import read_receipt, write_receipt
+    from provision.lock import root_lock
+
+    with root_lock(Path(venv_root).expanduser() if venv_root else None, wait=True, say=lambda _m: None):
+        receipt = read_receipt(path)
+        by_backend: dict[str, list[dict]] = {}
+        for f in findings:
+            by_backend.setdefault(f["backend"], []).append({k: v for k, v in f.items() if k != "backend"})
+        now = _now()
+        backends = [
+            dataclasses.replace(b, verify=[{"backend": b.name, **c} for c in by_backend[b.name]])
+            if b.name in by_backend and b.status == "installed"
+            else b
+            for b in receipt.backends
+        ]
+        verified_envs = {b.environment for b in backends if b.name in by_backend}
+        envs = [
+            dataclasses.replace(e, verified_at=now) if e.name in verified_envs else e
+            for e in receipt.environments
+        ]
+        write_receipt(dataclasses.replace(receipt, backends=backends, environments=envs), path.parents[2])
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _raise_unless_ok(receipt) -> None:
@@ -259,7 +311,11 @@ def verify(venv_root, receipt_file, as_json):
         )
     else:
         for f in findings:
-            click.echo(f"{'ok  ' if f['ok'] else 'FAIL'} {f['backend']}: {f['name']}: {f['detail']}")
+            mark = "DEFERRED" if f.get("deferred") else "ok  " if f["ok"] else "FAIL"
+            waits = f" (waits for {f['deferred']})" if f.get("deferred") else ""
+            click.echo(f"{mark} {f['backend']}: {f['name']}: {f['detail']}{waits}")
+    if receipt_file is None:
+        _record_verify(path, findings, venv_root)
     failed = [f for f in findings if not f["ok"]]
     if failed:
         raise OperationFailed(

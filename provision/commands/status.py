@@ -42,6 +42,8 @@ def status(venv_root: str | None, as_json: bool) -> None:
             )
             for b in e.backends:
                 click.echo(f"  {b['status']:9} {b['name']} {b['version'] or ''}".rstrip())
+            for d in e.deferred:
+                click.echo(f"  deferred  {d}")
             for label, items in (
                 ("added", e.drift.added),
                 ("removed", e.drift.removed),

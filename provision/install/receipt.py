@@ -96,6 +96,9 @@ class Receipt:
     created_at: str = ""
     tool_version: str = ""
     schema_version: int = SCHEMA_VERSION
+    # The profile of the host that installed and built this when it was not the profile's own
+    # machine (`install --profile TARGET`); None for an ordinary install.
+    built_on: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -128,6 +131,7 @@ def receipt_from_dict(d: Any, where: str = "receipt") -> Receipt:
             notes=list(d.get("notes", [])),
             created_at=d.get("created_at", ""),
             tool_version=d.get("tool_version", ""),
+            built_on=d.get("built_on"),
         )
     except (KeyError, TypeError) as e:
         raise UserError(f"{where}: malformed receipt ({e})") from None

@@ -31,10 +31,13 @@ from provision import __version__
 from provision.errors import OperationFailed
 from provision.install import state as state_mod
 from provision.install import wheelhouse
+from provision.install.cuda_toolkit import cuobjdump_for
 from provision.install.disk import check_free_disk, estimate_disk_mb
 from provision.install.envs import EnvLocation, ensure_env, locate
 from provision.install.executor import Installer, InstallerKind
 from provision.install.fingerprint import installed_fingerprint
+from provision.install.gpu_libs import add_static_gpu_facts
+from provision.install.index_pages import index_reachable
 from provision.install.ledger import merge_receipts
 from provision.install.noop import UNCHANGED_NOTE, unchanged_receipt
 from provision.install.overlap import BackgroundBuilds
@@ -42,7 +45,13 @@ from provision.install.pipconfig import PYPI_SIMPLE, IndexConfig, read_index_con
 from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, backend_dist, write_receipt
 from provision.install.requirements import extras_of, merge_pins, pinned_version, requirement_name
-from provision.install.torch_source import TORCH_FAMILY, TorchSource, is_torch_family, resolve_torch_source
+from provision.install.torch_source import (
+    TORCH_FAMILY,
+    TorchSource,
+    is_torch_family,
+    pypi_defaults,
+    resolve_torch_source,
+)
 from provision.install.verify import (
     EnvExpectation,
     checks_fingerprint,
@@ -51,7 +60,9 @@ from provision.install.verify import (
     gpu_archs,
     xllamacpp_build_of,
 )
+from provision.install.verify_gpu import planned_cuda_archs
 from provision.plan import BackendDecision, Environment, Plan
+from provision.profile import HostProfile
 
 
 @dataclass
@@ -69,6 +80,9 @@ class InstallOptions:
     wait: bool = True
     # Installing from a bundle: no index is asked, not even whether the torch index answers.
     offline: bool = False
+    # `install --profile TARGET`: this host's profile. It builds (its libc and compiler go into the
+    # wheelhouse key) and is recorded as built_on; the target's GPUs decide what is built.
+    builder: HostProfile | None = None
 
 
 def env_extras(env: Environment, plan: Plan) -> list[str]:
@@ -78,15 +92,24 @@ def env_extras(env: Environment, plan: Plan) -> list[str]:
     return [r for r in env.requirements if requirement_name(r) not in covered]
 
 
-def wheel_build_request(plan: Plan, backend: BackendDecision) -> wheelhouse.BuildRequest:
+def wheel_build_request(
+    plan: Plan, backend: BackendDecision, builder: HostProfile | None = None
+) -> wheelhouse.BuildRequest:
+    """The build the plan asks for; `builder` is the host that compiles it (the plan's own host
+    unless installing for another machine's profile): its libc and compiler go into the key."""
     assert backend.build is not None
+    host = builder or plan.profile
     return wheelhouse.BuildRequest(
         version=backend.version or pinned_version(backend.packages, backend.name),
         cmake_args=tuple(backend.build.cmake_args),
         expected_backends=tuple(backend.build.expected_backends),
         cpu_features=wheelhouse.isa_features(plan.profile.cpu.flags or _local_cpu_flags()),
         arch=plan.profile.os.arch,
-        nvcc_version=plan.profile.toolchain.nvcc,
+        nvcc_version=host.toolchain.nvcc,
+        cuda_toolkit=backend.build.cuda_toolkit,
+        libc=host.os.libc,
+        cc=host.toolchain.cc,
+        hipcc_version=host.toolchain.hipcc,
     )
 
 
@@ -150,6 +173,7 @@ class _Run:
             notes=self.notes,
             created_at=_now(),
             tool_version=__version__,
+            built_on=self.opts.builder.to_dict() if self.opts.builder else None,
         )
 
     def checkpoint(self, env_name: str) -> None:
@@ -236,14 +260,18 @@ class _Run:
             return pins
         py_version = current.markers.get("python_version") or f"{sys.version_info[0]}.{sys.version_info[1]}"
         py_tag = "cp" + py_version.replace(".", "")
+        ask_pypi = not self.opts.offline and not self.plan.request.torch_index_base
+        profile_os = self.plan.profile.os
         source: TorchSource = resolve_torch_source(
             choice.variant,
             choice.index_url,
             spec,
             self.index.sources,
             py_tag,
-            self.plan.profile.os.arch,
-            **({"reachable": lambda _url: False} if self.opts.offline else {}),
+            profile_os.arch,
+            reachable=(lambda _url: False) if self.opts.offline else index_reachable,
+            pypi=pypi_defaults() if ask_pypi else (),
+            platform=f"{profile_os.system}-{profile_os.arch}",
         )
         self.reporter.say(f"[{env.name}] torch: {source.torch_requirement} ({source.reason})")
         extra = (source.index_url,) if source.index_url else ()
@@ -263,7 +291,7 @@ class _Run:
             )
         self.env_records[env.name].torch = {
             "requirement": source.torch_requirement,
-            "source": source.index_url or "find-links/mirror",
+            "source": source.index_url or ("PyPI" if source.from_pypi else "find-links/mirror"),
             "reason": source.reason,
             "version": source.torch_requirement.split("==", 1)[-1],
         }
@@ -275,7 +303,7 @@ class _Run:
         for backend in self.plan.installs:
             if backend.build is None:
                 continue
-            req = wheel_build_request(self.plan, backend)
+            req = wheel_build_request(self.plan, backend, self.opts.builder)
             if wheelhouse.built_wheel(req.key, self.cache) is not None:
                 continue
             loc = self.locations[backend.environment or ""]
@@ -433,7 +461,7 @@ class _Run:
     def _build_requirement(
         self, backend: BackendDecision, loc: EnvLocation, current: state_mod.EnvState, force: bool = False
     ) -> list[str]:
-        req = wheel_build_request(self.plan, backend)
+        req = wheel_build_request(self.plan, backend, self.opts.builder)
         dist = current.get(backend.name)
         rec = self.records[backend.name]
         rec.cmake_args = list(req.effective_args)
@@ -561,7 +589,8 @@ class _Run:
             self.reporter.say(f"[{env.name}] nothing changed since the last verified install")
             return
         self.env_records[env.name].verified_at = _now()
-        for check in verify_environment(self.plan, env, loc.python, installed):
+        checks = verify_environment(self.plan, env, loc.python, installed, self.opts.builder, self.cache)
+        for check in checks:
             target = [check.backend] if check.backend in installed else list(installed)
             for b in target:
                 self.records[b].verify.append(check.as_dict())
@@ -608,7 +637,11 @@ def _dist_name(backend: BackendDecision) -> str:
     return backend_dist(backend.name, backend.packages)
 
 
-def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvExpectation:
+def expectation(
+    plan: Plan, env: Environment, backends: tuple[str, ...], builder: HostProfile | None = None
+) -> EnvExpectation:
+    """What verify expects of one environment; `builder` is this host when installing for another
+    machine's profile (the target's glibc then bounds what was built here)."""
     variant = env.torch.variant if env.torch else None
     llama = plan.backend("llama-cpp-python")
     return EnvExpectation(
@@ -617,6 +650,8 @@ def expectation(plan: Plan, env: Environment, backends: tuple[str, ...]) -> EnvE
         gpu_archs=gpu_archs(plan.profile, variant),
         llama_backends=tuple(llama.build.expected_backends) if llama and llama.build else (),
         xllamacpp_build=_xllamacpp_build(plan),
+        llama_cuda_archs=planned_cuda_archs(tuple(llama.build.cmake_args) if llama and llama.build else ()),
+        glibc_floor=plan.profile.os.glibc_version if builder is not None else None,
     )
 
 
@@ -628,8 +663,20 @@ def _xllamacpp_build(plan: Plan) -> str | None:
     return xllamacpp_build_of(tuple(xl.extra_index_urls))
 
 
-def verify_environment(plan: Plan, env: Environment, python: Path, backends: tuple[str, ...]):
-    return evaluate(expectation(plan, env, backends), collect_facts(python, backends))
+def verify_environment(
+    plan: Plan,
+    env: Environment,
+    python: Path,
+    backends: tuple[str, ...],
+    builder: HostProfile | None = None,
+    cache: Path | None = None,
+):
+    expect = expectation(plan, env, backends, builder)
+    facts = collect_facts(python, backends)
+    llama = plan.backend("llama-cpp-python")
+    toolkit = llama.build.cuda_toolkit if llama and llama.build else None
+    add_static_gpu_facts(expect, facts, cuobjdump_for(toolkit, cache or wheelhouse.cache_root()))
+    return evaluate(expect, facts)
 
 
 def install_plan(

@@ -49,6 +49,8 @@ class EnvStatus:
     verified_at: str | None = None
     verify_ok: bool | None = None
     drift: Drift = field(default_factory=Drift)
+    # Checks verify could not run where it last ran ("backend: check"), and what each waits for.
+    deferred: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -82,6 +84,12 @@ def receipt_status(receipt: Receipt) -> list[EnvStatus]:
             ],
             verified_at=env.verified_at,
             verify_ok=all(c.get("ok") for c in checks) if checks else None,
+            deferred=[
+                f"{b.name}: {c['name']} (waits for {c['deferred']})"
+                for b in members
+                for c in b.verify
+                if c.get("deferred")
+            ],
         )
         if st.exists:
             st.drift = package_drift(env.packages, state_mod.read_state(python).frozen())

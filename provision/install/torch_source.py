@@ -1,6 +1,9 @@
 """Where the torch family (torch, torchvision, torchaudio) comes from, for the planned variant.
 
 Order, written down once:
+  0. PyPI itself, when PyPI's own torch wheel for this platform is the planned variant
+     (recipes/torch.toml [[pypi_default]]) and the plan uses PyTorch's own index (not a mirror
+     the user named): no PyTorch index is needed at all.
   1. The plan's torch index for the variant (e.g. https://download.pytorch.org/whl/cpu, or the
      user's mirror of it), when it answers a quick request.
   2. Otherwise a build with the variant's local tag (`2.13.0+cpu`, `+cu126`) found in the
@@ -44,6 +47,7 @@ class TorchSource:
     # Companion pins available for the same build, e.g. ("torchvision==0.28.0+cpu",).
     companions: tuple[str, ...]
     reason: str
+    from_pypi: bool = False  # PyPI's own wheel is the planned variant (order step 0)
 
 
 def pick_build(filenames: list[str], variant: str, spec: str, python_tag: str, arch: str) -> Version | None:
@@ -105,6 +109,46 @@ def local_build_source(
     )
 
 
+@dataclass(frozen=True)
+class PypiDefault:
+    """Which build PyPI's own torch wheel is for one release and platform (recipes/torch.toml)."""
+
+    torch: str
+    platform: str  # "linux-x86_64"
+    variant: str
+
+
+def pypi_defaults() -> tuple[PypiDefault, ...]:
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    from provision.backends import read_recipe_text
+
+    data = tomllib.loads(read_recipe_text("torch.toml"))
+    return tuple(PypiDefault(**e) for e in data.get("pypi_default", ()))
+
+
+def pypi_default_build(
+    entries: tuple[PypiDefault, ...], variant: str, spec: str | None, platform: str
+) -> PypiDefault | None:
+    """The newest PyPI torch release that is the planned variant on this platform and meets spec.
+
+    Sample: (2.14.0 cu130, 2.14.1 cu130, 2.15.0 cu132), "cu130", "", "linux-x86_64" -> 2.14.1;
+    with spec "==2.14.0" -> 2.14.0; variant "cu126" -> None (PyPI has no such build).
+    """
+    specifier = SpecifierSet(spec or "")
+    fits = [
+        e
+        for e in entries
+        if e.variant == variant and e.platform == platform and specifier.contains(Version(e.torch))
+    ]
+    return max(fits, key=lambda e: Version(e.torch), default=None)
+
+
 def resolve_torch_source(
     variant: str,
     planned_index: str | None,
@@ -113,8 +157,22 @@ def resolve_torch_source(
     python_tag: str,
     arch: str,
     reachable=index_reachable,
+    pypi: tuple[PypiDefault, ...] = (),
+    platform: str = "",
 ) -> TorchSource:
-    """Apply the order in the module docstring to one environment's torch choice."""
+    """Apply the order in the module docstring to one environment's torch choice.
+
+    `pypi` is empty where PyPI is not to be asked (offline, or a torch mirror the user named)."""
+    on_pypi = pypi_default_build(pypi, variant, spec, platform) if planned_index is not None else None
+    if on_pypi is not None:
+        return TorchSource(
+            variant,
+            None,
+            f"torch=={on_pypi.torch}",
+            (),
+            f"PyPI's torch {on_pypi.torch} for {platform} is the {variant} build: no PyTorch index needed",
+            from_pypi=True,
+        )
     if planned_index is None:
         return TorchSource(variant, None, f"torch{spec or ''}", (), "the default index carries this variant")
     if reachable(planned_index):

@@ -25,6 +25,12 @@ _FACTS_SCRIPT = r"""
 import json, os, sys, importlib.util, traceback
 checks = json.loads(sys.argv[1])
 facts = {"imports": {}, "torch": None, "torchvision": None, "llama_cpp_libs": None}
+try:  # the NVIDIA driver's user-space library: without it nothing can reach a GPU here
+    import ctypes
+    ctypes.CDLL("libcuda.so.1")
+    facts["driver"] = None
+except OSError as e:
+    facts["driver"] = str(e)[:200]
 for name, code in checks.items():
     try:
         exec(code, {})
@@ -46,6 +52,11 @@ if importlib.util.find_spec("torch") is not None:
                 t["arch_source"] = "compiled arch flags (no GPU present)"
         except Exception:
             t["arch_list"] = []
+        if t["cuda"] and facts["driver"] is None:
+            try:
+                t["device_count"] = torch.cuda.device_count()
+            except Exception:
+                t["device_count"] = 0
         facts["torch"] = t
     except BaseException as e:
         facts["torch"] = {"error": type(e).__name__ + ": " + str(e)[:400]}
@@ -67,6 +78,7 @@ def _mapped():
 spec = importlib.util.find_spec("llama_cpp")
 if spec is not None and spec.submodule_search_locations:
     lib = os.path.join(list(spec.submodule_search_locations)[0], "lib")
+    facts["llama_cpp_dir"] = lib
     facts["llama_cpp_libs"] = ["lib/" + n for n in sorted(os.listdir(lib))] if os.path.isdir(lib) else []
     # The ggml backends that really register when the library loads (ggml's own registry).
     try:
@@ -112,6 +124,9 @@ class Check:
     name: str
     ok: bool
     detail: str
+    # Not provable on this host: what it waits for (e.g. the NVIDIA driver). ok stays True: it
+    # is not a failure, and `verify` on a host that has it runs the check for real.
+    deferred: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +141,11 @@ class EnvExpectation:
     gpu_archs: tuple[str, ...] = ()  # "sm_90" / "gfx942" of the GPUs present
     llama_backends: tuple[str, ...] = ()  # ggml backends the llama-cpp-python build must contain
     xllamacpp_build: str | None = None  # "cpu", "cuda" or "hip": the xllamacpp wheel planned
+    # sm_XY the llama-cpp-python CUDA build was planned for (CMAKE_CUDA_ARCHITECTURES).
+    llama_cuda_archs: tuple[str, ...] = ()
+    # The target's glibc (major, minor) when installing for another machine: built libraries
+    # must need no newer one.
+    glibc_floor: tuple[int, int] | None = None
 
 
 def gpu_archs(profile: HostProfile, torch_variant: str | None) -> tuple[str, ...]:
@@ -194,8 +214,17 @@ def arch_covered(arch: str, arch_list: list[str]) -> bool:
 
 
 def evaluate(expect: EnvExpectation, facts: dict) -> list[Check]:
+    from provision.install.verify_gpu import defer_if_driver, llama_static_checks, torch_device_check
+
     if "error" in facts:
         return [Check(b, "environment", False, facts["error"]) for b in expect.backends]
+    checks = [defer_if_driver(c, expect, facts) for c in _evaluate(expect, facts)]
+    device = torch_device_check(expect, facts)
+    checks += [device] if device else []
+    return checks + llama_static_checks(expect, facts.get("llama_gpu_static"))
+
+
+def _evaluate(expect: EnvExpectation, facts: dict) -> list[Check]:
     checks: list[Check] = []
     for b in expect.backends:
         err = facts["imports"].get(b, "not checked")

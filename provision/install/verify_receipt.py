@@ -9,8 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from provision.install import state as state_mod
+from provision.install.cuda_toolkit import cuobjdump_for
+from provision.install.gpu_libs import add_static_gpu_facts
 from provision.install.receipt import Receipt, backend_dist
 from provision.install.verify import EnvExpectation, collect_facts, evaluate, gpu_archs, xllamacpp_build_of
+from provision.install.verify_gpu import planned_cuda_archs
+from provision.install.wheelhouse import cache_root
 from provision.profile import profile_from_dict
 
 
@@ -33,7 +37,15 @@ def expectations_from_receipt(receipt: Receipt) -> dict[str, EnvExpectation]:
         torch = env.get("torch")
         variant = torch["variant"] if torch else None
         out[env["name"]] = EnvExpectation(
-            installed, variant, gpu_archs(profile, variant), llama_backends, xl_build
+            installed,
+            variant,
+            gpu_archs(profile, variant),
+            llama_backends,
+            xl_build,
+            llama_cuda_archs=planned_cuda_archs(tuple((llama.get("build") or {}).get("cmake_args") or ()))
+            if llama
+            else (),
+            glibc_floor=profile.os.glibc_version if receipt.built_on else None,
         )
     return out
 
@@ -82,8 +94,18 @@ def verify_receipt(receipt: Receipt) -> list[dict]:
                             "detail": "unmet: " + ", ".join(missing),
                         }
                     )
-        findings += [c.as_dict() for c in evaluate(expect, collect_facts(python, expect.backends))]
+        facts = collect_facts(python, expect.backends)
+        add_static_gpu_facts(expect, facts, cuobjdump_for(_toolkit(receipt), cache_root()))
+        findings += [c.as_dict() for c in evaluate(expect, facts)]
     return findings
+
+
+def _toolkit(receipt: Receipt) -> str | None:
+    """The PyPI CUDA toolkit the recorded plan built llama-cpp-python with, if any."""
+    for b in (receipt.plan or {}).get("backends") or []:
+        if b.get("name") == "llama-cpp-python":
+            return (b.get("build") or {}).get("cuda_toolkit")
+    return None
 
 
 def _excluded(receipt: Receipt, backend: str) -> frozenset[str]:

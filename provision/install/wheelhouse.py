@@ -57,8 +57,23 @@ class BuildRequest:
     expected_backends: tuple[str, ...]
     cpu_features: tuple[str, ...]
     arch: str
-    # The nvcc version the plan was made with (CUDA builds); not part of the key, checked at build.
+    # The nvcc version the plan was made with (CUDA builds with the host's toolkit); checked at build.
     nvcc_version: str | None = None
+    # The PyPI CUDA toolkit (its nvcc version) the build takes, when the plan says so.
+    cuda_toolkit: str | None = None
+    # The build host's C library and compiler ("glibc 2.36", "gcc 12.2.0"): the wheel's glibc
+    # floor and its code generator.
+    libc: str | None = None
+    cc: str | None = None
+    hipcc_version: str | None = None
+
+    @property
+    def cuda(self) -> bool:
+        return cmake_option(self.effective_args, "GGML_CUDA") in ("ON", "1", "TRUE", "YES")
+
+    @property
+    def hip(self) -> bool:
+        return cmake_option(self.effective_args, "GGML_HIP") in ("ON", "1", "TRUE", "YES")
 
     @property
     def effective_args(self) -> tuple[str, ...]:
@@ -92,6 +107,9 @@ def isa_features(flags: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def wheelhouse_key(req: BuildRequest) -> str:
+    """What the binary depends on: the sources and flags, the CPU it targets, and the build host's
+    glibc (its floor), compiler and GPU toolkit. Fleet groups hosts by it, so a wheel built against
+    one toolkit or glibc is never pushed to a host planned for another."""
     payload = {
         "project": PROJECT,
         "version": req.version,
@@ -99,6 +117,11 @@ def wheelhouse_key(req: BuildRequest) -> str:
         "arch": req.arch,
         # A -march=native build runs only on CPUs with at least these features.
         "cpu_features": list(req.cpu_features) if req.native else [],
+        "libc": req.libc,
+        "cc": req.cc,
+        "nvcc": (req.cuda_toolkit or req.nvcc_version) if req.cuda else None,
+        "cuda_toolkit": "pypi" if req.cuda and req.cuda_toolkit else None,
+        "hipcc": req.hipcc_version if req.hip else None,
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return f"{req.version}-{digest[:16]}"
@@ -329,6 +352,45 @@ def cuda_build_env(
     return env
 
 
+def _pypi_toolkit(
+    req: BuildRequest, root: Path, index_flags: list[str], reporter: Reporter, installer_env: dict[str, str]
+):
+    """The PyPI CUDA toolkit the plan chose for this build, installed (cached); None otherwise."""
+    if not (req.cuda and req.cuda_toolkit):
+        return None
+    from provision.install import cuda_toolkit
+    from provision.install.executor import uv_bin
+    from provision.planner.toolkit import toolkit_by_nvcc
+
+    recipe = toolkit_by_nvcc(req.cuda_toolkit)
+    if recipe is None:
+        raise BuildFailed(
+            f"{PROJECT} {req.version}: the plan takes CUDA toolkit {req.cuda_toolkit} from PyPI, "
+            "which recipes/cuda_toolkit.toml does not describe"
+        )
+    uv = uv_bin()
+    if uv is None:
+        raise OperationFailed("uv is not installed: it installs the CUDA toolkit from PyPI")
+    # `uv build`'s flags, as `uv pip install` spells them.
+    flags = ["--constraint" if f == "--build-constraint" else f for f in index_flags]
+    return cuda_toolkit.ensure_toolkit(recipe, root, uv, flags, reporter, installer_env)
+
+
+def _toolkit_record(toolkit) -> dict | None:
+    if toolkit is None:
+        return None
+    return {"nvcc": toolkit.recipe.nvcc, "source": "pypi", "packages": list(toolkit.recipe.packages)}
+
+
+def _fix_runpaths(wheel: Path, toolkit) -> list[str]:
+    from provision.install.wheel_rpath import fix_wheel_runpaths
+
+    patchelf = toolkit.tool("patchelf")
+    if patchelf is None:
+        raise BuildFailed(f"the CUDA toolkit at {toolkit.home} has no patchelf to set the run paths")
+    return fix_wheel_runpaths(wheel, patchelf, toolkit.recipe.rpath_from_lib)
+
+
 def build(
     req: BuildRequest,
     builder: str,
@@ -376,6 +438,14 @@ def _build(
     src = ensure_source(ensure_sdist(req.version, pip_flags, reporter, root, sources), req.version, root)
     log_path = root / "logs" / f"{PROJECT}-{req.key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     args = req.effective_args + compiler_launchers(req.effective_args)
+    toolkit = _pypi_toolkit(req, root, index_flags, reporter, installer_env)
+    toolkit_env: dict[str, str] = {}
+    if toolkit is not None:
+        from provision.install import cuda_toolkit
+
+        # Paths of this host's cache: given to CMake, never part of the key or the recorded args.
+        args += cuda_toolkit.cmake_args(toolkit)
+        toolkit_env = cuda_toolkit.build_env(toolkit, os.environ.get("PATH", ""))
     env = {
         **installer_env,  # pip's cert/proxy settings for uv's build-environment downloads
         "CMAKE_ARGS": " ".join(args),
@@ -383,7 +453,7 @@ def _build(
         "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
         # A fixed build tree per key (scikit-build-core's setting): ccache sees the same paths.
         "SKBUILD_BUILD_DIR": str(root / "build" / req.key),
-        **cuda_build_env(req),
+        **(toolkit_env or cuda_build_env(req)),
     }
     out_dir = root / "wheelhouse" / f".tmp-{req.key}-{os.getpid()}"
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -442,6 +512,9 @@ def _build(
                 log_path,
             )
         found = wheel_backends(wheels[0])
+        runpaths_fixed: list[str] = []
+        if toolkit is not None:
+            runpaths_fixed = _fix_runpaths(wheels[0], toolkit)
         missing = [b for b in req.expected_backends if b not in found]
         if missing:
             raise BuildFailed(
@@ -462,6 +535,9 @@ def _build(
                     "sha256": sha256_file(wheels[0]),
                     "build_s": round(time.monotonic() - started, 1),
                     "log": str(log_path),
+                    "cuda_toolkit": _toolkit_record(toolkit),
+                    "runpaths_fixed": runpaths_fixed,
+                    "build_host": {"libc": req.libc, "cc": req.cc},
                 },
                 indent=2,
             )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from provision.errors import OperationFailed, UserError
 from provision.plan import BuildSpec, PlanWarning
 from provision.planner.recipes import LlamaCppRecipes, NvccRange
+from provision.planner.toolkit import ToolkitRecipe, pypi_toolkit, pypi_toolkit_reason, toolkit_recipes
 from provision.planner.versions import at_least, vtuple
 from provision.profile import HostProfile
 
@@ -113,69 +114,82 @@ def nvcc_range(nvcc: str, table: tuple[NvccRange, ...]) -> NvccRange | None:
     return next((r for r in table if at_least(nvcc, r.since)), None)
 
 
-def _cuda(profile: HostProfile, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], str, list[PlanWarning]]:
-    """CUDA flags, or () with the reason a CUDA build is not possible here."""
+@dataclass(frozen=True)
+class CudaFlags:
+    """The CUDA part of the build: its -D flags (empty: no CUDA build), why, and whose toolkit."""
+
+    args: tuple[str, ...]
+    reason: str
+    warnings: tuple[PlanWarning, ...] = ()
+    toolkit: str | None = None  # the PyPI toolkit's nvcc version, when the build takes it from PyPI
+
+
+def _host_nvcc_refusal(profile: HostProfile, rec: LlamaCppRecipes) -> str | None:
+    """Why the host's nvcc cannot make this CUDA build (what to install), or None when it can."""
     tc = profile.toolchain
     names = ", ".join(g.name for g in profile.nvidia_gpus)
-    warnings: list[PlanWarning] = []
     if not tc.nvcc:
         return (
-            (),
-            (
-                f"CPU build: no nvcc for {names}: install the CUDA toolkit with cuBLAS "
-                "(e.g. apt install cuda-toolkit-12-8) and plan again for a CUDA build"
-            ),
-            warnings,
+            f"no nvcc for {names}: install the CUDA toolkit with cuBLAS "
+            "(e.g. apt install cuda-toolkit-12-8) and plan again for a CUDA build"
         )
     if tc.cuda_cublas is False:
         return (
-            (),
-            (
-                f"CPU build: nvcc {tc.nvcc} is here but cuBLAS (libcublas) is not, and ggml-cuda "
-                "links it: install the toolkit's cuBLAS (e.g. apt install libcublas-dev-12-8) "
-                "for a CUDA build"
-            ),
-            warnings,
-        )
-    if tc.cuda_cublas is None:
-        warnings.append(
-            PlanWarning(
-                "cuda-cublas-unknown",
-                f"the profile does not say whether nvcc {tc.nvcc} has cuBLAS; "
-                "assumed present for the CUDA build of llama-cpp-python",
-            )
+            f"nvcc {tc.nvcc} is here but cuBLAS (libcublas) is not, and ggml-cuda "
+            "links it: install the toolkit's cuBLAS (e.g. apt install libcublas-dev-12-8) "
+            "for a CUDA build"
         )
     nvidia = profile.nvidia
     driver_cuda = nvidia.cuda_driver_version if nvidia else None
     if nvidia and driver_cuda and vtuple(tc.nvcc)[:1] > vtuple(driver_cuda)[:1]:
         return (
-            (),
-            (
-                f"CPU build: nvcc {tc.nvcc} makes CUDA {vtuple(tc.nvcc)[0]} binaries, but driver "
-                f"{nvidia.driver_version} runs CUDA <= {driver_cuda}: install a CUDA "
-                f"{vtuple(driver_cuda)[0]}.x toolkit, or a driver >= 580"
-            ),
-            warnings,
+            f"nvcc {tc.nvcc} makes CUDA {vtuple(tc.nvcc)[0]} binaries, but driver "
+            f"{nvidia.driver_version} runs CUDA <= {driver_cuda}: install a CUDA "
+            f"{vtuple(driver_cuda)[0]}.x toolkit, or a driver >= 580"
         )
+    sms = sorted({g.sm for g in profile.nvidia_gpus if g.sm})
     rng = nvcc_range(tc.nvcc, rec.nvcc)
+    if sms and rng is not None and not any(rng.sm_min <= s <= rng.sm_max for s in sms):
+        return (
+            f"nvcc {tc.nvcc} cannot compile for sm_{', sm_'.join(map(str, sms))}: "
+            "install a CUDA 12.x toolkit (12.8 compiles sm_50 to sm_120)"
+        )
+    return None
+
+
+def _cuda(profile: HostProfile, rec: LlamaCppRecipes, toolkits: tuple[ToolkitRecipe, ...]) -> CudaFlags:
+    """CUDA flags for the GPUs present, with the host's nvcc or a PyPI toolkit; or () and why not."""
+    tc = profile.toolchain
+    warnings: list[PlanWarning] = []
+    refusal = _host_nvcc_refusal(profile, rec)
+    pypi = pypi_toolkit(profile, toolkits) if refusal else None
+    if refusal and pypi is None:
+        return CudaFlags((), f"CPU build: {refusal}")
+    nvcc = pypi.nvcc if pypi else tc.nvcc
+    assert nvcc is not None
+    if pypi is None and tc.cuda_cublas is None:
+        warnings.append(
+            PlanWarning(
+                "cuda-cublas-unknown",
+                f"the profile does not say whether nvcc {nvcc} has cuBLAS; "
+                "assumed present for the CUDA build of llama-cpp-python",
+            )
+        )
+    rng = nvcc_range(nvcc, rec.nvcc)
     sms = sorted({g.sm for g in profile.nvidia_gpus if g.sm})
     ok = [s for s in sms if rng is None or rng.sm_min <= s <= rng.sm_max]
-    left = [s for s in sms if s not in ok]
     if sms and not ok:
-        return (
+        return CudaFlags(
             (),
-            (
-                f"CPU build: nvcc {tc.nvcc} cannot compile for sm_{', sm_'.join(map(str, sms))}: "
-                "install a CUDA 12.x toolkit (12.8 compiles sm_50 to sm_120)"
-            ),
-            warnings,
+            f"CPU build: nvcc {nvcc} cannot compile for sm_{', sm_'.join(map(str, sms))}: "
+            "install a CUDA 12.x toolkit (12.8 compiles sm_50 to sm_120)",
         )
-    for s in left:
+    for s in (s for s in sms if s not in ok):
         gpu = next(g for g in profile.nvidia_gpus if g.sm == s)
         warnings.append(
             PlanWarning(
                 "llama-gpu-left-out",
-                f"llama-cpp-python: nvcc {tc.nvcc} cannot compile for "
+                f"llama-cpp-python: nvcc {nvcc} cannot compile for "
                 f"{gpu.name} (sm_{s}); the build covers sm_{', sm_'.join(map(str, ok))} only "
                 "(a CUDA 12.8 toolkit covers both)",
             )
@@ -184,7 +198,10 @@ def _cuda(profile: HostProfile, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], 
     if ok:
         args.append(f"-D{rec.flags['cuda_archs']}={';'.join(str(s) for s in ok)}")
     archs = ", ".join(f"sm_{s}" for s in ok) or "the GPUs present"
-    return tuple(args), f"CUDA build for {archs} (only the GPUs present) with nvcc {tc.nvcc}", warnings
+    reason = f"CUDA build for {archs} (only the GPUs present) with nvcc {nvcc}"
+    if pypi is not None:
+        reason += f"; {pypi_toolkit_reason(pypi, f'the host cannot build it ({refusal})')}"
+    return CudaFlags(tuple(args), reason, tuple(warnings), pypi.nvcc if pypi else None)
 
 
 def _hip(profile: HostProfile, rec: LlamaCppRecipes) -> tuple[tuple[str, ...], str]:
@@ -215,13 +232,15 @@ def llama_build(
     warnings: list[PlanWarning] = []
     system, arch = profile.os.system, profile.os.arch
     args: tuple[str, ...] = ()
+    toolkit: str | None = None
     if system == "darwin" and arch == "arm64":
         args, reason = (f"-D{rec.flags['metal']}=on",), "Metal build (Apple Silicon)"
     elif system == "darwin":
         args, reason = (f"-D{rec.flags['metal']}=off",), "CPU build (Intel Mac: Metal is for Apple Silicon)"
     elif profile.nvidia_gpus and profile.nvidia is not None:
-        args, reason, cuda_warnings = _cuda(profile, rec)
-        warnings.extend(cuda_warnings)
+        cuda = _cuda(profile, rec, toolkit_recipes())
+        args, reason, toolkit = cuda.args, cuda.reason, cuda.toolkit
+        warnings.extend(cuda.warnings)
     elif profile.nvidia_gpus:
         reason = "CPU build: the NVIDIA GPU has no driver answering (install it, then plan again)"
     elif profile.amd_gpus and system == "linux":
@@ -238,7 +257,7 @@ def llama_build(
         warnings.extend(user_warnings)
         args = args + extra
         reason += f"; with your CMAKE_ARGS ({' '.join(extra)})"
-        if option(extra, rec.flags["cuda"]) and not profile.toolchain.nvcc:
+        if option(extra, rec.flags["cuda"]) and not profile.toolchain.nvcc and toolkit is None:
             warnings.append(
                 PlanWarning(
                     "cmake-user-cuda-no-nvcc",
@@ -247,7 +266,12 @@ def llama_build(
             )
     final = effective_args(args)
     return LlamaBuild(
-        BuildSpec(cmake_args=final, expected_backends=expected_backends(final, rec), portable=portable),
+        BuildSpec(
+            cmake_args=final,
+            expected_backends=expected_backends(final, rec),
+            portable=portable,
+            cuda_toolkit=toolkit if (option(final, rec.flags["cuda"]) or "").upper() in _TRUE else None,
+        ),
         reason,
         tuple(warnings),
     )
