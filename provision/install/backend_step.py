@@ -15,9 +15,9 @@ from provision.install.build_step import SourceBuilds
 from provision.install.context import RunContext, fail_text
 from provision.install.envs import EnvLocation
 from provision.install.record import dist_name
-from provision.install.requirements import requirement_name
 from provision.install.torch_source import TORCH_FAMILY, is_torch_family
 from provision.plan import BackendDecision, Environment, Plan
+from provision.requirements import requirement_name
 
 
 def env_extras(env: Environment, plan: Plan) -> list[str]:

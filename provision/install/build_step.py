@@ -19,8 +19,8 @@ from provision.install.envs import EnvLocation, ensure_env
 from provision.install.overlap import BackgroundBuilds
 from provision.install.pipconfig import PYPI_SIMPLE
 from provision.install.record import dist_name
-from provision.install.requirements import extras_of, pinned_version
 from provision.plan import BackendDecision, Plan
+from provision.requirements import extras_of, pinned_version
 
 
 def wheel_build_request(plan: Plan, backend: BackendDecision) -> wheelhouse.BuildRequest:

@@ -30,10 +30,10 @@ from provision.install.noop import UNCHANGED_NOTE, unchanged_receipt
 from provision.install.progress import Reporter
 from provision.install.receipt import Receipt
 from provision.install.record import dist_name
-from provision.install.requirements import merge_pins
 from provision.install.torch_step import TorchStep, family_pins, fix_torchvision, torch_step
 from provision.install.verify_step import expectation, verify_env, verify_environment
 from provision.plan import Environment, Plan
+from provision.requirements import merge_pins
 
 # Imported from here by the commands, bundles, the fleet and smoke's GPU check.
 __all__ = [
