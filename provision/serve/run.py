@@ -24,7 +24,7 @@ from provision.profile import HostProfile
 from provision.serve.choice import EngineChoice
 from provision.serve.decide import Planned, ServeOptions, decide_serving
 from provision.serve.fit import load_fit_facts
-from provision.serve.keys import API_KEY_FLAGS, keyed_command
+from provision.serve.keys import keyed_command
 from provision.serve.registry import registry_dir
 from provision.serve.rules import load_serve_rules
 from provision.serve.sources import Candidate, SourceOptions, local_candidate, resolve_model
@@ -256,8 +256,8 @@ def native_decision(req: ServeRequest, planned: Planned, python: Path, port: int
         launch = replace(launch, host="127.0.0.1", port=upstream_port)
     argv = adapter.server_command(python, path, launch, None)
     key_flag = None
-    if req.api_key and adapter.supports_api_key:
-        key_flag = API_KEY_FLAGS[planned.choice.engine]
+    if req.api_key and adapter.api_key_flag:
+        key_flag = adapter.api_key_flag
         argv = keyed_command(argv, key_flag)
     return Decision(
         planned,
