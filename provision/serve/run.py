@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from provision import paths
-from provision.errors import OperationFailed, UserError
+from provision.errors import NotInstalled, OperationFailed, UserError
 from provision.install.receipt import InstalledBackend
 from provision.profile import HostProfile
 from provision.serve.choice import EngineChoice
@@ -111,7 +111,7 @@ def installed_for_via(installed: dict[str, InstalledBackend], hint_args: str) ->
     xllamacpp, so llama-cpp-python does not count."""
     xinf = installed.get("xinference")
     if xinf is None:
-        raise UserError(
+        raise NotInstalled(
             f"xinference is not installed here: run `xinfer-setup install --backend xinference{hint_args}`"
         )
     return {
@@ -192,6 +192,15 @@ def host_and_installed(req: ServeRequest) -> tuple[HostProfile, dict[str, Instal
 
 
 def decide(req: ServeRequest) -> Decision:
+    try:
+        return _decide(req)
+    except NotInstalled as e:
+        from provision.install.last_root import noted
+
+        raise noted(e, req.venv_root) from None
+
+
+def _decide(req: ServeRequest) -> Decision:
     if req.via not in (None, "xinference"):
         raise UserError(f"--via {req.via}: only 'xinference' is supported")
     if req.via and req.api_key:
