@@ -1,9 +1,10 @@
 """The xinfer-setup command line.
 
-Each subcommand lives in provision/commands/<name>.py (smoke's in smoke/command.py: the
-smoke test sits above the product and uses it, never the reverse) and is imported only when it
-runs, so `xinfer-setup probe` does not pay for the planner, the installer or click's
-help of every command. Errors a user can act on are one line on stderr, never a traceback.
+Each subcommand lives in provision/commands/<name>.py, listed in provision/commands/registry.py;
+a package above the product registers its own through an entry point, so provision/ never names
+it. A command module is imported only when it runs, so `xinfer-setup probe` does not pay for the
+planner, the installer or click's help of every command. Errors a user can act on are one line
+on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,37 +15,24 @@ import sys
 import click
 
 from provision import __version__
+from provision.commands import registry
 from provision.errors import OperationFailed, UserError
-
-# name -> (module, attribute, one-line help shown by `xinfer-setup --help`)
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "probe": ("provision.commands.probe", "probe", "Profile this machine's hardware and software."),
-    "plan": ("provision.commands.plan", "plan", "Decide what to install, and why."),
-    "install": ("provision.commands.install", "install", "Carry a plan out, with a receipt."),
-    "verify": ("provision.commands.install", "verify", "Check what is installed against its receipt."),
-    "uninstall": ("provision.commands.uninstall", "uninstall", "Remove a backend; the receipt follows."),
-    "status": ("provision.commands.status", "status", "What is recorded, last verified, and changed since."),
-    "smoke": ("smoke.command", "smoke", "Run a tiny local model on every installed engine."),
-    "serve": ("provision.commands.serve", "serve", "Serve a model with the best engine here."),
-    "bundle": ("provision.commands.bundle", "bundle", "Download what a plan installs, for offline installs."),
-    "fleet": ("provision.commands.fleet", "fleet", "Provision hosts with Ansible; run Xinference on them."),
-}
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return list(registry.all_commands())
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS:
+        spec = registry.lookup(name)
+        if spec is None:
             return None
-        module, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(spec.module), spec.attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help text comes from the table so `--help` imports no command module.
         with formatter.section("Commands"):
-            formatter.write_dl([(name, help_) for name, (_, _, help_) in COMMANDS.items()])
+            formatter.write_dl([(name, spec.help) for name, spec in registry.all_commands().items()])
 
 
 @click.group(cls=LazyGroup)

@@ -9,6 +9,11 @@ class UserError(Exception):
     exit_code = 2
 
 
+class NotInstalled(UserError):
+    """What the command needs is not installed under the root it looked in; the command may add
+    where else it could be (provision.install.last_root)."""
+
+
 class ProfileError(UserError):
     """A host profile that is malformed or lacks a required field."""
 

@@ -34,6 +34,12 @@ def state_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return _xdg("XDG_STATE_HOME", (".local", "state"), environ) / APP
 
 
+def last_root_file(environ: Mapping[str, str] = os.environ) -> Path:
+    """The --venv ROOT the last install used (empty: none), so a command run without --venv can
+    say where the engines are."""
+    return state_dir(environ) / "last-root"
+
+
 def env_root(environ: Mapping[str, str] = os.environ) -> Path:
     """Where engine environments go when no --venv ROOT is given."""
     return data_dir(environ) / "envs"

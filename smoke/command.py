@@ -11,7 +11,7 @@ import click
 
 from provision.backends import check_known
 from provision.commands import options
-from provision.errors import OperationFailed, UserError
+from provision.errors import NotInstalled, OperationFailed, UserError
 
 
 def _installed_pythons(venv_root: Path | None) -> dict[str, Path]:
@@ -86,15 +86,19 @@ def smoke(venv_root: str | None, backends: tuple[str, ...], as_json: bool, cache
     if root is not None and not root.is_dir():
         raise UserError(f"--venv {root}: no such directory")
 
+    from provision.install.last_root import noted
+
     installed = {k: v for k, v in _installed_pythons(root).items() if k in smoked}
     if backends:
         missing = [b for b in backends if b not in installed]
         if missing:
             have = ", ".join(installed) or "none"
-            raise UserError(f"backend {missing[0]!r} is not installed (installed engines: {have})")
+            raise noted(
+                NotInstalled(f"backend {missing[0]!r} is not installed (installed engines: {have})"), root
+            )
         installed = {b: installed[b] for b in backends}
     if not installed:
-        raise UserError("no engine is installed here; run `xinfer-setup install` first")
+        raise noted(NotInstalled("no engine is installed here; run `xinfer-setup install` first"), root)
 
     from provision.probe import probe_host
     from provision.tiny_model import ensure_tiny_model

@@ -6,7 +6,7 @@
     python -m smoke.gpu_check verify --plan PLAN --python PY
 
 Each calls the product's own code: the wheelhouse build with the CMake args the plan chose
-(provision.install.run.build_request, provision.install.wheelhouse.build), and verify's checks
+(provision.install.run.wheel_build_request, provision.install.wheelhouse.build), and verify's checks
 (provision.install.verify: import, torch variant and arch list, llama.cpp backend libraries).
 Only what cannot be had offline is replaced: the sdist comes trimmed from the carried folder,
 and the build uses the machine's own scikit-build-core/cmake/ninja (--no-build-isolation).

@@ -35,6 +35,10 @@ def pytest_configure(config: pytest.Config) -> None:
         parent = Path(tempfile.gettempdir()) / "xinfer-setup-tests"
         parent.mkdir(parents=True, exist_ok=True)
         config.option.basetemp = str(parent / tag)
+    # Every install remembers its --venv ROOT in the state directory (provision/install/last_root.py):
+    # the suite's installs leave theirs beside its base temp, not in the user's own.
+    base = Path(config.option.basetemp)
+    os.environ["XDG_STATE_HOME"] = str(base.with_name(base.name + "-state"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

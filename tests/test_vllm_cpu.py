@@ -159,3 +159,17 @@ def test_smoke_json_vllm_and_xinference_pass(vllm_cpu_python, provisioned_root, 
     for row in ("xinference/Transformers", "xinference/llama.cpp"):
         assert rows[row]["status"] == "pass" and rows[row]["answer"], rows[row]
     assert "no CPU wheel on PyPI" in rows["sglang"]["reason"]
+
+
+def test_the_environment_reason_quotes_the_xinference_recipe_not_typed_versions():
+    # The reason is formatted from recipes/backends.toml [xinference]: another pin there, another reason.
+    from provision.backends import backend_tables
+    from provision.planner.recipes import _read, recipes_from_dicts
+
+    tables = {k: dict(v) for k, v in backend_tables().items()}
+    tables["xinference"].update(version="9.8.7", click_pin="click<7.1", hub_ceiling="2.5")
+    recipes = recipes_from_dicts(
+        _read("torch.toml"), tables, _read("llama_cpp.toml"), _read("resolve.toml"), _read("model_types.toml")
+    )
+    reason = make_plan(HERE, PlanRequest(backends=("vllm",)), recipes).environment("vllm").reason
+    assert "huggingface-hub >= 2.5, which xinference 9.8.7's click<7.1 excludes" in reason

@@ -147,6 +147,9 @@ def install(
                 click.echo(f"env {e['name']}: {e['prefix']} ({'exists' if e['exists'] else 'to create'})")
         return
     builder = _target_builder(plan) if profile_path else None
+    from provision.install.last_root import remember
+
+    remember(root)  # a later command without --venv names it when it finds nothing here
     named_but_skipped = any(b.name in backends and b.action == "skip" for b in plan.backends)
     if not from_receipt and not named_but_skipped:
         # The no-op re-run decides before the installer's own modules are even imported; an
@@ -230,9 +233,11 @@ def _install_from_bundle(bundle_dir: str, venv_root, installer, as_json: bool, f
         raise UserError(f"--from-bundle installs the bundle's own plan: it takes no {', '.join(clash)}")
     from provision.bundle.offline_install import install_from_bundle
     from provision.install.executor import choose_installer
+    from provision.install.last_root import remember
     from provision.install.progress import Reporter
 
     root = Path(venv_root).expanduser() if venv_root else None
+    remember(root)
     receipt = install_from_bundle(
         bundle_dir, root, choose_installer(installer), Reporter(), wait=not flags.get("no_wait")
     )
@@ -301,7 +306,12 @@ def verify(venv_root, receipt_file, as_json):
         else receipt_path(Path(venv_root).expanduser() if venv_root else None)
     )
     if not path.exists():
-        raise UserError(f"no receipt at {path}: run `xinfer-setup install` first (or pass --venv ROOT)")
+        from provision.install.last_root import missing_venv_note
+
+        note = "" if receipt_file or venv_root else missing_venv_note(None)
+        raise UserError(
+            f"no receipt at {path}: run `xinfer-setup install` first ({note or 'or pass --venv ROOT'})"
+        )
     findings = verify_receipt(read_receipt(path))
     if as_json:
         click.echo(

@@ -17,11 +17,13 @@ TORCH_INDEX_ENV = "XINFER_SETUP_TORCH_INDEX_URL"
 
 
 def command(name: str, details: str = "") -> Callable[[Callable[..., Any]], click.Command]:
-    """A click command whose help starts with its line in provision.cli.COMMANDS (written once,
-    there, so `xinfer-setup --help` imports no command module), then `details`."""
-    from provision.cli import COMMANDS
+    """A click command whose help starts with its line in the command table (written once, there,
+    so `xinfer-setup --help` imports no command module), then `details`."""
+    from provision.commands.registry import lookup
 
-    summary = COMMANDS[name][2]
+    spec = lookup(name)
+    assert spec is not None, f"{name} is not in the command table"
+    summary = spec.help
     text = f"{summary}\n\n{details}" if details else summary
     return click.command(name=name, help=text, short_help=summary)
 

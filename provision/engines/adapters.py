@@ -58,11 +58,17 @@ class EngineAdapter:
     model_format: ModelFormat = "hf"
     # Name of the in-process load+generate probe in engine_probe.PROBES, or None.
     probe: str | None = None
-    supports_api_key: bool = True
+    # The engine's own option for an API key, which serve's key launcher and smoke pass it with
+    # (vLLM, SGLang and our xllamacpp launcher: --api-key); None: the engine has no key option.
+    api_key_flag: str | None = "--api-key"
     # True when the engine computes in float32, so its greedy answer must equal the reference.
     float32: bool = True
     # Fields beyond OpenAI's that a chat request needs to be plain greedy on this server.
     extra_body: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def supports_api_key(self) -> bool:
+        return self.api_key_flag is not None
 
     def computes_float32(self, gpu: bool) -> bool:
         """Whether the engine computes in float32 here, so its greedy answer must be the reference's."""
@@ -117,7 +123,7 @@ class EngineAdapter:
 @dataclass(frozen=True)
 class TransformersAdapter(EngineAdapter):
     probe: str | None = "transformers"
-    supports_api_key: bool = False
+    api_key_flag: str | None = None
 
     def served_model(self, model: Path) -> str | None:
         return str(model)  # it serves the positional model under its path
@@ -132,7 +138,7 @@ class TransformersAdapter(EngineAdapter):
 
     def server_command(self, python, model, launch, api_key):
         # `transformers serve` (5.x) preloads the positional model and serves it under its path.
-        # It has no API key option; supports_api_key is False so none is passed.
+        # It has no API key option; api_key_flag is None so none is passed.
         return [
             str(python),
             "-m",
@@ -157,6 +163,8 @@ class TransformersAdapter(EngineAdapter):
 class LlamaCppPythonAdapter(EngineAdapter):
     model_format: ModelFormat = "gguf"
     probe: str | None = "llama-cpp-python"
+    # llama_cpp.server reads its pydantic setting api_key as --api_key.
+    api_key_flag: str | None = "--api_key"
     # llama_cpp.server applies repeat_penalty 1.1 unless told otherwise, even at temperature 0.
     extra_body: tuple[tuple[str, object], ...] = (("repeat_penalty", 1.0),)
 
@@ -182,7 +190,7 @@ class LlamaCppPythonAdapter(EngineAdapter):
         ]
         if launch.f32_kv_cache:
             argv += ["--type_k", "0", "--type_v", "0"]  # ggml type 0 = F32
-        return [*argv, "--api_key", api_key] if api_key else argv
+        return [*argv, self.api_key_flag, api_key] if api_key and self.api_key_flag else argv
 
 
 @dataclass(frozen=True)
@@ -208,7 +216,7 @@ class XllamacppAdapter(EngineAdapter):
         ]
         if launch.f32_kv_cache:
             argv.append("--f32-kv-cache")
-        return [*argv, "--api-key", api_key] if api_key else argv
+        return [*argv, self.api_key_flag, api_key] if api_key and self.api_key_flag else argv
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,7 @@ class VllmAdapter(_GpuOnlyAdapter):
             argv += ["--gpu-memory-utilization", str(launch.gpu_memory_fraction)]
         if launch.kv_cache_bytes is not None:
             argv += ["--kv-cache-memory-bytes", str(launch.kv_cache_bytes)]
-        return [*argv, "--api-key", api_key] if api_key else argv
+        return [*argv, self.api_key_flag, api_key] if api_key and self.api_key_flag else argv
 
 
 @dataclass(frozen=True)
@@ -314,7 +322,7 @@ class SglangAdapter(_GpuOnlyAdapter):
             argv.append("--disable-cuda-graph")
         if launch.gpu_memory_fraction is not None:
             argv += ["--mem-fraction-static", str(launch.gpu_memory_fraction)]
-        return [*argv, "--api-key", api_key] if api_key else argv
+        return [*argv, self.api_key_flag, api_key] if api_key and self.api_key_flag else argv
 
 
 # The adapter classes a recipe may name (gpustack's _DETECTORS style: one list, in code).

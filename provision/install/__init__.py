@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["InstallOptions", "install_plan", "installed_backends", "read_receipt", "verify_receipt"]
 
-# Imported on use: the planner reads provision.install.requirements, and must not load the executor.
+# Imported on use: reading a receipt (status, smoke) must not load the executor.
 _WHERE = {
     "InstallOptions": "provision.install.run",
     "install_plan": "provision.install.run",

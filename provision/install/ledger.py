@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt
-from provision.install.requirements import requirement_name
+from provision.requirements import requirement_name
 
 # Is this recorded backend still installed in this recorded environment?
 PresentCheck = Callable[[BackendRecord, EnvRecord], bool]

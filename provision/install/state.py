@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from provision.errors import OperationFailed
-from provision.install.requirements import local_tag
+from provision.requirements import local_tag
 
 # Runs inside the target environment; stdlib only.
 _LIST_SCRIPT = r"""

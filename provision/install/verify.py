@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from provision.backends import registry
-from provision.install.requirements import local_tag
 from provision.install.wheelhouse import backends_in_names
 from provision.profile import HostProfile
+from provision.requirements import local_tag
 
 # Backend -> the statements that prove it loads (the registry's import_check).
 IMPORT_CHECKS = {b.name: b.import_check for b in registry()}

@@ -26,10 +26,10 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from provision.errors import OperationFailed
-from provision.install.requirements import requirement_name
 from provision.plan import Environment, Plan
 from provision.planner.recipes import Recipes, ResolveRecipes, load_recipes
 from provision.planner.versions import vtuple
+from provision.requirements import requirement_name
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)")
 

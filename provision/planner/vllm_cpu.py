@@ -61,6 +61,7 @@ def decide(profile: HostProfile, recipes: Recipes, base: str) -> EngineOutcome:
     from provision.planner.engines import EngineOutcome, py, skip
 
     e = recipes.engine(RECIPE)
+    x = recipes.engine("xinference")
     blocked = why_not(profile, e)
     if blocked:
         return skip("vllm", f"no GPU, and {blocked}")
@@ -106,7 +107,8 @@ def decide(profile: HostProfile, recipes: Recipes, base: str) -> EngineOutcome:
         env_python=env_python,
         env_reason=(
             f"{e['distribution']} {e['version']} pins torch=={e['torch']}+{e['torch_variant']} and "
-            f"needs huggingface-hub >= 1.31, which xinference 4.1.0's click<8.2.0 excludes"
+            f"needs huggingface-hub >= {x['hub_ceiling']}, which xinference {x['version']}'s "
+            f"{x['click_pin']} excludes"
         ),
     )
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from provision.backends import registry
-from provision.errors import UserError
+from provision.errors import NotInstalled, UserError
 from provision.profile import HostProfile
 from provision.serve.model_facts import ModelFacts
 from provision.serve.rules import FamilyRule, GpuEngineRule, ServeRules
@@ -167,7 +167,7 @@ def choose_engine(
             return choice
         all_notes.extend(notes)
     wanted = "xllamacpp" if all(f.kind == "gguf" for f in forms) else "transformers"
-    raise UserError(
+    raise NotInstalled(
         f"no installed engine can serve this model ({'; '.join(all_notes)}): "
         f"{_install_hint([wanted], hint_args)}"
     )
@@ -196,7 +196,7 @@ def _check_requested(
                 return EngineChoice(engine, facts, family.name if family else None, f"requested; {why}")
             reasons.append(f"{engine} is not installed")
     if reasons and all(r.endswith("is not installed") for r in reasons):
-        raise UserError(f"{requested} is not installed here: {_install_hint(candidates, hint_args)}")
+        raise NotInstalled(f"{requested} is not installed here: {_install_hint(candidates, hint_args)}")
     raise UserError(
         f"--engine {requested} cannot serve this model here: "
         f"{'; '.join(dict.fromkeys(r for r in reasons if not r.endswith('is not installed')))}"

@@ -12,19 +12,11 @@ from provision.engines.adapters import ENGINES_DIR
 KEYED_LAUNCH = ENGINES_DIR / "keyed_launch.py"
 KEY_FILE_ENV = "XINFER_SETUP_API_KEY_FILE"
 MASK = "***"
-# Each engine's own option for its key (vLLM --api-key, SGLang --api-key, llama_cpp.server's
-# pydantic setting api_key, our xllamacpp launcher's --api-key).
-API_KEY_FLAGS = {
-    "vllm": "--api-key",
-    "sglang": "--api-key",
-    "llama-cpp-python": "--api_key",
-    "xllamacpp": "--api-key",
-}
 
 
 def keyed_command(argv: list[str], flag: str) -> list[str]:
     """[python, -m mod | script, args...] -> the same run through keyed_launch.py, which adds
-    `flag KEY` from the key file inside the process."""
+    `flag KEY` from the key file inside the process (flag: the adapter's api_key_flag)."""
     return [argv[0], str(KEYED_LAUNCH), flag, *argv[1:]]
 
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from provision import paths
-from provision.errors import OperationFailed, UserError
+from provision.errors import NotInstalled, OperationFailed, UserError
 from provision.install.receipt import InstalledBackend
 from provision.profile import HostProfile
 from provision.serve.choice import EngineChoice
 from provision.serve.decide import Planned, ServeOptions, decide_serving
 from provision.serve.fit import load_fit_facts
-from provision.serve.keys import API_KEY_FLAGS, keyed_command
+from provision.serve.keys import keyed_command
 from provision.serve.registry import registry_dir
 from provision.serve.rules import load_serve_rules
 from provision.serve.sources import Candidate, SourceOptions, local_candidate, resolve_model
@@ -111,7 +111,7 @@ def installed_for_via(installed: dict[str, InstalledBackend], hint_args: str) ->
     xllamacpp, so llama-cpp-python does not count."""
     xinf = installed.get("xinference")
     if xinf is None:
-        raise UserError(
+        raise NotInstalled(
             f"xinference is not installed here: run `xinfer-setup install --backend xinference{hint_args}`"
         )
     return {
@@ -192,6 +192,15 @@ def host_and_installed(req: ServeRequest) -> tuple[HostProfile, dict[str, Instal
 
 
 def decide(req: ServeRequest) -> Decision:
+    try:
+        return _decide(req)
+    except NotInstalled as e:
+        from provision.install.last_root import noted
+
+        raise noted(e, req.venv_root) from None
+
+
+def _decide(req: ServeRequest) -> Decision:
     if req.via not in (None, "xinference"):
         raise UserError(f"--via {req.via}: only 'xinference' is supported")
     if req.via and req.api_key:
@@ -256,8 +265,8 @@ def native_decision(req: ServeRequest, planned: Planned, python: Path, port: int
         launch = replace(launch, host="127.0.0.1", port=upstream_port)
     argv = adapter.server_command(python, path, launch, None)
     key_flag = None
-    if req.api_key and adapter.supports_api_key:
-        key_flag = API_KEY_FLAGS[planned.choice.engine]
+    if req.api_key and adapter.api_key_flag:
+        key_flag = adapter.api_key_flag
         argv = keyed_command(argv, key_flag)
     return Decision(
         planned,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from provision.errors import UserError
+from provision.errors import NotInstalled, UserError
 from provision.serve import hub
 from provision.serve.fit import FitFacts, ModelShape, shape_from_config, shape_from_gguf, shape_from_registry
 from provision.serve.model_facts import ModelFacts, facts_from_config, inspect_model
@@ -161,10 +161,9 @@ def resolve_model(
         raise UserError("--revision applies to Hugging Face ids (owner/name)")
     models_dir = registry()
     if models_dir is None:
-        raise UserError(
+        raise NotInstalled(
             f"{model}: not a local path or a Hugging Face id, and no installed Xinference to "
-            "look "
-            "up built-in names in: run `xinfer-setup install --backend xinference`"
+            "look up built-in names in: run `xinfer-setup install --backend xinference`"
         )
     specs = built_in_specs(models_dir, model, opts.size, opts.model_format, opts.quantization)
     cands = [registry_candidate(s, facts_recipe) for s in specs]
