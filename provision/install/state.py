@@ -202,6 +202,40 @@ def deliberately_absent(state: EnvState) -> frozenset[str]:
     return frozenset()
 
 
+def deliberate_gaps(state: EnvState, notes: list[str] | tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """What `pip check` reports that the installer did on purpose: (requiring dist, the sentence).
+
+    Fresh `install --auto` on a CPU torch: "timm 1.0.24 requires torchvision, which is not
+    installed" (xinference -> timm). notes: the environment record's notes, where the installer
+    said why it removed the package ("removed torchvision 0.28.0: ..."); quoted back here.
+    """
+    absent = deliberately_absent(state)
+    if not absent:
+        return []
+    markers: dict[str, str] = {**cast("dict[str, str]", default_environment()), **state.markers, "extra": ""}
+    gaps = []
+    for dist in sorted(state.dists.values(), key=lambda d: d.name):
+        for line in dist.requires:
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue
+            missing = canonicalize_name(req.name)
+            if missing not in absent or (req.marker is not None and not req.marker.evaluate(markers)):
+                continue
+            why = next(
+                (n for n in notes if n.startswith(f"removed {missing} ")), f"{missing} left out on purpose"
+            )
+            gaps.append(
+                (
+                    dist.name,
+                    f"`pip check` reports {dist.name} {dist.version} requires {missing}, which is not "
+                    f"installed: known and deliberate ({why})",
+                )
+            )
+    return gaps
+
+
 def closure(requirements: list[str] | tuple[str, ...], state: EnvState) -> list[str]:
     """Installed distributions the requirements pull in (themselves and their Requires-Dist, with
     extras and markers read as `unmet` reads them): what a suspect step reinstalls."""

@@ -49,6 +49,8 @@ class EnvStatus:
     verified_at: str | None = None
     verify_ok: bool | None = None
     drift: Drift = field(default_factory=Drift)
+    # Incompatibilities `pip check` reports that the installer chose (state.deliberate_gaps).
+    known: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +86,8 @@ def receipt_status(receipt: Receipt) -> list[EnvStatus]:
             verify_ok=all(c.get("ok") for c in checks) if checks else None,
         )
         if st.exists:
-            st.drift = package_drift(env.packages, state_mod.read_state(python).frozen())
+            current = state_mod.read_state(python)
+            st.drift = package_drift(env.packages, current.frozen())
+            st.known = [sentence for _, sentence in state_mod.deliberate_gaps(current, env.notes)]
         out.append(st)
     return out
