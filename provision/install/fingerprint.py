@@ -26,7 +26,11 @@ from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
-from packaging.utils import canonicalize_name
+
+def canonicalize_name(name: str) -> str:
+    """PEP 503's normal form; packaging's own is not imported here (tens of ms on every no-op)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
 
 # What an install or uninstall always (re)writes at the top of site-packages.
 _MARKERS = (".dist-info", ".egg-info", ".pth", ".egg-link")
