@@ -41,6 +41,17 @@ def cli() -> None:
     """Probe, plan, install, smoke-test and serve an Xinference LLM stack."""
 
 
+def _interrupted(cause: BaseException | None) -> None:
+    from provision.stopping import EXIT_TERMINATED, Terminated
+
+    # SIGTERM (provision/stopping.py) stops as Ctrl-C does; its exit code is the shell's 128 + 15.
+    if isinstance(cause, Terminated):
+        click.echo("xinfer-setup: terminated", err=True)
+        sys.exit(EXIT_TERMINATED)
+    click.echo("xinfer-setup: interrupted", err=True)
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     from provision.redact import RedactingStream
 
@@ -53,10 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="xinfer-setup", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
         # click turns Ctrl-C (KeyboardInterrupt) into Abort; we ask no questions, so that is all it is.
-        click.echo("xinfer-setup: interrupted", err=True)
-        sys.exit(130)
+        _interrupted(e.__context__)
     except click.ClickException as e:
         # Usage errors: one line, exit 2 (click's own code for them).
         click.echo(f"xinfer-setup: {e.format_message()}", err=True)
@@ -67,9 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     except OperationFailed as e:
         click.echo(f"xinfer-setup: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("xinfer-setup: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     except BrokenPipeError:
         sys.exit(1)
 

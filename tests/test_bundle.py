@@ -36,8 +36,9 @@ def _one_line(stderr: str) -> str:
     return lines[-1]
 
 
-def _symlink_farm(src: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:
-    """A bundle whose files are symlinks to src's (cheap), except `copy` (real copies, to alter)."""
+def _link_farm(src: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:
+    """A bundle whose files are hard links to src's (cheap; symlinks are refused by the install),
+    except `copy` (real copies, to alter: writing through a hard link would alter src)."""
     for f in src.rglob("*"):
         rel = f.relative_to(src)
         target = dst / rel
@@ -48,7 +49,7 @@ def _symlink_farm(src: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:
             shutil.copyfile(f, target)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(f)
+            os.link(f, target)
     return dst
 
 
@@ -149,7 +150,7 @@ def test_verify_and_smoke_pass_offline(offline_install):
 def test_tampered_wheel_stops_before_installing(host_bundle, tmp_path):
     m = read_manifest(host_bundle)
     victim = next(f for f in m.files if f.path.startswith("wheels/xllamacpp-"))
-    bundle = _symlink_farm(host_bundle, tmp_path / "bundle", copy=(victim.path,))
+    bundle = _link_farm(host_bundle, tmp_path / "bundle", copy=(victim.path,))
     with open(bundle / victim.path, "r+b") as fh:  # one byte changed, size kept
         fh.seek(victim.size // 2)
         b = fh.read(1)
@@ -166,7 +167,7 @@ def test_tampered_wheel_stops_before_installing(host_bundle, tmp_path):
 def test_missing_file_stops_before_installing(host_bundle, tmp_path):
     m = read_manifest(host_bundle)
     gone = next(f for f in m.files if f.path.startswith("wheels/llama_cpp_python-"))
-    bundle = _symlink_farm(host_bundle, tmp_path / "bundle")
+    bundle = _link_farm(host_bundle, tmp_path / "bundle")
     (bundle / gone.path).unlink()
     root = tmp_path / "envs"
     done = cli("install", "--from-bundle", str(bundle), "--venv", str(root))
@@ -174,6 +175,68 @@ def test_missing_file_stops_before_installing(host_bundle, tmp_path):
     line = _one_line(done.stderr)
     assert gone.path in line and "missing" in line, line
     assert not root.exists()
+
+
+def test_an_extra_wheel_dropped_into_the_bundle_is_refused(host_bundle, tmp_path):
+    """Issue 19: a copy of a listed wheel under a build-tagged name ranks above the original with
+    the installers; here it is a valid wheel, unchanged but for its name, so only the manifest
+    can tell it does not belong."""
+    m = read_manifest(host_bundle)
+    pure = [f for f in m.files if f.path.startswith("wheels/") and f.path.endswith("-py3-none-any.whl")]
+    listed = next((f for f in pure if f.path.startswith("wheels/accelerate-")), pure[0])
+    bundle = _link_farm(host_bundle, tmp_path / "bundle")
+    name, version, rest = Path(listed.path).name.split("-", 2)
+    extra = f"wheels/{name}-{version}-1-{rest}"
+    shutil.copyfile(host_bundle / listed.path, bundle / extra)
+    root = tmp_path / "envs"
+    done = cli("install", "--from-bundle", str(bundle), "--venv", str(root))
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = _one_line(done.stderr)
+    assert extra in line and "does not list" in line, line
+    assert not root.exists(), "something was installed from a bundle with an unlisted wheel"
+
+
+def test_a_manifest_path_that_leaves_the_bundle_is_refused(host_bundle, tmp_path):
+    bundle = _link_farm(host_bundle, tmp_path / "bundle")
+    outside = tmp_path / "elsewhere.whl"
+    outside.write_bytes(b"not in the bundle")
+    d = json.loads((bundle / MANIFEST).read_text())
+    d["files"].append(
+        {"path": "wheels/../../elsewhere.whl", "sha256": sha256_of(outside), "size": 17, "role": "wheel"}
+    )
+    (bundle / MANIFEST).write_text(json.dumps(d))
+    root = tmp_path / "envs"
+    done = cli("install", "--from-bundle", str(bundle), "--venv", str(root))
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = _one_line(done.stderr)
+    assert "wheels/../../elsewhere.whl" in line and "leaves the bundle" in line, line
+    assert not root.exists()
+
+
+def test_a_symlinked_wheel_is_refused(host_bundle, tmp_path):
+    """The link points at the very bytes listed (the hash would pass): a symlink is refused as
+    such, since what it points at can change after the check."""
+    m = read_manifest(host_bundle)
+    victim = next(f for f in m.files if f.path.startswith("wheels/xllamacpp-"))
+    bundle = _link_farm(host_bundle, tmp_path / "bundle")
+    (bundle / victim.path).unlink()
+    (bundle / victim.path).symlink_to(host_bundle / victim.path)
+    root = tmp_path / "envs"
+    done = cli("install", "--from-bundle", str(bundle), "--venv", str(root))
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = _one_line(done.stderr)
+    assert victim.path in line and "symlink" in line, line
+    assert not root.exists()
+
+
+def test_sha256sums_checks_the_whole_bundle_with_sha256sum(host_bundle):
+    sums = (host_bundle / "SHA256SUMS").read_text().splitlines()
+    m = read_manifest(host_bundle)
+    assert len(sums) == len(m.files) + 1 and sums[-1].endswith(f"  {MANIFEST}")
+    done = subprocess.run(
+        ["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=host_bundle, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def test_bundle_for_h100_resolves_that_target(tmp_path):

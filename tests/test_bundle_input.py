@@ -15,7 +15,7 @@ import pytest
 
 from provision.bundle.lock import files_from_pylock, sdist_build_requires, sdist_requires
 from provision.bundle.make import check_out_dir
-from provision.bundle.manifest import Manifest, Target, write_manifest
+from provision.bundle.manifest import Manifest, Target, entry_for, write_manifest
 from provision.bundle.offline_install import fit_problem, offline_environment
 from provision.errors import UserError
 from tests.support.cli import REPO, cli
@@ -139,6 +139,63 @@ def test_from_bundle_takes_no_plan_flags(tmp_path, plan_dict):
 
 
 # ---------------------------------------------------------------- pure pieces
+
+
+def _bundle_with_a_wheel(root: Path, plan: dict, listed_path: str = "wheels/demo_pkg-1.0-py3-none-any.whl"):
+    """A bundle for this machine listing one (fake) wheel; listed_path may be made to point out."""
+    root.mkdir(parents=True, exist_ok=True)
+    wheel = root / "wheels" / "demo_pkg-1.0-py3-none-any.whl"
+    wheel.parent.mkdir(exist_ok=True)
+    wheel.write_bytes(b"a wheel's bytes")
+    entry = replace(entry_for(root, wheel, "wheel"), path=listed_path)
+    write_manifest(root, Manifest(tool_version="0.1.0", target=_here(), plan=plan, files=[entry]))
+    return root
+
+
+@pytest.mark.parametrize(
+    "listed, why",
+    [
+        ("wheels/../../outside.whl", "leaves the bundle"),
+        ("/etc/passwd", "not a relative path"),
+        ("../outside.whl", "leaves the bundle"),
+        ("MANIFEST.json", "not under wheels/"),
+    ],
+)
+def test_from_bundle_refuses_a_listed_path_outside_it(tmp_path, plan_dict, listed, why):
+    b = _bundle_with_a_wheel(tmp_path / "b", plan_dict, listed)
+    (tmp_path / "outside.whl").write_bytes(b"a wheel's bytes")  # the bytes match: only the path is wrong
+    done = cli("install", "--from-bundle", str(b), "--venv", str(tmp_path / "envs"))
+    _fails(done, 2, repr(listed), why)
+    assert not (tmp_path / "envs").exists()
+
+
+def test_from_bundle_refuses_unlisted_files_and_symlinks(tmp_path, plan_dict):
+    b = _bundle_with_a_wheel(tmp_path / "b", plan_dict)
+    extra = b / "wheels" / "demo_pkg-1.0-1-py3-none-any.whl"
+    extra.write_bytes(b"ranks above the listed one")
+    done = cli("install", "--from-bundle", str(b), "--venv", str(tmp_path / "envs"))
+    _fails(done, 2, "does not list", "wheels/demo_pkg-1.0-1-py3-none-any.whl")
+    extra.unlink()
+    listed = b / "wheels" / "demo_pkg-1.0-py3-none-any.whl"
+    real = tmp_path / "real.whl"
+    listed.rename(real)
+    listed.symlink_to(real)  # the same bytes, so the hash would pass
+    done = cli("install", "--from-bundle", str(b), "--venv", str(tmp_path / "envs"))
+    _fails(done, 2, "symlinks", "wheels/demo_pkg-1.0-py3-none-any.whl")
+    assert not (tmp_path / "envs").exists()
+
+
+def test_sha256sums_is_what_sha256sum_checks(tmp_path, plan_dict):
+    import subprocess
+
+    b = _bundle_with_a_wheel(tmp_path / "b", plan_dict)
+    lines = (b / "SHA256SUMS").read_text().splitlines()
+    assert [ln.split("  ")[1] for ln in lines] == ["wheels/demo_pkg-1.0-py3-none-any.whl", "MANIFEST.json"]
+    ok = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=b, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (b / "wheels" / "demo_pkg-1.0-py3-none-any.whl").write_bytes(b"other bytes")
+    bad = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=b, capture_output=True, text=True)
+    assert bad.returncode == 1 and "demo_pkg-1.0-py3-none-any.whl: FAILED" in bad.stdout
 
 
 def test_fit_problem():
@@ -266,6 +323,8 @@ def test_xinference_offline_env(tmp_path):
     pages = write_simple_index(bundle)
     page = (bundle / "simple" / "demo-pkg" / "index.html").read_text()
     assert "../../wheels/demo_pkg-1.0-py3-none-any.whl#sha256=" in page and len(pages) == 2
+    files = [entry_for(bundle, f, "wheel") for f in sorted(bundle.rglob("*")) if f.is_file()]
+    write_manifest(bundle, Manifest(tool_version="0.1.0", target=_here(), plan={}, files=files))
 
     # A parent with pip (this interpreter): Xinference's strict offline mode, its pip.conf as pip reads it.
     env = xinference_offline_env(bundle, tmp_path / "conf", sys.executable)
@@ -288,3 +347,8 @@ def test_xinference_offline_env(tmp_path):
     subprocess.run([uv_bin(), "venv", "--python", sys.executable, str(venv)], check=True, capture_output=True)
     env = xinference_offline_env(bundle, tmp_path / "conf2", venv / "bin" / "python")
     assert "XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL" not in env and env["UV_OFFLINE"] == "1"
+
+    # uv takes any wheel in UV_FIND_LINKS: a bundle with one its manifest does not list is refused.
+    (bundle / "wheels" / "demo_pkg-1.0-1-py3-none-any.whl").write_bytes(b"another wheel")
+    with pytest.raises(UserError, match="does not list: wheels/demo_pkg-1.0-1-py3-none-any.whl"):
+        xinference_offline_env(bundle, tmp_path / "conf3")

@@ -49,6 +49,60 @@ def test_fingerprint_follows_install_markers_only(tmp_path):
     assert installed_fingerprint(tmp_path / "nowhere") is None
 
 
+def _backend_dist_info(site: Path, libs: list[str]) -> Path:
+    """llama-cpp-python as its wheel lays it out: a RECORD naming its shared libraries."""
+    info = site / "llama_cpp_python-0.3.36.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: llama_cpp_python\nVersion: 0.3.36\n")
+    rows = [
+        "llama_cpp/__init__.py,sha256=x,1",
+        *(f"{lib},sha256=x,1" for lib in libs),
+        f"{info.name}/RECORD,,",
+    ]
+    (info / "RECORD").write_text("\n".join(rows) + "\n")
+    for rel in ["llama_cpp/__init__.py", *libs]:
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(b"\x7fELF")
+    return info
+
+
+def test_fingerprint_sees_a_backends_native_files(tmp_path):
+    """Issue 19: deleting llama_cpp/lib touches no install marker; the no-op must see it anyway."""
+    site = _site(tmp_path)
+    libs = ["llama_cpp/lib/libllama.so", "llama_cpp/lib/libggml-cpu.so.0"]
+    _backend_dist_info(site, libs)
+    other = site / "numpy-2.3.0.dist-info"
+    other.mkdir()
+    (other / "RECORD").write_text("numpy/core/_multiarray_umath.so,sha256=x,1\n")
+    (site / "numpy" / "core").mkdir(parents=True)
+    (site / "numpy" / "core" / "_multiarray_umath.so").write_bytes(b"x")
+    first = installed_fingerprint(tmp_path)
+    # Not a backend: its libraries are not stat'ed on every no-op (that is verify's job).
+    (site / "numpy" / "core" / "_multiarray_umath.so").unlink()
+    assert installed_fingerprint(tmp_path) == first
+    # A backend's library replaced (other size) or gone: another fingerprint.
+    (site / libs[1]).write_bytes(b"\x7fELF and more")
+    second = installed_fingerprint(tmp_path)
+    assert second != first
+    shutil.rmtree(site / "llama_cpp" / "lib")
+    assert installed_fingerprint(tmp_path) not in (first, second)
+
+
+def test_the_listing_calls_a_backend_with_missing_libraries_broken(tmp_path):
+    """provision.install.state, in a real venv: the install removes what is broken and reinstalls it."""
+    from provision.install.state import read_state
+
+    venv = tmp_path / "venv"
+    subprocess.run([uv_bin(), "venv", "-q", str(venv)], check=True, capture_output=True)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    info = _backend_dist_info(site, ["llama_cpp/lib/libllama.so"])
+    python = venv / "bin" / "python"
+    state = read_state(python)
+    assert state.get("llama-cpp-python") is not None and state.broken == ()
+    (site / "llama_cpp" / "lib" / "libllama.so").unlink()
+    assert read_state(python).broken == (str(info),)
+
+
 def _stderr_lines(done) -> list[str]:
     return done.stderr.strip().splitlines()
 
@@ -101,8 +155,8 @@ def test_no_op_rerun_and_drift(provisioned_root, tmp_path):
     assert why_not_unchanged(plan, receipt, locations, "pip", False) == "the last install used uv"
     assert why_not_unchanged(plan, receipt, locations, None, True) == "replaying a receipt"
 
-    # A drift inside a package (no install marker touched) is past what the fingerprint sees:
-    # `verify` checks from scratch every time and finds it.
+    # A drift inside a package that touches no install marker: a backend's shared libraries
+    # deleted. `verify` finds it, and the no-op sees it too (issue 19): the install repairs it.
     cli(*args)
     # Removed, not edited: uv hardlinks installed files to its cache, an in-place edit would reach it.
     lib = next((root / "main").glob("lib/python3*/site-packages/llama_cpp/lib"))
@@ -111,6 +165,12 @@ def test_no_op_rerun_and_drift(provisioned_root, tmp_path):
     assert verified.returncode == 1
     failed = [c for c in json.loads(verified.stdout)["checks"] if not c["ok"]]
     assert failed and all(c["backend"] == "llama-cpp-python" for c in failed), failed
+    repaired = cli(*args)
+    assert repaired.returncode == 0, repaired.stderr[-3000:]
+    assert f"xinfer-setup: {UNCHANGED_NOTE}" not in _stderr_lines(repaired)
+    assert any(lib.glob("*.so*")), "llama_cpp/lib is still gone"
+    assert cli("verify", "--venv", str(root)).returncode == 0
+    assert f"xinfer-setup: {UNCHANGED_NOTE}" in _stderr_lines(cli(*args))
 
 
 @pytest.mark.slow

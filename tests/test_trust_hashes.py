@@ -19,7 +19,19 @@ from provision.install.progress import Reporter
 from tests.support.auth_index import auth_index
 
 REAL_CACHE = wheelhouse.cache_root()
-SDIST = REAL_CACHE / "sdist" / "llama_cpp_python-0.3.36.tar.gz"
+SDIST_NAME = "llama_cpp_python-0.3.36.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory) -> Path:
+    """The real llama-cpp-python 0.3.36 sdist: the one in the wheelhouse cache when an earlier
+    install left it, else fetched from PyPI now (checked against PyPI's sha256), so the tests that
+    read it do not depend on which test ran before them."""
+    cached = REAL_CACHE / "sdist" / SDIST_NAME
+    if cached.is_file():
+        return cached
+    root = tmp_path_factory.mktemp("sdist-cache")
+    return wheelhouse.ensure_sdist("0.3.36", [], Said(), root, ("https://pypi.org/simple",))
 
 
 class Said(Reporter):
@@ -170,18 +182,14 @@ def test_index_credentials_go_only_to_the_index_host():
     assert other == "https://files.pythonhosted.org/packages/ab/llama_cpp_python-0.3.36.tar.gz"
 
 
-@pytest.mark.skipif(
-    not SDIST.exists(), reason="needs the llama-cpp-python 0.3.36 sdist in the wheelhouse cache"
-)
-def test_sdist_is_checked_against_pypis_sha256_and_a_bad_copy_refused(tmp_path):
+def test_sdist_is_checked_against_pypis_sha256_and_a_bad_copy_refused(tmp_path, sdist):
     """Real: PyPI's simple page publishes the sdist's sha256 (PyPI is reachable here)."""
     sources = ("https://pypi.org/simple",)
-    expected = index_sha256(sources, "llama-cpp-python", SDIST.name)
-    if expected is None:
-        pytest.skip("PyPI's simple page is not reachable from here")
-    copy = tmp_path / "sdist" / SDIST.name
+    expected = index_sha256(sources, "llama-cpp-python", sdist.name)
+    assert expected is not None, "PyPI's simple page lists no sha256 for the sdist"
+    copy = tmp_path / "sdist" / sdist.name
     copy.parent.mkdir()
-    shutil.copyfile(SDIST, copy)
+    shutil.copyfile(sdist, copy)
     said = Said()
     assert wheelhouse._sdist_ok(copy, sources, said)
     assert copy.with_name(copy.name + ".sha256").read_text().strip() == expected
@@ -195,17 +203,14 @@ def test_sdist_is_checked_against_pypis_sha256_and_a_bad_copy_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not SDIST.exists(), reason="needs the llama-cpp-python 0.3.36 sdist in the wheelhouse cache"
-)
-def test_a_corrupted_wheelhouse_wheel_starts_a_rebuild(tmp_path):
+def test_a_corrupted_wheelhouse_wheel_starts_a_rebuild(tmp_path, sdist):
     """The fault-matrix row: corrupt the real built wheel in a private copy of the cache; build()
     must refuse it and start building (stopped at its first step: the full ~8 min build is what the
     session install does on a cold cache, not repeated here)."""
     req = wheelhouse.BuildRequest("0.3.36", (), ("cpu",), ("avx2",), "x86_64")
     root = tmp_path / "cache"
     (root / "sdist").mkdir(parents=True)
-    shutil.copyfile(SDIST, root / "sdist" / SDIST.name)
+    shutil.copyfile(sdist, root / "sdist" / sdist.name)
     wheel = _entry(root, req.key, b"z" * 1000, "right")
     with open(wheel, "r+b") as f:
         f.seek(10)

@@ -6,10 +6,15 @@ Layout of a bundle directory:
     wheelhouse/<key>/        llama-cpp-python built here, when the target can run it
     locks/pylock.<env>.toml  the PEP 751 lock uv wrote per environment (and build, xinfer-setup)
     simple/                  the same files as a PEP 503 index (for Xinference's virtualenvs)
+    SHA256SUMS               every listed file and MANIFEST.json, in `sha256sum -c` format: compare
+                             this one file out of band (its own sha256, or a signature of it)
 
 verify_manifest() is the check `install --from-bundle` runs before touching anything: a file
 missing or altered is an OperationFailed naming it (exit 1); a manifest this tool cannot read
-(newer format or tool) is a UserError (exit 2).
+(newer format or tool), a listed path that leaves the bundle, a symlink, or a file in the
+bundle's folders that the manifest does not list is a UserError (exit 2). The folders above are
+what installers read (a find-links directory takes any wheel in it, and a build-tagged name
+outranks the listed one), so nothing unlisted may sit there.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
@@ -28,6 +33,9 @@ from provision import __version__
 from provision.errors import OperationFailed, UserError
 
 MANIFEST = "MANIFEST.json"
+SUMS = "SHA256SUMS"
+# Every listed file lives under one of these; nothing unlisted may (see the module docstring).
+FOLDERS = ("wheels", "wheelhouse", "locks", "simple")
 FORMAT = 1
 KIND = "xinfer-setup-bundle"
 
@@ -83,15 +91,27 @@ def entry_for(root: Path, path: Path, role: str, sha256: str | None = None) -> F
     return FileEntry(path.relative_to(root).as_posix(), sha256 or sha256_of(path), path.stat().st_size, role)
 
 
-def write_manifest(root: Path, manifest: Manifest) -> Path:
-    """Atomically: a reader never sees half a manifest."""
-    target = root / MANIFEST
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest.to_dict(), f, indent=2, sort_keys=False)
-        f.write("\n")
+def sums_text(manifest: Manifest, manifest_bytes: bytes) -> str:
+    """SHA256SUMS: `sha256sum -c` checks every file; its own hash stands for the whole bundle."""
+    lines = [f"{f.sha256}  {f.path}" for f in sorted(manifest.files, key=lambda f: f.path)]
+    lines.append(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, target)
-    return target
+
+
+def write_manifest(root: Path, manifest: Manifest) -> Path:
+    """Atomically: a reader never sees half a manifest. SHA256SUMS first, so a bundle with its
+    MANIFEST.json (the mark of a complete bundle) has its sums too."""
+    data = (json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n").encode()
+    _write_atomic(root / SUMS, sums_text(manifest, data).encode())
+    _write_atomic(root / MANIFEST, data)
+    return root / MANIFEST
 
 
 def manifest_from_dict(d: dict[str, Any], where: Path) -> Manifest:
@@ -143,6 +163,58 @@ def read_manifest(root: Path) -> Manifest:
     return manifest_from_dict(d, path)
 
 
+def path_problem(rel: str) -> str | None:
+    """Why a listed path is not a plain file path inside one of the bundle's folders, or None."""
+    p = PurePosixPath(rel)
+    if not rel or "\\" in rel or "\0" in rel or p.is_absolute():
+        return "not a relative path"
+    if any(part in ("..", ".", "") for part in rel.split("/")):
+        return "it leaves the bundle or is not normal"
+    if len(p.parts) < 2 or p.parts[0] not in FOLDERS:
+        return f"not under {', '.join(f + '/' for f in FOLDERS)}"
+    return None
+
+
+def _named(paths: list[str], limit: int = 3) -> str:
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
+
+
+def check_layout(root: Path, manifest: Manifest) -> None:
+    """No hashing, so cheap: every listed path stays inside the bundle, and the bundle's folders
+    hold only listed regular files (no symlink anywhere, nothing extra). UserError otherwise."""
+    for f in manifest.files:
+        why = path_problem(f.path)
+        if why:
+            raise UserError(f"{MANIFEST} lists {f.path!r} ({why}): refusing the bundle; nothing installed")
+    listed = {f.path for f in manifest.files}
+    links: list[str] = []
+    extra: list[str] = []
+    for folder in FOLDERS:
+        top = root / folder
+        if top.is_symlink():
+            links.append(folder)
+            continue
+        for dirpath, dirnames, filenames in os.walk(top):  # does not follow symlinks
+            for name in sorted(dirnames + filenames):
+                path = Path(dirpath) / name
+                rel = path.relative_to(root).as_posix()
+                if path.is_symlink():
+                    links.append(rel)
+                elif name in filenames and (rel not in listed or not path.is_file()):
+                    extra.append(rel)
+    if links:
+        raise UserError(
+            f"the bundle has symlinks where files must be: {_named(sorted(links))} "
+            f"(copy the files in); nothing installed"
+        )
+    if extra:
+        raise UserError(
+            f"the bundle holds files its {MANIFEST} does not list: {_named(sorted(extra))} "
+            f"(remove them, or make the bundle again); nothing installed"
+        )
+
+
 def check_files(root: Path, manifest: Manifest) -> None:
     """Every listed file present with its size and sha256: the first one that is not is named."""
     for f in manifest.files:
@@ -159,6 +231,7 @@ def verify_manifest(root: str | Path) -> Manifest:
     """Read the manifest and check every file against it. The API fleet and install call."""
     root = Path(root)
     manifest = read_manifest(root)
+    check_layout(root, manifest)
     check_files(root, manifest)
     return manifest
 

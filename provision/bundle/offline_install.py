@@ -1,10 +1,14 @@
 """`install --from-bundle DIR`: check the bundle, then install its plan with no index at all.
 
-Order: the manifest is read and every file hashed BEFORE anything is created; the bundle must
-fit this machine (OS, arch, glibc, Python); the llama-cpp-python sdist and any wheel built for
-this machine are seeded into our cache, where the installer looks for them; then the usual
-install runs with DIR/wheels as the only source (uv --offline --no-index --find-links, pip
---no-index), every version held to the bundle's lock, and the usual verify and receipt.
+Order: the manifest is read BEFORE anything is created; the bundle must fit this machine (OS,
+arch, glibc, Python); its listed paths must stay inside it and its folders hold nothing
+unlisted and no symlink; then every listed file is linked (or copied) into a private folder and
+hashed THERE, so the installer reads exactly the bytes that passed and nothing else (a
+find-links directory would take any wheel in it). The llama-cpp-python sdist and any wheel
+built for this machine are seeded into our cache, where the installer looks for them; then the
+usual install runs with the checked wheels/ as the only source (uv --offline --no-index
+--find-links, pip --no-index), every version held to the bundle's lock, and the usual verify
+and receipt.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from provision.bundle.fetch import place
-from provision.bundle.manifest import Manifest, Target, check_files, read_manifest
+from provision.bundle.manifest import Manifest, Target, check_files, check_layout, read_manifest
 from provision.errors import UserError
 from provision.install import wheelhouse
 from provision.install.executor import InstallerKind
@@ -110,6 +116,27 @@ def seed_cache(root: Path, manifest: Manifest, cache: Path) -> None:
             place(src, cache / Path(f.path))  # wheelhouse/<key>/<file>
 
 
+@contextlib.contextmanager
+def checked_copy(root: Path, manifest: Manifest, under: Path) -> Iterator[Path]:
+    """A private folder holding the listed files only, each hashed there. Hard links where the
+    bundle shares a file system with `under` (free), copies elsewhere (a read-only stick)."""
+    under.mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix="bundle-checked-", dir=under))
+    try:
+        for f in manifest.files:
+            src, out = root / f.path, dest / f.path
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_file():
+                try:
+                    os.link(src, out)
+                except OSError:
+                    shutil.copyfile(src, out)
+        check_files(dest, manifest)  # a missing file is missing here too, and named the same
+        yield dest
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
 def pins_by_env(manifest: Manifest) -> dict[str, list[str]]:
     """Exact versions from the bundle's locks, held as constraints (sources built here excluded)."""
     built = {b["name"] for b in manifest.plan.get("backends", []) if b.get("build")}
@@ -136,15 +163,17 @@ def install_from_bundle(
     reporter = reporter or Reporter()
     manifest = read_manifest(root)
     check_fits_here(manifest)  # before hashing hundreds of MB for a bundle that cannot install here
-    check_files(root, manifest)
-    reporter.say(f"bundle {root}: {len(manifest.files)} files match {root.name}/MANIFEST.json")
+    check_layout(root, manifest)
     plan = plan_from_dict(manifest.plan)
-    wheels = root / "wheels"
-    seed_cache(root, manifest, wheelhouse.cache_root())
-    index = IndexConfig(no_index=True, find_links=(str(wheels),))
-    options = InstallOptions(index=index, replay_pins=pins_by_env(manifest), offline=True, wait=wait)
-    with offline_environment(wheels):
-        receipt = install_plan(plan, venv_root, installer, options=options, reporter=reporter)
+    cache = wheelhouse.cache_root()
+    with checked_copy(root, manifest, cache / "tmp") as checked:
+        reporter.say(f"bundle {root}: {len(manifest.files)} files match {root.name}/MANIFEST.json")
+        wheels = checked / "wheels"
+        seed_cache(checked, manifest, cache)
+        index = IndexConfig(no_index=True, find_links=(str(wheels),))
+        options = InstallOptions(index=index, replay_pins=pins_by_env(manifest), offline=True, wait=wait)
+        with offline_environment(wheels):
+            receipt = install_plan(plan, venv_root, installer, options=options, reporter=reporter)
     receipt.notes.append(
         f"installed offline from the bundle {root} (made by xinfer-setup {manifest.tool_version})"
     )

@@ -27,7 +27,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from provision.bundle.lock import project_of
-from provision.bundle.manifest import sha256_of
+from provision.bundle.manifest import check_layout, read_manifest, sha256_of
 
 SIMPLE = "simple"
 
@@ -69,6 +69,8 @@ def xinference_offline_env(
     bundle with no network. parent_python: the environment Xinference runs in (to see whether
     it has pip, see the module docstring). Writes conf_dir/pip.conf (the bundle may be read-only)."""
     bundle = Path(bundle_dir).absolute()
+    # uv and pip take any wheel in a find-links folder: one the manifest does not list is refused.
+    check_layout(bundle, read_manifest(bundle))
     wheels = bundle / "wheels"
     env = {
         "UV_OFFLINE": "1",

@@ -17,6 +17,7 @@ from provision.errors import OperationFailed, UserError
 from provision.install.receipt import Receipt
 from provision.plan import plan_from_dict
 from provision.redact import drop_masked_credentials, redact_obj
+from provision.stopping import stops_cleanly_on_sigterm
 
 
 def _check_flags(
@@ -95,6 +96,7 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
 @click.option(
     "--from-bundle", metavar="DIR", help="Install a bundle's plan from it alone, with no network (bundle -o)."
 )
+@stops_cleanly_on_sigterm
 def install(
     auto,
     backends,

@@ -51,6 +51,8 @@ def status(venv_root: str | None, as_json: bool) -> None:
             ):
                 if items:
                     click.echo(f"  drift, {label}: {', '.join(items)}")
+            for sentence in e.known:
+                click.echo(f"  note: {sentence}")
     bad = [e for e in envs if not e.ok]
     if bad:
         what = []

@@ -42,6 +42,23 @@ env = {"python_version": "%d.%d" % sys.version_info[:2], "python_full_version": 
 import os
 broken = sorted({os.path.join(p, n) for p in sys.path if os.path.isdir(p) for n in os.listdir(p)
                  if n.endswith(".dist-info") and not os.path.exists(os.path.join(p, n, "METADATA"))})
+# A backend (argv[1]: its distributions) whose RECORD lists a shared library that is gone (a
+# deleted llama_cpp/lib) is broken too: its record goes, so the install puts its files back.
+import csv, re
+wanted = set(json.loads(sys.argv[1])) if len(sys.argv) > 1 else set()
+native = re.compile(r"\.(so(\.[0-9]+)*|dylib|dll|pyd)$")
+for p in [p for p in sys.path if os.path.isdir(p)]:
+    for n in os.listdir(p):
+        project = re.sub(r"[-_.]+", "-", n[:-10].split("-")[0]).lower()
+        if not n.endswith(".dist-info") or project not in wanted:
+            continue
+        try:
+            with open(os.path.join(p, n, "RECORD"), newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+        except OSError:
+            continue
+        if any(r and native.search(r[0]) and not os.path.exists(os.path.join(p, r[0])) for r in rows):
+            broken = sorted(set(broken) | {os.path.join(p, n)})
 print(json.dumps({"dists": dists, "markers": env, "broken": broken}))
 """
 
@@ -63,7 +80,9 @@ class Dist:
 class EnvState:
     dists: dict[str, Dist]
     markers: dict[str, str]
-    broken: tuple[str, ...] = ()  # dist-info directories without METADATA (cut-short installs)
+    # dist-info directories without METADATA (cut-short installs), or of a backend whose shared
+    # libraries are gone: either way, what the install must put back.
+    broken: tuple[str, ...] = ()
 
     def get(self, name: str) -> Dist | None:
         return self.dists.get(canonicalize_name(name))
@@ -94,10 +113,11 @@ def parse_listing(data: dict[str, Any]) -> EnvState:
 def read_state(python: Path) -> EnvState:
     if not Path(python).exists():
         return EnvState({}, {})
+    from provision.install.fingerprint import backend_distributions
+
+    argv = [str(python), "-I", "-c", _LIST_SCRIPT, json.dumps(sorted(backend_distributions()))]
     try:
-        out = subprocess.run(
-            [str(python), "-I", "-c", _LIST_SCRIPT], capture_output=True, text=True, timeout=120, check=True
-        )
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         raise OperationFailed(f"cannot list the packages of {python}: {e}") from None
     return parse_listing(json.loads(out.stdout))
@@ -180,6 +200,40 @@ def deliberately_absent(state: EnvState) -> frozenset[str]:
     if torch is not None and torch.local_tag and state.get("torchvision") is None:
         return frozenset({"torchvision"})
     return frozenset()
+
+
+def deliberate_gaps(state: EnvState, notes: list[str] | tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """What `pip check` reports that the installer did on purpose: (requiring dist, the sentence).
+
+    Fresh `install --auto` on a CPU torch: "timm 1.0.24 requires torchvision, which is not
+    installed" (xinference -> timm). notes: the environment record's notes, where the installer
+    said why it removed the package ("removed torchvision 0.28.0: ..."); quoted back here.
+    """
+    absent = deliberately_absent(state)
+    if not absent:
+        return []
+    markers: dict[str, str] = {**cast("dict[str, str]", default_environment()), **state.markers, "extra": ""}
+    gaps = []
+    for dist in sorted(state.dists.values(), key=lambda d: d.name):
+        for line in dist.requires:
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue
+            missing = canonicalize_name(req.name)
+            if missing not in absent or (req.marker is not None and not req.marker.evaluate(markers)):
+                continue
+            why = next(
+                (n for n in notes if n.startswith(f"removed {missing} ")), f"{missing} left out on purpose"
+            )
+            gaps.append(
+                (
+                    dist.name,
+                    f"`pip check` reports {dist.name} {dist.version} requires {missing}, which is not "
+                    f"installed: known and deliberate ({why})",
+                )
+            )
+    return gaps
 
 
 def closure(requirements: list[str] | tuple[str, ...], state: EnvState) -> list[str]:

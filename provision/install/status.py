@@ -51,6 +51,8 @@ class EnvStatus:
     drift: Drift = field(default_factory=Drift)
     # Checks verify could not run where it last ran ("backend: check"), and what each waits for.
     deferred: list[str] = field(default_factory=list)
+    # Incompatibilities `pip check` reports that the installer chose (state.deliberate_gaps).
+    known: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -92,6 +94,8 @@ def receipt_status(receipt: Receipt) -> list[EnvStatus]:
             ],
         )
         if st.exists:
-            st.drift = package_drift(env.packages, state_mod.read_state(python).frozen())
+            current = state_mod.read_state(python)
+            st.drift = package_drift(env.packages, current.frozen())
+            st.known = [sentence for _, sentence in state_mod.deliberate_gaps(current, env.notes)]
         out.append(st)
     return out

@@ -97,6 +97,7 @@ def verify_receipt(receipt: Receipt) -> list[dict]:
         facts = collect_facts(python, expect.backends)
         add_static_gpu_facts(expect, facts, cuobjdump_for(_toolkit(receipt), cache_root()))
         findings += [c.as_dict() for c in evaluate(expect, facts)]
+        findings += _known_gaps(receipt, env.notes, expect.backends, current)
     return findings
 
 
@@ -106,6 +107,25 @@ def _toolkit(receipt: Receipt) -> str | None:
         if b.get("name") == "llama-cpp-python":
             return (b.get("build") or {}).get("cuda_toolkit")
     return None
+
+
+def _known_gaps(
+    receipt: Receipt, notes: list[str], backends: tuple[str, ...], current: state_mod.EnvState
+) -> list[dict]:
+    """A passing finding per incompatibility `pip check` reports that the installer chose, under the
+    backend that pulls the package in (xinference -> timm -> the torchvision removed)."""
+    out = []
+    for requirer, sentence in state_mod.deliberate_gaps(current, notes):
+        owner = next(
+            (
+                b
+                for b in backends
+                if (rec := receipt.backend(b)) and requirer in state_mod.closure(rec.packages, current)
+            ),
+            backends[0],
+        )
+        out.append({"backend": owner, "name": "pip check", "ok": True, "detail": sentence})
+    return out
 
 
 def _excluded(receipt: Receipt, backend: str) -> frozenset[str]:
