@@ -9,7 +9,7 @@ from pathlib import Path
 from provision.install.index_pages import index_reachable, list_wheels
 from provision.install.receipt import Receipt, write_receipt
 from provision.install.torch_source import resolve_torch_source
-from provision.redact import drop_masked_credentials, redact, redact_obj
+from provision.redact import RedactingStream, drop_masked_credentials, redact, redact_obj
 from tests.support.auth_index import auth_index
 from tests.support.cli import TEST_SECRETS, assert_no_secret, cli
 
@@ -32,6 +32,30 @@ def test_redact_masks_url_userinfo_keys_bearer_and_env_tokens():
     # Logins that are not secrets stay readable.
     assert redact("ssh://root@10.0.0.2:22/x", env) == "ssh://root@10.0.0.2:22/x"
     assert redact("/usr/bin and 1", env) == "/usr/bin and 1"
+
+
+def test_a_secret_written_in_two_halves_is_redacted(monkeypatch):
+    """The CLI's stdout/stderr redact by line: neither half of a key or token leaves, even with a
+    flush between the halves (click flushes after every echo)."""
+    import io
+
+    monkeypatch.setenv("HF_TOKEN", HF)
+    inner = io.StringIO()
+    stream = RedactingStream(inner)
+    for first, second in (
+        (f"serve --api-key {TOKEN[:5]}", f"{TOKEN[5:]} ok\n"),
+        (f"hub {HF[:4]}", f"{HF[4:]}\n"),
+    ):
+        stream.write(first)
+        stream.flush()
+        stream.write(second)
+    stream.write(f"last words {HF}")  # no newline: it leaves at exit (drain), redacted too
+    assert "last words" not in inner.getvalue()
+    stream.drain()
+    out = inner.getvalue()
+    assert out == "serve --api-key **** ok\nhub ****\nlast words ****", out
+    for secret in (TOKEN, HF):
+        assert secret[:4] not in out and secret[-4:] not in out
 
 
 def test_redact_obj_masks_values_of_secret_keys_and_every_string():
