@@ -39,6 +39,7 @@ from provision.engines.engine_probe import RESULT_MARKER
 from provision.engines.server import ManagedServer, ServerError, free_port, offline_env
 from provision.errors import OperationFailed
 from provision.profile import HostProfile
+from provision.serve.keys import API_KEY_FLAGS, KEY_FILE_ENV, keyed_command, write_key_file
 from provision.tiny_model import TinyModel
 from smoke.checks import (
     CPU_LOGIT_TOLERANCE,
@@ -50,7 +51,7 @@ from smoke.checks import (
     llama_cpp_placement,
 )
 from smoke.reference import TinyReference
-from smoke.report import EngineResult, SmokeReport
+from smoke.report import EngineResult, NotCompared, SmokeReport
 from smoke.server_tokens import SERVER_GREEDY_IDS
 from smoke.settings import smoke_env, smoke_launch
 
@@ -128,7 +129,30 @@ def run_smoke(
     results = [r for rows_of_one in _run_all(rows, tasks) for r in rows_of_one]
     tolerance = GPU_LOGIT_TOLERANCE if gpu else CPU_LOGIT_TOLERANCE
     agreement = _agreements(greedy, expected, tolerance)
-    return SmokeReport(_model_info(model), results, agreement, time.perf_counter() - started)
+    report = SmokeReport(_model_info(model), results, agreement, time.perf_counter() - started)
+    report.not_compared = not_compared(results, gpu)
+    return report
+
+
+def not_compared(results: list[EngineResult], gpu: bool) -> list[NotCompared]:
+    """Engines that served and answered but compute in half precision here, so their answers were
+    checked for form only: the report says so rather than claim they agree token for token."""
+    out = []
+    for r in results:
+        adapter = ADAPTERS.get(r.backend)
+        if r.status != "pass" or adapter is None or adapter.computes_float32(gpu):
+            continue
+        dtype = smoke_launch(adapter, HOST, 0, gpu).dtype
+        out.append(
+            NotCompared(
+                r.backend,
+                dtype,
+                f"runs {dtype} here (its {'GPU' if gpu else 'CPU'} kernels take no float32): its answer "
+                "was checked for form (non-empty, finish reason, token count, stream equal to reply), "
+                "not token for token against the float32 reference",
+            )
+        )
+    return out
 
 
 def _run_all(jobs: list[Callable[[], list[EngineResult]]], tasks: _Tasks) -> list[list[EngineResult]]:
@@ -296,8 +320,13 @@ def _serve_and_ask(
 
     api_key = f"sk-smoke-{secrets.token_hex(8)}" if adapter.supports_api_key else None
     port = free_port(HOST)
-    argv = adapter.server_command(python, model_path, smoke_launch(adapter, HOST, port, tasks.gpu), api_key)
+    # The key goes the way serve's does: a 0600 file the launcher reads and deletes, never argv.
+    argv = adapter.server_command(python, model_path, smoke_launch(adapter, HOST, port, tasks.gpu))
     env = {**adapter.server_env(tasks.work_dir / adapter.name), **smoke_env(adapter, tasks.gpu)}
+    key_file = tasks.work_dir / adapter.name / "api-key"
+    if api_key:
+        argv = keyed_command(argv, API_KEY_FLAGS[adapter.name])
+        env[KEY_FILE_ENV] = str(write_key_file(key_file, api_key))
     server = ManagedServer(
         argv,
         host=HOST,
@@ -332,6 +361,8 @@ def _serve_and_ask(
     except (openai.OpenAIError, AnswerError, OSError, KeyError, ValueError) as e:
         tasks.check()
         raise EngineFailed(f"chat: {_one_line(e)}", server.log_tail(LOG_TAIL_LINES)) from None
+    finally:
+        key_file.unlink(missing_ok=True)  # the launcher deletes it once read, unless it died first
     stopped = server.stop_result  # set by leaving the `with`
     if stopped is not None and not stopped.clean:
         code = stopped.returncode
