@@ -4,7 +4,8 @@ What counts as a secret:
   - the password (or lone token) in a URL's userinfo: `https://user:s3cret@host/` ->
     `https://user:****@host/`, `https://tok3n@host/` -> `https://****@host/` (pip and uv take a
     lone userinfo as a token);
-  - the value after `--api-key` / `--api_key` / `api_key=` and an HTTP `Bearer` token;
+  - the value after `--api-key` / `--api_key` / `api_key=`, an HTTP `Bearer` token, and a
+    setup, access or refresh token (`Setup token: ...`, `"access_token": "..."`);
   - the value of any environment variable whose name says it holds a secret (HF_TOKEN,
     *_PASSWORD, *_API_KEY, *_SECRET, ...) wherever that value turns up in text.
 Every sink (stdout/stderr through the CLI, the receipt, plan JSON, build logs) goes through
@@ -27,6 +28,11 @@ _FLAG_VALUE = re.compile(
     r"(?P<flag>--api[-_]key(?:=|\s+)|\bapi[-_]key\s*[=:]\s*['\"]?)(?P<value>[^\s'\",]+)", re.I
 )
 _BEARER = re.compile(r"(?P<flag>\bBearer\s+)(?P<value>[A-Za-z0-9._~+/=-]+)")
+# Xinference logs its first-run "Setup token: ..." (api/restful_api.py); OAuth replies carry
+# "access_token"/"refresh_token".
+_TOKEN_VALUE = re.compile(
+    r"(?P<flag>\b(?:setup|access|refresh)[ _-]?token['\"]?\s*[:=]\s*['\"]?)(?P<value>[^\s'\",]+)", re.I
+)
 _SECRET_VAR = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|APIKEY|ACCESS_KEY|CREDENTIALS?)$", re.I)
 # Short values ("1", "yes") would redact ordinary words; real tokens are longer.
 _MIN_SECRET_LEN = 6
@@ -57,6 +63,7 @@ def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
     text = _URL_USERINFO.sub(_mask_userinfo, text)
     text = _FLAG_VALUE.sub(lambda m: m.group("flag") + MASK, text)
     text = _BEARER.sub(lambda m: m.group("flag") + MASK, text)
+    text = _TOKEN_VALUE.sub(lambda m: m.group("flag") + MASK, text)
     for value in env_secrets(environ):
         text = text.replace(value, MASK)
     return text

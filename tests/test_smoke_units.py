@@ -298,3 +298,10 @@ def test_on_a_gpu_the_report_names_the_engines_held_to_the_reference_and_those_n
     assert "not compared token for token: vllm: runs float16 here (its GPU kernels" in text
     # On CPU, vLLM's CPU build computes float32 and is compared: it is not left out.
     assert not_compared(results[:2], gpu=False) == []
+
+
+def test_every_engine_that_takes_a_key_names_its_option():
+    """smoke and serve pass keys through keyed_launch.py with this option, never on argv."""
+    from provision.serve.keys import API_KEY_FLAGS
+
+    assert {n for n, a in ADAPTERS.items() if a.supports_api_key} == set(API_KEY_FLAGS)
