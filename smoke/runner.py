@@ -15,7 +15,8 @@ engines (smoke/xinference_check.py).
 Every engine's probe and server, and Xinference, start at once and each is bounded by its
 own readiness: the run takes as long as its slowest engine, not the sum. Then every engine
 that computes in float32 is held to the reference's greedy ids (and prompt logits where it
-gives them), and transformers and llama.cpp to each other.
+gives them), and transformers and llama.cpp to each other; the report names the engines that
+were not (half precision on a GPU) rather than let them pass as compared.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from provision.engines.engine_probe import RESULT_MARKER
 from provision.engines.server import ManagedServer, ServerError, free_port, offline_env
 from provision.errors import OperationFailed
 from provision.profile import HostProfile
+from provision.redact import redact
 from provision.serve.keys import API_KEY_FLAGS, KEY_FILE_ENV, keyed_command, write_key_file
 from provision.tiny_model import TinyModel
 from smoke.checks import (
@@ -289,7 +291,7 @@ def _probe(
         with tasks.lock:
             tasks.probes.discard(proc)
     tasks.check()
-    log_path.write_text(stdout + stderr)
+    log_path.write_text(redact(stdout + stderr))  # as every log we write
     tail = "\n".join(stderr.strip().splitlines()[-LOG_TAIL_LINES:])
     line = next((x for x in reversed(stdout.splitlines()) if x.startswith(RESULT_MARKER)), None)
     if proc.returncode != 0 or line is None:
