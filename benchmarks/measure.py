@@ -20,8 +20,9 @@ import json, resource, subprocess, sys, time
 t = time.perf_counter()
 rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode
 wall = time.perf_counter() - t
-kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"rc": rc, "wall_s": wall, "rss_mib": kib / 1024}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = usage.ru_utime + usage.ru_stime
+print(json.dumps({"rc": rc, "wall_s": wall, "cpu_s": cpu, "rss_mib": usage.ru_maxrss / 1024}))
 """
 
 
@@ -34,6 +35,8 @@ class Sample:
     name: str
     walls: list[float] = field(default_factory=list)
     rss_mib: list[float] = field(default_factory=list)
+    # CPU seconds (user + system, children included): on a shared machine less noisy than wall.
+    cpu_s: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -47,6 +50,8 @@ class Sample:
             "min_s": round(min(self.walls), 4),
             "max_s": round(max(self.walls), 4),
             "peak_rss_mib": round(max(self.rss_mib), 1) if self.rss_mib else None,
+            "median_cpu_s": round(statistics.median(self.cpu_s), 4) if self.cpu_s else None,
+            "walls_s": [round(w, 4) for w in self.walls],
         }
 
 
@@ -73,15 +78,17 @@ def run_command(
         if i >= warmup:
             sample.walls.append(result["wall_s"])
             sample.rss_mib.append(result["rss_mib"])
+            sample.cpu_s.append(result["cpu_s"])
     return sample
 
 
 def time_callable(name: str, fn, runs: int) -> Sample:
     sample = Sample(name)
     for _ in range(runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         sample.walls.append(time.perf_counter() - t)
+        sample.cpu_s.append(time.process_time() - c)
     return sample
 
 

@@ -1,13 +1,15 @@
 """How fast xinfer-setup is, against what users would use instead.
 
-    .venv/bin/python benchmarks/run.py [--runs 5] [--root DIR] [--skip NAME ...] [--json FILE]
+    .venv/bin/python benchmarks/run.py [--runs 5] [--root DIR] [--skip S | --only S ...] [--json FILE]
 
 Each row is a ratio against a baseline measured in the same run (median of several runs,
-min–max beside it, n runs), plus peak RSS. Sections: probe, plan, noop, fresh, llama, smoke, vllm,
-resolve. Minute-long rows (fresh installs, cold builds) run once: their n=1 is in the table.
+min–max beside it, n runs), plus peak RSS. Sections: probe, plan, fleetplan, noop, fresh, llama,
+smoke, vllm, resolve (`--only probe --only plan` runs just those). Minute-long rows (fresh
+installs, cold builds) run once: their n=1 is in the table. The raw results go to
+benchmarks/results-ARCH-NcoreS[-SECTIONS].json unless --json names another file.
 `--root` reuses an environment root made by `xinfer-setup install --auto --venv ROOT`;
-without it one is provisioned first (and timed). Exits non-zero only if a measured command
-fails: these are measurements, not tests.
+without it one is provisioned first (and timed) where a section needs one (noop, smoke, vllm).
+Exits non-zero only if a measured command fails: these are measurements, not tests.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,7 @@ from provision.install.executor import uv_bin  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TOOL = [sys.executable, "-m", "provision"]
-SECTIONS = ("probe", "plan", "noop", "fresh", "llama", "smoke", "vllm", "resolve")
+SECTIONS = ("probe", "plan", "fleetplan", "noop", "fresh", "llama", "smoke", "vllm", "resolve")
 # A GPU-target profile resolved from this CPU machine (vllm in its own env, CUDA 13 torch).
 RESOLVE_PROFILE = REPO / "tests" / "profiles" / "linux-h100-driver590.json"
 
@@ -49,6 +52,10 @@ class Report:
             row["baseline"] = baseline.name
             row["baseline_median_s"] = round(baseline.median, 4)
             row["ratio"] = round(ratio(sample, baseline), 3)
+            if sample.cpu_s and baseline.cpu_s:
+                base_cpu = statistics.median(baseline.cpu_s)
+                row["baseline_median_cpu_s"] = round(base_cpu, 4)
+                row["cpu_ratio"] = round(statistics.median(sample.cpu_s) / base_cpu, 3)
         self.rows.append(row)
         print(_format_row(row), flush=True)
 
@@ -58,9 +65,9 @@ def _format_row(r: dict) -> str:
     rss = f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else "-"
     vs = f"  {r['ratio']:.2f}x of {r['baseline']}" if "ratio" in r else ""
     tgt = f"  [target: {r['target']}]" if r.get("target") else ""
-    return (
-        f"{r['section']:8} {r['name']:44} {r['median_s']:9.3f} s ({rng}, n={r['runs']})  rss {rss}{vs}{tgt}"
-    )
+    cpu = f", cpu {r['median_cpu_s']:.3f} s" if r.get("median_cpu_s") is not None else ""
+    head = f"{r['section']:9} {r['name']:44} {r['median_s']:9.3f} s ({rng}, n={r['runs']}{cpu})"
+    return f"{head}  rss {rss}{vs}{tgt}"
 
 
 def _tool(*args: str) -> list[str]:
@@ -68,7 +75,9 @@ def _tool(*args: str) -> list[str]:
 
 
 def bench_probe(rep: Report, runs: int, engine_python: Path | None) -> None:
-    bare = run_command("python -c pass", [sys.executable, "-c", "pass"], runs, warmup=1)
+    bare = run_command(
+        "bare interpreter start-up (python -c pass)", [sys.executable, "-c", "pass"], runs, warmup=1
+    )
     rep.add("probe", bare)
     probe = run_command("xinfer-setup probe --json", _tool("probe", "--json"), runs, warmup=1)
     rep.add("probe", probe, bare, target="<= 10x bare start-up, < 50 MiB")
@@ -99,8 +108,90 @@ def bench_plan(rep: Report, runs: int) -> None:
 
     sample = time_callable(f"make_plan x1000 ({len(profiles)} profiles)", plan_all, runs)
     rep.add("plan", sample, target="< 5 s total")
+    # plan --auto probes first: against probe --json alone, the ratio is what planning adds.
+    probe = run_command(
+        "probe --json (the probe plan --auto starts with)", _tool("probe", "--json"), runs, warmup=1
+    )
     cli = run_command("xinfer-setup plan --auto --json", _tool("plan", "--auto", "--json"), runs, warmup=1)
-    rep.add("plan", cli, note="whole CLI, probe included")
+    rep.add("plan", probe)
+    rep.add("plan", cli, probe, note="whole CLI, probe included")
+
+
+FLEET_HOSTS = 1000
+
+
+def _fleet_profiles(n: int) -> list[dict]:
+    """n distinct host profiles from the recorded ones (tests/profiles): Pythons, core counts,
+    driver patch levels, GPU counts and AVX-512 vary, as across a real fleet."""
+    import copy
+
+    bases = [json.loads(p.read_text()) for p in sorted((REPO / "tests" / "profiles").glob("*.json"))]
+    out = []
+    for i in range(n):
+        d, k = copy.deepcopy(bases[i % len(bases)]), i // len(bases)
+        d["python"]["version"] = ["3.10.14", "3.11.9", "3.12.4"][k % 3]
+        d["cpu"]["cores"] = 8 + k
+        if (d.get("nvidia") or {}).get("driver_version"):
+            major = d["nvidia"]["driver_version"].split(".")[0]
+            d["nvidia"]["driver_version"] = f"{major}.{k % 90}.{k % 7:02d}"
+        if d.get("gpus") and k % 4 == 1:
+            d["gpus"] = [*d["gpus"], dict(d["gpus"][0], index=len(d["gpus"]))]
+        if k % 5 == 2:
+            d["cpu"]["flags"] = [f for f in d["cpu"].get("flags", []) if not f.startswith("avx512")]
+        out.append(d)
+    return out
+
+
+def bench_fleet_plan(rep: Report, runs: int, scratch: Path) -> dict:
+    """`fleet plan` over FLEET_HOSTS profiles, against two baselines in the same run: the same
+    profiles planned one by one in one process (make_plan alone: no inventory, no grouping), and
+    `ansible-inventory --list` of the same inventory (the read fleet plan starts with)."""
+    from provision.fleet.inventory import ansible_bin
+    from provision.plan import PlanRequest
+    from provision.planner import load_recipes, make_plan
+    from provision.profile import profile_from_dict
+
+    work = scratch / "fleet"
+    (work / "profiles").mkdir(parents=True)
+    dicts = _fleet_profiles(FLEET_HOSTS)
+    lines = ["[supervisor]", "h0000 ansible_host=198.18.200.1", "[workers]"]
+    for i, d in enumerate(dicts):
+        (work / "profiles" / f"h{i:04d}.json").write_text(json.dumps(d))
+        if i:
+            lines.append(f"h{i:04d} ansible_host=10.{i // 250}.{i % 250}.1")
+    inventory = scratch / "hosts.ini"
+    inventory.write_text("\n".join(lines) + "\n")
+
+    recipes, request = load_recipes(), PlanRequest()
+
+    def plan_each() -> None:
+        for d in dicts:
+            make_plan(profile_from_dict(d), request, recipes)
+
+    alone = time_callable(f"make_plan of the same {FLEET_HOSTS} profiles, one process", plan_each, runs)
+    inv = run_command(
+        f"ansible-inventory --list ({FLEET_HOSTS} hosts)",
+        [ansible_bin("ansible-inventory"), "-i", str(inventory), "--list"],
+        runs,
+        warmup=1,
+    )
+    fleet = run_command(
+        f"fleet plan, {FLEET_HOSTS} profiles",
+        _tool("fleet", "plan", "-i", str(inventory), "--dir", str(work), "--json"),
+        runs,
+        warmup=1,
+    )
+    rep.add("fleetplan", alone)
+    rep.add("fleetplan", inv)
+    rep.add("fleetplan", fleet, alone, target="< 5 s")
+    rep.add("fleetplan", fleet, inv)
+    out = subprocess.run(
+        _tool("fleet", "plan", "-i", str(inventory), "--dir", str(work), "--json"),
+        capture_output=True,
+        text=True,
+    )
+    report = json.loads(out.stdout)
+    return {"hosts": FLEET_HOSTS, "plans": len(report["plans"]), "builds": len(report["builds"])}
 
 
 def _receipt(root: Path) -> dict:
@@ -396,10 +487,16 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--root", type=Path, help="a root provisioned by install --auto --venv ROOT")
     ap.add_argument("--skip", action="append", default=[], choices=SECTIONS)
-    ap.add_argument("--json", type=Path, help="write the results here as JSON too")
+    ap.add_argument("--only", action="append", default=[], choices=SECTIONS, help="run just these sections")
+    ap.add_argument(
+        "--json",
+        type=Path,
+        help="where the raw results go (default: benchmarks/results-ARCH-NcoreS-SECTIONS.json)",
+    )
     args = ap.parse_args()
     rep = Report()
     extra: dict = {}
+    load_start = list(os.getloadavg())
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         flush=True,
@@ -407,10 +504,11 @@ def main() -> int:
     _compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="xinfer-bench-") as tmp:
         scratch = Path(tmp)
-        todo = [s for s in SECTIONS if s not in args.skip]
+        todo = [s for s in SECTIONS if s not in args.skip and (not args.only or s in args.only)]
         try:
             root = args.root
-            if root is None and {"noop", "smoke", "probe"} & set(todo):
+            # probe compares with torch's collect_env only where a root is given.
+            if root is None and {"noop", "smoke", "vllm"} & set(todo):
                 root = scratch / "root"
                 _provision(root, rep)
             engine_python = root / "main" / "bin" / "python" if root else None
@@ -419,6 +517,8 @@ def main() -> int:
                     bench_probe(rep, args.runs * 4, engine_python)
                 elif section == "plan":
                     bench_plan(rep, args.runs)
+                elif section == "fleetplan":
+                    extra["fleetplan"] = bench_fleet_plan(rep, max(3, args.runs // 2), scratch)
                 elif section == "noop":
                     bench_noop(rep, max(10, args.runs), root)
                 elif section == "fresh":
@@ -435,14 +535,29 @@ def main() -> int:
             print(f"benchmark failed: {e}", file=sys.stderr)
             return 1
     result = {
+        "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["benchmarks/run.py", *sys.argv[1:]]),
+        "commit": _commit(),
         "machine": {"arch": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
+        # The machine may be shared: the load average says how busy it was around the run.
+        "load_average": {"start": load_start, "end": list(os.getloadavg())},
+        "sections": todo,
         "rows": rep.rows,
         **extra,
     }
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
+    suffix = "" if todo == list(SECTIONS) else "-" + "-".join(todo)
+    out = args.json or REPO / "benchmarks" / f"results-{platform.machine()}-{os.cpu_count()}core{suffix}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"raw results: {out}", flush=True)
     return 0
+
+
+def _commit() -> str | None:
+    """The commit measured; "+changes" when the checkout differs from it (tracked files)."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    status = ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]
+    dirty = subprocess.run(status, capture_output=True, text=True)
+    return (head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")) or None
 
 
 if __name__ == "__main__":

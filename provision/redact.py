@@ -4,7 +4,8 @@ What counts as a secret:
   - the password (or lone token) in a URL's userinfo: `https://user:s3cret@host/` ->
     `https://user:****@host/`, `https://tok3n@host/` -> `https://****@host/` (pip and uv take a
     lone userinfo as a token);
-  - the value after `--api-key` / `--api_key` / `api_key=` and an HTTP `Bearer` token;
+  - the value after `--api-key` / `--api_key` / `api_key=`, an HTTP `Bearer` token, and a
+    setup, access or refresh token (`Setup token: ...`, `"access_token": "..."`);
   - the value of any environment variable whose name says it holds a secret (HF_TOKEN,
     *_PASSWORD, *_API_KEY, *_SECRET, ...) wherever that value turns up in text.
 Every sink (stdout/stderr through the CLI, the receipt, plan JSON, build logs) goes through
@@ -27,6 +28,11 @@ _FLAG_VALUE = re.compile(
     r"(?P<flag>--api[-_]key(?:=|\s+)|\bapi[-_]key\s*[=:]\s*['\"]?)(?P<value>[^\s'\",]+)", re.I
 )
 _BEARER = re.compile(r"(?P<flag>\bBearer\s+)(?P<value>[A-Za-z0-9._~+/=-]+)")
+# Xinference logs its first-run "Setup token: ..." (api/restful_api.py); OAuth replies carry
+# "access_token"/"refresh_token".
+_TOKEN_VALUE = re.compile(
+    r"(?P<flag>\b(?:setup|access|refresh)[ _-]?token['\"]?\s*[:=]\s*['\"]?)(?P<value>[^\s'\",]+)", re.I
+)
 _SECRET_VAR = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|APIKEY|ACCESS_KEY|CREDENTIALS?)$", re.I)
 # Short values ("1", "yes") would redact ordinary words; real tokens are longer.
 _MIN_SECRET_LEN = 6
@@ -57,6 +63,7 @@ def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
     text = _URL_USERINFO.sub(_mask_userinfo, text)
     text = _FLAG_VALUE.sub(lambda m: m.group("flag") + MASK, text)
     text = _BEARER.sub(lambda m: m.group("flag") + MASK, text)
+    text = _TOKEN_VALUE.sub(lambda m: m.group("flag") + MASK, text)
     for value in env_secrets(environ):
         text = text.replace(value, MASK)
     return text
@@ -94,16 +101,67 @@ def strip_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
     return urlunsplit(parts._replace(netloc=hostport)), (unquote(user), unquote(password))
 
 
+class LineRedactor:
+    """Redaction by whole line: text is held until its newline, so a secret split across two
+    writes is seen whole before any of it leaves. `extra` are exact values to mask as well (a
+    server's own API key, which no pattern or environment variable names)."""
+
+    # A line longer than this leaves in pieces (a runaway progress bar must not hold memory).
+    MAX_PENDING = 1 << 20
+
+    def __init__(self, extra: tuple[str, ...] = ()) -> None:
+        self._pending = ""
+        self._extra = tuple(sorted((v for v in extra if v), key=len, reverse=True))
+
+    def _redact(self, text: str) -> str:
+        for value in self._extra:
+            text = text.replace(value, MASK)
+        return redact(text)
+
+    def feed(self, s: str) -> str:
+        """What may leave now: every complete line in the pending text plus s, redacted."""
+        text = self._pending + s
+        cut = text.rfind("\n") + 1
+        if not cut and len(text) > self.MAX_PENDING:
+            cut = len(text)
+        self._pending = text[cut:]
+        return self._redact(text[:cut]) if cut else ""
+
+    def drain(self) -> str:
+        """The partial last line, redacted: at close or exit, when no more of it will come."""
+        text, self._pending = self._pending, ""
+        return self._redact(text) if text else ""
+
+
 class RedactingStream:
-    """A text stream that redacts every write: the CLI wraps stdout/stderr in it, so a message
-    from any layer (click, a library, a subprocess's captured output we echo) leaves redacted."""
+    """A text stream that redacts every line: the CLI wraps stdout/stderr in it, so a message
+    from any layer (click, a library, a subprocess's captured output we echo) leaves redacted.
+    A partial line waits for its newline even through flush() (click flushes after every echo,
+    so a secret printed in two pieces would otherwise leave in two unredacted halves); what is
+    left is written at close() or at interpreter exit. We print no prompts, so nothing waits."""
 
     def __init__(self, inner: TextIO) -> None:
+        import atexit
+
         self._inner = inner
+        self._lines = LineRedactor()
+        atexit.register(self.drain)
 
     def write(self, s: str) -> int:
-        self._inner.write(redact(s))
+        out = self._lines.feed(s)
+        if out:
+            self._inner.write(out)
         return len(s)
+
+    def drain(self) -> None:
+        rest = self._lines.drain()
+        if rest:
+            self._inner.write(rest)
+            self._inner.flush()
+
+    def close(self) -> None:
+        self.drain()
+        self._inner.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -51,6 +51,10 @@ def render_table(report) -> str:
             lines.extend("    " + x for x in r.log_tail.splitlines())
     for a in report.agreement:
         lines.append(f"agreement {a.left} ~ {a.right}: {a.status} ({a.reason})")
+    compared = ", ".join(report.compared) or "none"
+    lines.append(f"held to the float32 reference token for token: {compared}")
+    for n in report.not_compared:
+        lines.append(f"not compared token for token: {n.engine}: {n.reason}")
     m = report.model
     made = f"generated in {m['generate_s']:.2f}s" if m["generated"] else "from cache"
     lines.append(

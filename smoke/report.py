@@ -29,12 +29,30 @@ class EngineResult:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class NotCompared:
+    """An engine that served and answered but was not held to the reference token for token."""
+
+    engine: str
+    dtype: str  # what it computed in
+    reason: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
 @dataclass
 class SmokeReport:
     model: dict
     results: list[EngineResult]
     agreement: list[Agreement] = field(default_factory=list)
     total_s: float = 0.0
+    not_compared: list[NotCompared] = field(default_factory=list)
+
+    @property
+    def compared(self) -> list[str]:
+        """The engines held to the float32 reference's greedy token ids, in report order."""
+        return list(dict.fromkeys(a.left for a in self.agreement if a.right == "reference"))
 
     @property
     def ok(self) -> bool:
@@ -48,4 +66,6 @@ class SmokeReport:
             "model": self.model,
             "engines": [r.to_dict() for r in self.results],
             "agreement": [a.to_dict() for a in self.agreement],
+            "compared": self.compared,
+            "not_compared": [n.to_dict() for n in self.not_compared],
         }

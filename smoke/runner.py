@@ -15,7 +15,8 @@ engines (smoke/xinference_check.py).
 Every engine's probe and server, and Xinference, start at once and each is bounded by its
 own readiness: the run takes as long as its slowest engine, not the sum. Then every engine
 that computes in float32 is held to the reference's greedy ids (and prompt logits where it
-gives them), and transformers and llama.cpp to each other.
+gives them), and transformers and llama.cpp to each other; the report names the engines that
+were not (half precision on a GPU) rather than let them pass as compared.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from provision.engines.engine_probe import RESULT_MARKER
 from provision.engines.server import ManagedServer, ServerError, free_port, offline_env
 from provision.errors import OperationFailed
 from provision.profile import HostProfile
+from provision.redact import redact
+from provision.serve.keys import KEY_FILE_ENV, keyed_command, write_key_file
 from provision.tiny_model import TinyModel
 from smoke.checks import (
     CPU_LOGIT_TOLERANCE,
@@ -50,7 +53,7 @@ from smoke.checks import (
     llama_cpp_placement,
 )
 from smoke.reference import TinyReference
-from smoke.report import EngineResult, SmokeReport
+from smoke.report import EngineResult, NotCompared, SmokeReport
 from smoke.server_tokens import SERVER_GREEDY_IDS
 from smoke.settings import smoke_env, smoke_launch
 
@@ -128,7 +131,30 @@ def run_smoke(
     results = [r for rows_of_one in _run_all(rows, tasks) for r in rows_of_one]
     tolerance = GPU_LOGIT_TOLERANCE if gpu else CPU_LOGIT_TOLERANCE
     agreement = _agreements(greedy, expected, tolerance)
-    return SmokeReport(_model_info(model), results, agreement, time.perf_counter() - started)
+    report = SmokeReport(_model_info(model), results, agreement, time.perf_counter() - started)
+    report.not_compared = not_compared(results, gpu)
+    return report
+
+
+def not_compared(results: list[EngineResult], gpu: bool) -> list[NotCompared]:
+    """Engines that served and answered but compute in half precision here, so their answers were
+    checked for form only: the report says so rather than claim they agree token for token."""
+    out = []
+    for r in results:
+        adapter = ADAPTERS.get(r.backend)
+        if r.status != "pass" or adapter is None or adapter.computes_float32(gpu):
+            continue
+        dtype = smoke_launch(adapter, HOST, 0, gpu).dtype
+        out.append(
+            NotCompared(
+                r.backend,
+                dtype,
+                f"runs {dtype} here (its {'GPU' if gpu else 'CPU'} kernels take no float32): its answer "
+                "was checked for form (non-empty, finish reason, token count, stream equal to reply), "
+                "not token for token against the float32 reference",
+            )
+        )
+    return out
 
 
 def _run_all(jobs: list[Callable[[], list[EngineResult]]], tasks: _Tasks) -> list[list[EngineResult]]:
@@ -265,7 +291,7 @@ def _probe(
         with tasks.lock:
             tasks.probes.discard(proc)
     tasks.check()
-    log_path.write_text(stdout + stderr)
+    log_path.write_text(redact(stdout + stderr))  # as every log we write
     tail = "\n".join(stderr.strip().splitlines()[-LOG_TAIL_LINES:])
     line = next((x for x in reversed(stdout.splitlines()) if x.startswith(RESULT_MARKER)), None)
     if proc.returncode != 0 or line is None:
@@ -296,8 +322,13 @@ def _serve_and_ask(
 
     api_key = f"sk-smoke-{secrets.token_hex(8)}" if adapter.supports_api_key else None
     port = free_port(HOST)
-    argv = adapter.server_command(python, model_path, smoke_launch(adapter, HOST, port, tasks.gpu), api_key)
+    # The key goes the way serve's does: a 0600 file the launcher reads and deletes, never argv.
+    argv = adapter.server_command(python, model_path, smoke_launch(adapter, HOST, port, tasks.gpu))
     env = {**adapter.server_env(tasks.work_dir / adapter.name), **smoke_env(adapter, tasks.gpu)}
+    key_file = tasks.work_dir / adapter.name / "api-key"
+    if api_key and adapter.api_key_flag:
+        argv = keyed_command(argv, adapter.api_key_flag)
+        env[KEY_FILE_ENV] = str(write_key_file(key_file, api_key))
     server = ManagedServer(
         argv,
         host=HOST,
@@ -332,6 +363,8 @@ def _serve_and_ask(
     except (openai.OpenAIError, AnswerError, OSError, KeyError, ValueError) as e:
         tasks.check()
         raise EngineFailed(f"chat: {_one_line(e)}", server.log_tail(LOG_TAIL_LINES)) from None
+    finally:
+        key_file.unlink(missing_ok=True)  # the launcher deletes it once read, unless it died first
     stopped = server.stop_result  # set by leaving the `with`
     if stopped is not None and not stopped.clean:
         code = stopped.returncode

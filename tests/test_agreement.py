@@ -94,6 +94,7 @@ def test_xllamacpp_server_gives_the_reference_ids(_engine_pythons, tmp_path):
     """xllamacpp has no in-process probe: its llama.cpp server returns the greedy ids itself
     (/completion with the prompt as ids, return_tokens), compared with the reference's."""
     from provision.engines.server import ManagedServer, free_port
+    from provision.serve.keys import KEY_FILE_ENV, keyed_command, write_key_file
     from smoke.server_tokens import SERVER_GREEDY_IDS
     from smoke.settings import smoke_launch
 
@@ -104,13 +105,16 @@ def test_xllamacpp_server_gives_the_reference_ids(_engine_pythons, tmp_path):
     adapter = ADAPTERS["xllamacpp"]
     port = free_port()
     argv = adapter.server_command(
-        _engine_pythons["xllamacpp"],
-        model.gguf_path,
-        smoke_launch(adapter, "127.0.0.1", port, False),
-        "sk-agree",
+        _engine_pythons["xllamacpp"], model.gguf_path, smoke_launch(adapter, "127.0.0.1", port, False)
     )
+    key_file = write_key_file(tmp_path / "api-key", "sk-agree")
     with ManagedServer(
-        argv, host="127.0.0.1", port=port, log_path=tmp_path / "xl.log", api_key="sk-agree"
+        keyed_command(argv, adapter.api_key_flag or ""),
+        host="127.0.0.1",
+        port=port,
+        log_path=tmp_path / "xl.log",
+        api_key="sk-agree",
+        env={KEY_FILE_ENV: str(key_file)},
     ) as server:
         ids = SERVER_GREEDY_IDS["xllamacpp"](server.base_url, "tiny", "sk-agree", prompt_ids, 12)
     verdict = compare_greedy("xllamacpp", "reference", ids, expected.new_ids)

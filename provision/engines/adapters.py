@@ -80,9 +80,9 @@ class EngineAdapter:
     def can_run(self, profile: HostProfile) -> tuple[bool, str]:
         return True, "runs on CPU" if not has_cuda_device(profile) else "runs on the CUDA device"
 
-    def server_command(
-        self, python: Path, model: Path, launch: LaunchSettings, api_key: str | None
-    ) -> list[str]:
+    def server_command(self, python: Path, model: Path, launch: LaunchSettings) -> list[str]:
+        """The server's argv. It never holds an API key: where one is wanted, the caller runs this
+        argv through provision/serve/keys.py's keyed_command, which adds it inside the process."""
         raise NotImplementedError
 
     def server_env(self, work_dir: Path) -> dict[str, str]:
@@ -136,7 +136,7 @@ class TransformersAdapter(EngineAdapter):
         hub_cache.mkdir(parents=True, exist_ok=True)
         return {"HF_HUB_CACHE": str(hub_cache)}
 
-    def server_command(self, python, model, launch, api_key):
+    def server_command(self, python, model, launch):
         # `transformers serve` (5.x) preloads the positional model and serves it under its path.
         # It has no API key option; api_key_flag is None so none is passed.
         return [
@@ -168,7 +168,7 @@ class LlamaCppPythonAdapter(EngineAdapter):
     # llama_cpp.server applies repeat_penalty 1.1 unless told otherwise, even at temperature 0.
     extra_body: tuple[tuple[str, object], ...] = (("repeat_penalty", 1.0),)
 
-    def server_command(self, python, model, launch, api_key):
+    def server_command(self, python, model, launch):
         # chat_format is left unset: the server then uses the GGUF's own Jinja template.
         # n_ctx 0 = the model's own trained context.
         argv = [
@@ -190,14 +190,14 @@ class LlamaCppPythonAdapter(EngineAdapter):
         ]
         if launch.f32_kv_cache:
             argv += ["--type_k", "0", "--type_v", "0"]  # ggml type 0 = F32
-        return [*argv, self.api_key_flag, api_key] if api_key and self.api_key_flag else argv
+        return argv
 
 
 @dataclass(frozen=True)
 class XllamacppAdapter(EngineAdapter):
     model_format: ModelFormat = "gguf"
 
-    def server_command(self, python, model, launch, api_key):
+    def server_command(self, python, model, launch):
         argv = [
             str(python),
             str(XLLAMACPP_SERVE),
@@ -216,7 +216,7 @@ class XllamacppAdapter(EngineAdapter):
         ]
         if launch.f32_kv_cache:
             argv.append("--f32-kv-cache")
-        return [*argv, self.api_key_flag, api_key] if api_key and self.api_key_flag else argv
+        return argv
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ class VllmAdapter(_GpuOnlyAdapter):
     def computes_float32(self, gpu: bool) -> bool:
         return not gpu  # its GPU attention kernels take no float32; its CPU backend does
 
-    def server_command(self, python, model, launch, api_key):
+    def server_command(self, python, model, launch):
         argv = [
             str(python),
             "-m",
@@ -287,7 +287,7 @@ class VllmAdapter(_GpuOnlyAdapter):
             argv += ["--gpu-memory-utilization", str(launch.gpu_memory_fraction)]
         if launch.kv_cache_bytes is not None:
             argv += ["--kv-cache-memory-bytes", str(launch.kv_cache_bytes)]
-        return [*argv, self.api_key_flag, api_key] if api_key and self.api_key_flag else argv
+        return argv
 
 
 @dataclass(frozen=True)
@@ -298,7 +298,7 @@ class SglangAdapter(_GpuOnlyAdapter):
             why += ", and there is no CPU wheel on PyPI (sglang-kernel is CUDA-only)"
         return ok, why
 
-    def server_command(self, python, model, launch, api_key):
+    def server_command(self, python, model, launch):
         argv = [
             str(python),
             "-m",
@@ -322,7 +322,7 @@ class SglangAdapter(_GpuOnlyAdapter):
             argv.append("--disable-cuda-graph")
         if launch.gpu_memory_fraction is not None:
             argv += ["--mem-fraction-static", str(launch.gpu_memory_fraction)]
-        return [*argv, self.api_key_flag, api_key] if api_key and self.api_key_flag else argv
+        return argv
 
 
 # The adapter classes a recipe may name (gpustack's _DETECTORS style: one list, in code).

@@ -5,6 +5,10 @@ SIGTERM goes to the whole group (engines fork workers), SIGKILL follows after a 
 period. An exit by our SIGTERM is clean whether the child died of the signal (-15) or
 caught it and exited 143 (uvicorn re-raises it). Every server still running when the
 interpreter exits is killed, so an exception or Ctrl-C anywhere cannot leak one.
+
+The server's output reaches its log through a pipe we read line by line and redact (its own
+API key, and everything provision/redact.py masks) before a byte is written: engines log their
+arguments (vLLM's "non-default args", SGLang's ServerArgs), key included.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.errors import OperationFailed
+from provision.redact import LineRedactor
 
 # Server processes alive right now, for the exit-time sweep.
 _LIVE: set[ManagedServer] = set()
@@ -105,6 +111,7 @@ class ManagedServer:
         self.ready_s: float | None = None
         self.models: list[str] = []
         self.stop_result: StopResult | None = None
+        self._copier: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -119,16 +126,28 @@ class ManagedServer:
         """Start the process and wait until it serves /v1/models; returns seconds to ready."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        with self.log_path.open("wb") as log:
+        log = self.log_path.open("wb")
+        try:
             self.process = subprocess.Popen(
                 self.argv,
-                stdout=log,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
             )
+        except BaseException:
+            log.close()
+            raise
+        assert self.process.stdout is not None
+        self._copier = threading.Thread(
+            target=_copy_redacted,
+            args=(self.process.stdout, log, (self.api_key,) if self.api_key else ()),
+            name=f"log {self.log_path.name}",
+            daemon=True,
+        )
+        self._copier.start()
         _LIVE.add(self)
         try:
             self.models = self._wait_ready(started)
@@ -145,6 +164,8 @@ class ManagedServer:
         while True:
             code = process.poll()
             if code is not None:
+                if self._copier is not None:
+                    self._copier.join(timeout=5)  # its last lines into the log first
                 raise ServerError(f"server exited with code {code} before it was ready", self.log_tail())
             models = self._probe_models()
             if models is not None:
@@ -188,6 +209,9 @@ class ManagedServer:
         # Workers the leader left behind in its group go too.
         _signal_group(self.process.pid, signal.SIGKILL)
         code = self.process.returncode
+        if self._copier is not None:
+            # The group is gone, so the pipe is at EOF (unless a worker left the group with it).
+            self._copier.join(timeout=5)
         self.stop_result = StopResult(code, code in CLEAN_EXIT_CODES and not killed, killed)
         _LIVE.discard(self)
         return self.stop_result
@@ -207,6 +231,30 @@ def parse_models(body: bytes, log_tail: str = "") -> list[str]:
         return [str(m["id"]) for m in data["data"]]
     except (ValueError, KeyError, TypeError) as e:
         raise ServerError(f"GET /v1/models answered garbage: {body[:120]!r}", log_tail) from e
+
+
+def _copy_redacted(pipe, log, secrets: tuple[str, ...]) -> None:
+    """The server's output into its log, whole lines at a time, redacted; until EOF.
+
+    Bytes that are not UTF-8 pass through unchanged (surrogateescape); each line is flushed at
+    once so log_tail() sees it while the server starts. If the log cannot be written (disk full)
+    the pipe is still drained, so the server never blocks on its output."""
+    lines = LineRedactor(secrets)
+    writable = True
+
+    def write(text: str) -> None:
+        nonlocal writable
+        if text and writable:
+            try:
+                log.write(text.encode("utf-8", "surrogateescape"))
+                log.flush()
+            except (OSError, ValueError):
+                writable = False
+
+    with pipe, log:
+        for raw in iter(lambda: pipe.read1(65536), b""):
+            write(lines.feed(raw.decode("utf-8", "surrogateescape")))
+        write(lines.drain())
 
 
 def _signal_group(pgid: int, sig: int) -> None:

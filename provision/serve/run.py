@@ -263,7 +263,7 @@ def native_decision(req: ServeRequest, planned: Planned, python: Path, port: int
 
         upstream_port = free_port()
         launch = replace(launch, host="127.0.0.1", port=upstream_port)
-    argv = adapter.server_command(python, path, launch, None)
+    argv = adapter.server_command(python, path, launch)
     key_flag = None
     if req.api_key and adapter.api_key_flag:
         key_flag = adapter.api_key_flag
