@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -47,6 +48,13 @@ def report_of(out: subprocess.CompletedProcess) -> dict:
         return json.loads(out.stdout)
     except ValueError:
         pytest.fail(f"no JSON report (exit {out.returncode}):\n{out.stderr[-3000:]}\n{out.stdout[-2000:]}")
+
+
+def one_line(out: subprocess.CompletedProcess, code: int) -> str:
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("xinfer-setup: ")]
+    assert out.returncode == code and len(lines) == 1, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr
+    return lines[0]
 
 
 def statuses(report: dict) -> dict[str, str]:
@@ -101,6 +109,19 @@ def test_host_python_below_3_10_is_bad_input(harness, inv, tmp_path):
     name = harness.hosts[2].name
     assert last.startswith(f"xinfer-setup: host {name}: Python {version} is older than 3.10"), last
     assert not any((h.root / "tool").exists() for h in harness.hosts), "bad input must change nothing"
+
+
+def test_up_on_fresh_hosts_names_fleet_install(harness, inv):
+    """`up` before `install` (as one runs `docker compose up`): one line naming the step, exit 2,
+    nothing started or written on any host."""
+    out = fleet("up", *args(inv))
+    line = one_line(out, 2)
+    assert "not installed on host1, host2, host3" in line and "tool/bin/python" in line, line
+    assert f"run `xinfer-setup fleet install -i {inv['inventory']}` first" in line, line
+    assert "from_json" not in out.stderr
+    for h in harness.hosts:
+        assert not (h.root / "run").exists() and not (h.root / "tool").exists()
+        assert [c for _, c in h.processes()] == ["sshd"]
 
 
 def test_install_then_up_tiny_answers_through_the_supervisor(harness, inv):
@@ -171,6 +192,24 @@ def test_rerun_changes_nothing(harness, inv):
     PHASES["rerun"] = {"up+install": round(time.monotonic() - started, 1)}
 
 
+def test_up_reads_roots_from_the_inventory_not_the_cache(harness, inv, tmp_path):
+    """facts.json holds every host's root from the runs above; an inventory that moves host3's
+    xinfer_root to an empty directory is read as it is: up refuses host3 there, naming the new root."""
+    moved = tmp_path / "moved-root"
+    old = inv["inventory"].read_text()
+    text = old.replace(f"xinfer_root={harness.hosts[2].root}", f"xinfer_root={moved}")
+    assert text != old
+    new = tmp_path / "moved.ini"
+    new.write_text(text)
+    line = one_line(fleet("up", *args(inv, inventory=new)), 2)
+    assert line.startswith("xinfer-setup: fleet up: not installed on host3 ") and str(moved) in line, line
+    # status and down key their cache by the inventory's variables: host3's new root is gathered.
+    rep = report_of(fleet("status", *args(inv, inventory=new)))
+    facts = json.loads((inv["dir"] / "facts.json").read_text())
+    assert facts["host3"]["root"] == str(moved) and facts["host1"]["root"] == str(harness.hosts[0].root)
+    assert {h["name"]: h["status"] for h in rep["hosts"]}["host3"] == "failed"
+
+
 def test_status_reports_daemons_models_and_drift(harness, inv, tmp_path):
     out = fleet("status", *args(inv))
     rep = report_of(out)
@@ -199,6 +238,37 @@ def test_status_reports_daemons_models_and_drift(harness, inv, tmp_path):
     assert "fleet status: 1 host(s) drifted: host3: its receipt is for plan" in drifted.stderr
     assert rows["host2"]["status"] == "ok"
     assert fleet("plan", *args(inv)).returncode == 0
+
+
+def test_status_fails_on_a_worker_killed_behind_its_back(harness, inv):
+    """host2's worker and its supervising daemon SIGKILLed (as the OOM killer would): status says
+    failed for host2 naming the worker, exit 1; `up` brings it back and status is ok again."""
+    w2 = harness.hosts[1]
+    marker = f"XINFER_FLEET_DAEMON={w2.root}:worker".encode()
+    daemon_pid = int((w2.root / "run" / "worker.pid").read_text())
+    killed = [daemon_pid]
+    for pid, _ in w2.processes():
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                killed.append(pid)
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert len(killed) > 1, "the worker's server process carries the marker"
+    time.sleep(1)
+    out = fleet("status", *args(inv))
+    rep = report_of(out)
+    rows = {h["name"]: h for h in rep["hosts"]}
+    assert out.returncode == 1 and not rep["ok"], rep["hosts"]
+    assert rows["host2"]["status"] == "failed" and "worker is not running" in rows["host2"]["reason"]
+    assert rows["host2"]["daemons"] == {"worker": False}
+    assert rows["host1"]["status"] == "ok" and rows["host3"]["status"] == "ok"
+    assert "fleet status: 1 host(s) failed: host2: worker is not running" in out.stderr
+    out = fleet("up", *args(inv))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert statuses(report_of(out))["host2"] == "changed"
+    out = fleet("status", *args(inv))
+    assert out.returncode == 0 and set(statuses(report_of(out)).values()) == {"ok"}, out.stderr[-3000:]
 
 
 def test_unreachable_host_is_reported_and_the_others_finish(harness, inv):
