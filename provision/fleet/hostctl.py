@@ -353,7 +353,7 @@ def role_status(root: Path, role: str, under_systemd: bool) -> dict[str, Any] | 
         "manager": "daemon",
         "state": "running"
         if pid is not None
-        else f"not running; log {paths['log']}: {_tail(paths['log'], 3)}",
+        else f"its daemon is gone; log {paths['log']}: {_tail(paths['log'], 3)}",
         "digest": settings.get("digest"),
         "log": str(paths["log"]),
     }
