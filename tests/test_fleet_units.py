@@ -590,3 +590,46 @@ def test_secrets_are_redacted_from_what_ansible_writes(tmp_path):
         redact(line, known)
         == 'ok: [s1] => {"stdout": "login admin [redacted] key [redacted] at http://198.18.0.1:9997"}'
     )
+
+
+def test_hostctl_status_tells_a_live_daemon_from_a_dead_and_a_stopped_one(tmp_path):
+    """hostctl's supervised daemon (no systemd here), running a real HTTP server on 127.0.0.1:
+    status says alive; after SIGKILL of the daemon and its server, not alive and why; after
+    `stop`, the role is not listed at all (stopped on purpose is not dead)."""
+    import contextlib
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tmp_path / "root"
+
+    def hostctl(*argv: str) -> tuple[int, dict]:
+        out = subprocess.run(
+            [sys.executable, "-m", "provision.fleet.hostctl", *argv], capture_output=True, text=True, cwd=REPO
+        )
+        return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
+
+    server = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    code, started = hostctl(
+        "start", "--role", "worker", "--root", str(root), "--argv", json.dumps(server),
+        "--address", "127.0.0.1", "--ready-port", str(port), "--no-systemd",
+    )  # fmt: skip
+    try:
+        assert code == 0 and started["ready"], started
+        code, st = hostctl("status", "--root", str(root), "--no-systemd")
+        assert st["roles"]["worker"]["alive"] and st["roles"]["worker"]["pid"] == started["pid"]
+        os.killpg(started["pid"], signal.SIGKILL)
+        for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+            with contextlib.suppress(OSError):  # a process gone meanwhile
+                if f"http.server\0{port}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.5)
+        code, st = hostctl("status", "--root", str(root), "--no-systemd")
+        worker = st["roles"]["worker"]
+        assert not worker["alive"] and worker["state"].startswith("its daemon is gone"), worker
+    finally:
+        hostctl("stop", "--role", "worker", "--root", str(root), "--no-systemd")
+    code, st = hostctl("status", "--root", str(root), "--no-systemd")
+    assert st["roles"] == {}
