@@ -167,7 +167,7 @@ def test_install_then_up_tiny_answers_through_the_supervisor(harness, inv):
     assert answer.choices[0].message.content
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{rep['supervisor']}/v1", api_key="wrong", max_retries=0).models.list()
-    # The key is in the 0600 file only: not in any log, report or process argv.
+    # The key and the admin password are in 0600 files only: not in any log, report or process argv.
     texts = [out.stdout, out.stderr]
     texts += [p.read_text(errors="replace") for p in (inv["dir"] / "ansible").glob("*") if p.is_file()]
     for h in harness.hosts:
@@ -175,7 +175,8 @@ def test_install_then_up_tiny_answers_through_the_supervisor(harness, inv):
         for pid, _ in h.processes():
             with contextlib.suppress(OSError):
                 texts.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
-    assert not any(key in t for t in texts)
+    password = json.loads((key_file.parent / "cluster.json").read_text())["password"]
+    assert not any(key in t or password in t for t in texts)
 
 
 def test_rerun_changes_nothing(harness, inv):
@@ -241,13 +242,14 @@ def test_status_reports_daemons_models_and_drift(harness, inv, tmp_path):
 
 
 def test_status_fails_on_a_worker_killed_behind_its_back(harness, inv):
-    """host2's worker and its supervising daemon SIGKILLed (as the OOM killer would): status says
-    failed for host2 naming the worker, exit 1; `up` brings it back and status is ok again."""
-    w2 = harness.hosts[1]
-    marker = f"XINFER_FLEET_DAEMON={w2.root}:worker".encode()
-    daemon_pid = int((w2.root / "run" / "worker.pid").read_text())
+    """host3's worker and its supervising daemon SIGKILLed (as the OOM killer would; host3 has no
+    model, so the model the next tests chat with stays up): status says failed for host3 naming
+    the worker, exit 1; `up` brings it back and status is ok again."""
+    w3 = harness.hosts[2]
+    marker = f"XINFER_FLEET_DAEMON={w3.root}:worker".encode()
+    daemon_pid = int((w3.root / "run" / "worker.pid").read_text())
     killed = [daemon_pid]
-    for pid, _ in w2.processes():
+    for pid, _ in w3.processes():
         with contextlib.suppress(OSError):
             if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                 killed.append(pid)
@@ -260,13 +262,13 @@ def test_status_fails_on_a_worker_killed_behind_its_back(harness, inv):
     rep = report_of(out)
     rows = {h["name"]: h for h in rep["hosts"]}
     assert out.returncode == 1 and not rep["ok"], rep["hosts"]
-    assert rows["host2"]["status"] == "failed" and "worker is not running" in rows["host2"]["reason"]
-    assert rows["host2"]["daemons"] == {"worker": False}
-    assert rows["host1"]["status"] == "ok" and rows["host3"]["status"] == "ok"
-    assert "fleet status: 1 host(s) failed: host2: worker is not running" in out.stderr
+    assert rows["host3"]["status"] == "failed" and "worker is not running" in rows["host3"]["reason"]
+    assert rows["host3"]["daemons"] == {"worker": False}
+    assert (rows["host1"]["status"], rows["host2"]["status"]) == ("ok", "ok"), rep["hosts"]
+    assert "fleet status: 1 host(s) failed: host3: worker is not running" in out.stderr
     out = fleet("up", *args(inv))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert statuses(report_of(out))["host2"] == "changed"
+    assert statuses(report_of(out))["host3"] == "changed"
     out = fleet("status", *args(inv))
     assert out.returncode == 0 and set(statuses(report_of(out)).values()) == {"ok"}, out.stderr[-3000:]
 

@@ -529,6 +529,11 @@ def test_status_fails_dead_unstarted_and_unlisted_daemons():
     }
     api_down = cluster_failures(fleet, healthy, None, "connection refused")
     assert list(api_down) == ["s1"] and "does not answer: connection refused" in api_down["s1"]
+    # Xinference 4.1.0's GET /v1/workers while w2 is dead (its supervisor log, 198.18.0.3 here):
+    # a 500 naming the dead worker. The supervisor itself answers, so only w2 is failed.
+    list_error = "[address=127.0.0.1:38909, pid=7553] [Errno 111] Connect call failed ('198.18.0.3', 9998)"
+    on_list = cluster_failures(fleet, healthy, None, None, list_error)
+    assert list(on_list) == ["w2"] and on_list["w2"].startswith("the supervisor fails to reach this worker")
     assert cluster_failures(fleet, {"s1": {"supervisor": alive}}, listed) == {}  # w1, w2 not reached
 
 

@@ -313,22 +313,29 @@ def status_fleet(ctx: Ctx) -> FleetReport:
             row.status, row.reason = "drift", reason
     workers: dict[str, Any] = {}
     listed: set[str] | None = None
-    api_error = None
+    api_error = list_error = None
     creds = read_credentials(ctx)
-    if creds is not None:
+    if creds is None:
+        api_error = f"no credentials in {ctx.dir / 'secrets'}: `xinfer-setup fleet up` makes them"
+    else:
         try:
             api = _admin_api(ctx.fleet.endpoint, creds)
-            for w in api.call("GET", "/v1/workers") or []:
-                workers[str(w.get("work-ip", "")).rsplit(":", 1)[0]] = sorted(w.get("models") or {})
-            listed = set(workers)
         except OperationFailed as e:
             api_error = str(e)
+        else:
+            try:
+                for w in api.call("GET", "/v1/workers") or []:
+                    workers[str(w.get("work-ip", "")).rsplit(":", 1)[0]] = sorted(w.get("models") or {})
+                listed = set(workers)
+            except OperationFailed as e:
+                list_error = str(e)
+                report.notes.append(f"the supervisor could not list its workers: {e}")
     daemons: dict[str, dict[str, Any]] = {}
     for h in ctx.fleet.hosts:
         o = run.hosts.get(h.name)
         if o is not None and o.ok and "xinfer: status" in o.data:
             daemons[h.name] = o.data["xinfer: status"].get("roles", {})
-    failures = cluster_failures(ctx.fleet, daemons, listed, api_error)
+    failures = cluster_failures(ctx.fleet, daemons, listed, api_error, list_error)
     for h in ctx.fleet.hosts:
         row = report.row(h.name)
         roles = daemons.get(h.name, {})

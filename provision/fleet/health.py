@@ -18,9 +18,13 @@ def cluster_failures(
     daemons: dict[str, dict[str, dict[str, Any]]],
     listed: set[str] | None,
     api_error: str | None = None,
+    list_error: str | None = None,
 ) -> dict[str, str]:
     """daemons: host -> role -> {alive, state, ...}, for the hosts whose status step ran;
-    listed: worker addresses the supervisor lists, None when its API could not be asked."""
+    listed: worker addresses the supervisor lists, None when it could not be asked;
+    api_error: why the supervisor's API refused a login (it is then failed);
+    list_error: why its worker list failed (Xinference 4.1.0 answers 500 while a registered
+    worker is dead, naming that worker's address: the worker it names is failed)."""
     failures: dict[str, str] = {}
     for h in fleet.hosts:
         if h.name not in daemons:
@@ -34,10 +38,10 @@ def cluster_failures(
                 reasons.append(f"{role} not started (`xinfer-setup fleet up` starts it)")
             elif not d.get("alive"):
                 reasons.append(f"{role} is not running: {d.get('state') or 'dead'}")
-        if h.is_supervisor and roles.get("supervisor", {}).get("alive") and listed is None:
-            reasons.append(
-                f"the supervisor's API at {fleet.endpoint} does not answer: {api_error or 'no credentials'}"
-            )
+        if h.is_supervisor and roles.get("supervisor", {}).get("alive") and api_error:
+            reasons.append(f"the supervisor's API at {fleet.endpoint} does not answer: {api_error}")
+        if h.is_worker and list_error and (f"'{h.address}'" in list_error or f"{h.address}:" in list_error):
+            reasons.append(f"the supervisor fails to reach this worker: {list_error[:300]}")
         worker = roles.get("worker")
         if h.is_worker and worker and worker.get("alive") and listed is not None and h.address not in listed:
             reasons.append(

@@ -332,11 +332,11 @@ def role_status(root: Path, role: str, under_systemd: bool) -> dict[str, Any] | 
     """A role started here (its settings file), as the thing that runs it sees it: systemd for a
     unit, the pid file's process for a supervised daemon. None: never started, or stopped."""
     paths = _paths(root, role)
-    try:
+    settings: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
         settings = json.loads(paths["settings"].read_text())
-    except (OSError, ValueError):
-        return None
     unit = units.unit_name(role, f"{root}:{role}")
+    # A unit file is enough: units started by an earlier xinfer-setup have no settings file.
     if under_systemd and (units.UNIT_DIR / unit).exists():
         state = units.unit_state(unit)
         return {
@@ -346,6 +346,8 @@ def role_status(root: Path, role: str, under_systemd: bool) -> dict[str, Any] | 
             "digest": settings.get("digest"),
             "log": str(paths["log"]),
         }
+    if not settings:
+        return None
     pid = read_pid(paths["pid"])
     return {
         "alive": pid is not None,
