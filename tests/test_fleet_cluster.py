@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -22,13 +23,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tests.support.fleet_harness import FleetHarness  # noqa: E402
+from tests.support.fleet_harness import FleetHarness, old_python  # noqa: E402
 
 pytest.importorskip("ansible", reason="the [fleet] extra (ansible-core) is installed by scripts/test.sh")
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-OLD_PYTHON = Path("/root/.pyenv/versions/3.9.18/bin/python3.9")
 PHASES: dict[str, dict] = {}
 
 
@@ -48,6 +48,13 @@ def report_of(out: subprocess.CompletedProcess) -> dict:
         return json.loads(out.stdout)
     except ValueError:
         pytest.fail(f"no JSON report (exit {out.returncode}):\n{out.stderr[-3000:]}\n{out.stdout[-2000:]}")
+
+
+def one_line(out: subprocess.CompletedProcess, code: int) -> str:
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("xinfer-setup: ")]
+    assert out.returncode == code and len(lines) == 1, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr
+    return lines[0]
 
 
 def statuses(report: dict) -> dict[str, str]:
@@ -79,15 +86,19 @@ def args(inv: dict[str, Path], *more: str, inventory: Path | None = None) -> lis
 
 
 def test_host_python_below_3_10_is_bad_input(harness, inv, tmp_path):
-    if not OLD_PYTHON.exists():
-        pytest.skip(f"no Python 3.9 on this machine ({OLD_PYTHON})")
+    from provision.install.executor import uv_bin
+
+    found = old_python(uv_bin())
+    if found is None:
+        pytest.skip("no Python < 3.10 here: none on PATH or under pyenv, and `uv python install 3.9` failed")
+    python, version = found
     text = (
         inv["inventory"]
         .read_text()
         .replace(
             f"{harness.hosts[2].name} ansible_host={harness.hosts[2].address}",
             f"{harness.hosts[2].name} ansible_host={harness.hosts[2].address} "
-            f"ansible_python_interpreter={OLD_PYTHON}",
+            f"ansible_python_interpreter={python}",
         )
     )
     old = tmp_path / "old.ini"
@@ -95,10 +106,22 @@ def test_host_python_below_3_10_is_bad_input(harness, inv, tmp_path):
     out = fleet("probe", "-i", str(old), "--dir", str(tmp_path / "f"))
     assert out.returncode == 2, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"xinfer-setup: host {harness.hosts[2].name}: Python 3.9.18 is older than 3.10"), (
-        last
-    )
+    name = harness.hosts[2].name
+    assert last.startswith(f"xinfer-setup: host {name}: Python {version} is older than 3.10"), last
     assert not any((h.root / "tool").exists() for h in harness.hosts), "bad input must change nothing"
+
+
+def test_up_on_fresh_hosts_names_fleet_install(harness, inv):
+    """`up` before `install` (as one runs `docker compose up`): one line naming the step, exit 2,
+    nothing started or written on any host."""
+    out = fleet("up", *args(inv))
+    line = one_line(out, 2)
+    assert "not installed on host1, host2, host3" in line and "tool/bin/python" in line, line
+    assert f"run `xinfer-setup fleet install -i {inv['inventory']}` first" in line, line
+    assert "from_json" not in out.stderr
+    for h in harness.hosts:
+        assert not (h.root / "run").exists() and not (h.root / "tool").exists()
+        assert {c for _, c in h.processes()} == {"sshd"}
 
 
 def test_install_then_up_tiny_answers_through_the_supervisor(harness, inv):
@@ -144,7 +167,7 @@ def test_install_then_up_tiny_answers_through_the_supervisor(harness, inv):
     assert answer.choices[0].message.content
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{rep['supervisor']}/v1", api_key="wrong", max_retries=0).models.list()
-    # The key is in the 0600 file only: not in any log, report or process argv.
+    # The key and the admin password are in 0600 files only: not in any log, report or process argv.
     texts = [out.stdout, out.stderr]
     texts += [p.read_text(errors="replace") for p in (inv["dir"] / "ansible").glob("*") if p.is_file()]
     for h in harness.hosts:
@@ -152,7 +175,8 @@ def test_install_then_up_tiny_answers_through_the_supervisor(harness, inv):
         for pid, _ in h.processes():
             with contextlib.suppress(OSError):
                 texts.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
-    assert not any(key in t for t in texts)
+    password = json.loads((key_file.parent / "cluster.json").read_text())["password"]
+    assert not any(key in t or password in t for t in texts)
 
 
 def test_rerun_changes_nothing(harness, inv):
@@ -167,6 +191,24 @@ def test_rerun_changes_nothing(harness, inv):
     assert out.returncode == 0, out.stderr[-3000:]
     assert set(statuses(rep).values()) == {"unchanged"}, rep["hosts"]
     PHASES["rerun"] = {"up+install": round(time.monotonic() - started, 1)}
+
+
+def test_up_reads_roots_from_the_inventory_not_the_cache(harness, inv, tmp_path):
+    """facts.json holds every host's root from the runs above; an inventory that moves host3's
+    xinfer_root to an empty directory is read as it is: up refuses host3 there, naming the new root."""
+    moved = tmp_path / "moved-root"
+    old = inv["inventory"].read_text()
+    text = old.replace(f"xinfer_root={harness.hosts[2].root}", f"xinfer_root={moved}")
+    assert text != old
+    new = tmp_path / "moved.ini"
+    new.write_text(text)
+    line = one_line(fleet("up", *args(inv, inventory=new)), 2)
+    assert line.startswith("xinfer-setup: fleet up: not installed on host3 ") and str(moved) in line, line
+    # status and down key their cache by the inventory's variables: host3's new root is gathered.
+    rep = report_of(fleet("status", *args(inv, inventory=new)))
+    facts = json.loads((inv["dir"] / "facts.json").read_text())
+    assert facts["host3"]["root"] == str(moved) and facts["host1"]["root"] == str(harness.hosts[0].root)
+    assert {h["name"]: h["status"] for h in rep["hosts"]}["host3"] == "failed"
 
 
 def test_status_reports_daemons_models_and_drift(harness, inv, tmp_path):
@@ -197,6 +239,38 @@ def test_status_reports_daemons_models_and_drift(harness, inv, tmp_path):
     assert "fleet status: 1 host(s) drifted: host3: its receipt is for plan" in drifted.stderr
     assert rows["host2"]["status"] == "ok"
     assert fleet("plan", *args(inv)).returncode == 0
+
+
+def test_status_fails_on_a_worker_killed_behind_its_back(harness, inv):
+    """host3's worker and its supervising daemon SIGKILLed (as the OOM killer would; host3 has no
+    model, so the model the next tests chat with stays up): status says failed for host3 naming
+    the worker, exit 1; `up` brings it back and status is ok again."""
+    w3 = harness.hosts[2]
+    marker = f"XINFER_FLEET_DAEMON={w3.root}:worker".encode()
+    daemon_pid = int((w3.root / "run" / "worker.pid").read_text())
+    killed = [daemon_pid]
+    for pid, _ in w3.processes():
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                killed.append(pid)
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert len(killed) > 1, "the worker's server process carries the marker"
+    time.sleep(1)
+    out = fleet("status", *args(inv))
+    rep = report_of(out)
+    rows = {h["name"]: h for h in rep["hosts"]}
+    assert out.returncode == 1 and not rep["ok"], rep["hosts"]
+    assert rows["host3"]["status"] == "failed" and "worker is not running" in rows["host3"]["reason"]
+    assert rows["host3"]["daemons"] == {"worker": False}
+    assert (rows["host1"]["status"], rows["host2"]["status"]) == ("ok", "ok"), rep["hosts"]
+    assert "fleet status: 1 host(s) failed: host3: worker is not running" in out.stderr
+    out = fleet("up", *args(inv))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert statuses(report_of(out))["host3"] == "changed"
+    out = fleet("status", *args(inv))
+    assert out.returncode == 0 and set(statuses(report_of(out)).values()) == {"ok"}, out.stderr[-3000:]
 
 
 def test_unreachable_host_is_reported_and_the_others_finish(harness, inv):

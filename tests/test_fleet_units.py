@@ -342,3 +342,299 @@ def test_a_task_whose_result_cannot_be_read_names_why(tmp_path):
     assert event["reason"].startswith("changed_when failed: "), event
     assert "not-json" in event["reason"]
     assert "[localhost] report: failed (changed_when failed" in done.stdout
+
+
+# ------------------------------------------------------------------ trust at the edges (issue 19)
+
+
+def _wheel_entry(d: Path, content: bytes, record: str | None) -> Path:
+    """A wheelhouse entry: a real zip as the wheel, build.json with `record` as its sha256
+    ("right": the wheel's own; None: no sha256 recorded)."""
+    import zipfile
+
+    from provision.install.wheelhouse import sha256_file
+
+    d.mkdir(parents=True)
+    wheel = d / "llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("llama_cpp/lib/libggml-cpu.so", content)
+    meta: dict = {"version": "0.3.36", "backends": ["cpu"]}
+    if record is not None:
+        meta["sha256"] = sha256_file(wheel) if record == "right" else record
+    (d / "build.json").write_text(json.dumps(meta))
+    return wheel
+
+
+def test_the_controller_ships_only_a_wheel_its_build_recorded(tmp_path):
+    from provision.fleet.ops import recorded_build
+    from provision.install.wheelhouse import sha256_file
+
+    good = _wheel_entry(tmp_path / "good", b"a" * 64, "right")
+    assert recorded_build(tmp_path / "good") == ((good, sha256_file(good)), None)
+    _wheel_entry(tmp_path / "norecord", b"a" * 64, None)
+    found, why = recorded_build(tmp_path / "norecord")
+    assert found is None and "has no sha256 recorded" in (why or "")
+    swapped = _wheel_entry(tmp_path / "swapped", b"a" * 64, "right")
+    swapped.write_bytes(swapped.read_bytes().replace(b"a" * 64, b"b" * 64))
+    found, why = recorded_build(tmp_path / "swapped")
+    assert found is None and "does not match the sha256 recorded" in (why or "")
+    assert recorded_build(tmp_path / "none") == (None, None)
+
+
+def test_a_wheel_swapped_between_controller_and_host_is_refused(tmp_path):
+    """The host side, run as the playbook runs it: the controller's sha256 in the host's variables,
+    a wheel with other bytes in the host's wheelhouse. Refused before the bundle is unpacked."""
+    from provision.install.wheelhouse import sha256_file
+
+    root = tmp_path / "root"
+    entry = root / "cache" / "xinfer-setup" / "wheelhouse" / "0.3.36-k"
+    wheel = _wheel_entry(entry, b"a" * 64, "right")
+    sent = sha256_file(wheel)
+    wheel.write_bytes(wheel.read_bytes().replace(b"a" * 64, b"c" * 64))  # swapped on the way
+
+    def hostctl(sha: str) -> subprocess.CompletedProcess:
+        argv = ["install", "--root", str(root), "--tar", str(tmp_path / "b.tar"), "--bundle-id", "b1"]
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "provision.fleet.hostctl",
+                *argv,
+                "--llama-key",
+                "0.3.36-k",
+                "--llama-sha256",
+                sha,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+
+    out = hostctl(sent)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    reason = json.loads(out.stdout)["reason"]
+    assert "does not match the sha256 the controller sent" in reason and "refused" in reason
+    assert not (root / "bundles").exists() and not (root / "logs").exists(), "nothing installed"
+    # The wheel as the controller checked it passes, and its record is the controller's hash.
+    from provision.fleet.pushed import check_pushed_wheel
+
+    good = root / "good"
+    w = _wheel_entry(good, b"a" * 64, None)
+    assert check_pushed_wheel(good, sha256_file(w)) is None
+    assert json.loads((good / "build.json").read_text())["sha256"] == sha256_file(w)
+
+
+def _unit_settings(root: str) -> dict:
+    return {
+        "role": "worker",
+        "root": root,
+        "tag": f"{root}:worker",
+        "marker": "XINFER_FLEET_DAEMON",
+        "argv": [
+            f"{root}/envs/main/bin/xinference-worker",
+            "-e",
+            "http://198.18.0.1:9997",
+            "--x",
+            'a"b %n $HOME',
+        ],
+        "env": {"XINFERENCE_HOME": f"{root}/xinference", "HF_HUB_OFFLINE": "1"},
+    }
+
+
+def test_unit_files_pass_systemd_analyze_verify(tmp_path):
+    """systemd's own parser on our unit: a root with a space in it (ExecStart quoted), `%` and `$`
+    escaped, a User= line. The same unit with the old unquoted ExecStart is rejected by it."""
+    import shutil
+
+    from provision.fleet.units import unit_name, unit_text
+
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze comes with the systemd package (scripts/ci-deps.sh)"
+    root = tmp_path / "xinfer root"
+    program = root / "envs" / "main" / "bin" / "xinference-worker"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    settings = _unit_settings(str(root))
+    text = unit_text(settings, root / "logs" / "worker.log", "xinference")
+    assert "\nUser=xinference\n" in text
+    unit = tmp_path / unit_name("worker", settings["tag"])
+    unit.write_text(text)
+    out = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    unquoted = tmp_path / "xinference-worker-unquoted.service"
+    unquoted.write_text(
+        "\n".join(
+            f"ExecStart={program} -e x" if ln.startswith("ExecStart=") else ln for ln in text.splitlines()
+        )
+    )
+    bad = subprocess.run([analyze, "verify", str(unquoted)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "is not executable" in bad.stderr, bad.stderr
+
+
+def test_service_user_defaults_to_a_dedicated_account_root_only_when_asked():
+    data = json.loads(json.dumps(_INV_JSON))
+    fleet = fleet_from_json(data, Path("hosts.ini"))
+    assert {h.service_user for h in fleet.hosts} == {"xinference"}
+    data["_meta"]["hostvars"]["w1"]["xinfer_service_user"] = "root"
+    assert fleet_from_json(data, Path("hosts.ini")).host("w1").service_user == "root"
+    data["_meta"]["hostvars"]["w1"]["xinfer_service_user"] = "bad user;"
+    with pytest.raises(UserError, match="xinfer_service_user"):
+        fleet_from_json(data, Path("hosts.ini"))
+
+
+def test_systemd_state_is_read_from_systemctl_show():
+    """`systemctl show --property=ActiveState,SubState,MainPID,NRestarts UNIT` prints KEY=value
+    lines (systemctl(1), "show"); a unit restarting after a crash is not alive."""
+    from provision.fleet.units import parse_show, state_of
+
+    running = state_of(parse_show("ActiveState=active\nSubState=running\nMainPID=4242\nNRestarts=0\n"))
+    assert running == {"alive": True, "pid": 4242, "state": "active (running)", "restarts": 0}
+    crashed = state_of(parse_show("ActiveState=activating\nSubState=auto-restart\nMainPID=0\nNRestarts=3\n"))
+    assert (
+        not crashed["alive"] and crashed["state"] == "activating (auto-restart)" and crashed["restarts"] == 3
+    )
+    assert not state_of(parse_show("ActiveState=failed\nSubState=failed\nMainPID=0\n"))["alive"]
+    assert state_of({}, "Failed to connect to bus")["state"] == "Failed to connect to bus"
+
+
+_INV_JSON = {
+    "supervisor": {"hosts": ["s1"]},
+    "workers": {"hosts": ["w1", "w2"]},
+    "_meta": {
+        "hostvars": {
+            "s1": {"ansible_host": "198.18.0.1", "xinfer_root": "/srv/a"},
+            "w1": {"ansible_host": "198.18.0.2", "xinfer_root": "/srv/a"},
+            "w2": {"ansible_host": "198.18.0.3", "xinfer_root": "/srv/a"},
+        }
+    },
+}
+
+
+def test_status_fails_dead_unstarted_and_unlisted_daemons():
+    from provision.fleet.health import cluster_failures
+
+    fleet = fleet_from_json(json.loads(json.dumps(_INV_JSON)), Path("hosts.ini"))
+    alive = {"alive": True, "state": "running"}
+    healthy = {"s1": {"supervisor": alive}, "w1": {"worker": alive}, "w2": {"worker": alive}}
+    listed = {"198.18.0.2", "198.18.0.3"}
+    assert cluster_failures(fleet, healthy, listed) == {}
+    dead = {**healthy, "w1": {"worker": {"alive": False, "state": "not running"}}}
+    assert cluster_failures(fleet, dead, listed) == {"w1": "worker is not running: not running"}
+    unstarted = {**healthy, "w2": {}}
+    assert "worker not started" in cluster_failures(fleet, unstarted, listed)["w2"]
+    unlisted = cluster_failures(fleet, healthy, {"198.18.0.2"})
+    assert unlisted == {
+        "w2": "worker is running but the supervisor at http://198.18.0.1:9997 does not list 198.18.0.3"
+    }
+    api_down = cluster_failures(fleet, healthy, None, "connection refused")
+    assert list(api_down) == ["s1"] and "does not answer: connection refused" in api_down["s1"]
+    # Xinference 4.1.0's GET /v1/workers while w2 is dead (its supervisor log, 198.18.0.3 here):
+    # a 500 naming the dead worker. The supervisor itself answers, so only w2 is failed.
+    list_error = "[address=127.0.0.1:38909, pid=7553] [Errno 111] Connect call failed ('198.18.0.3', 9998)"
+    on_list = cluster_failures(fleet, healthy, None, None, list_error)
+    assert list(on_list) == ["w2"] and on_list["w2"].startswith("the supervisor fails to reach this worker")
+    assert cluster_failures(fleet, {"s1": {"supervisor": alive}}, listed) == {}  # w1, w2 not reached
+
+
+def test_cached_facts_are_keyed_by_the_inventory_variables(tmp_path):
+    """Seen in issue 19: a new inventory gave xinfer_root new values for the same host names,
+    and the old cached roots were used. Changed variables invalidate that host's entry."""
+    from provision.fleet.ops import Ctx, read_facts, write_facts
+
+    fleet = fleet_from_json(json.loads(json.dumps(_INV_JSON)), Path("hosts.ini"))
+    ctx = Ctx(fleet, tmp_path)
+    write_facts(ctx, {h.name: HostFacts("3.11.2", "x86_64", "glibc 2.36", "/srv/a") for h in fleet.hosts})
+    assert set(read_facts(ctx)) == {"s1", "w1", "w2"}
+    moved = json.loads(json.dumps(_INV_JSON))
+    moved["_meta"]["hostvars"]["w2"]["xinfer_root"] = "/srv/b"
+    ctx2 = Ctx(fleet_from_json(moved, Path("hosts.ini")), tmp_path)
+    assert set(read_facts(ctx2)) == {"s1", "w1"}
+
+
+def test_controller_dir_is_the_state_dir_with_a_gitignore(tmp_path):
+    """No --dir: the user's state directory, not ./fleet in a checkout; any controller dir gets a
+    .gitignore of `*`, so `git add -A` in a checkout never takes the cluster's secrets."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    inv = checkout / "hosts.ini"
+    inv.write_text(INI)
+    state = tmp_path / "state"
+    fleet_cli("plan", "-i", str(inv), cwd=checkout, env={"XDG_STATE_HOME": str(state)})
+    assert (state / "xinfer-setup" / "fleet" / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert not (checkout / "fleet").exists()
+    fleet_cli("plan", "-i", str(inv), "--dir", str(checkout / "fleet"), cwd=checkout)
+    (checkout / "fleet" / "secrets").mkdir(mode=0o700)
+    (checkout / "fleet" / "secrets" / "cluster.json").write_text("{}")
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "-uall"], cwd=checkout, capture_output=True, text=True
+    )
+    assert status.stdout.split() == ["??", "hosts.ini"], status.stdout
+
+
+def test_secrets_are_redacted_from_what_ansible_writes(tmp_path):
+    from provision.fleet.ansible import fleet_secrets, redact
+
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "cluster.json").write_text(
+        json.dumps(
+            {
+                "url": "http://198.18.0.1:9997",
+                "username": "admin",
+                "password": "pw-123456",
+                "api_key": "sk-abc",
+            }
+        )
+    )
+    (tmp_path / "secrets" / "api-key").write_text("sk-abc\n")
+    known = fleet_secrets(tmp_path)
+    assert known == {"pw-123456", "sk-abc"}
+    line = 'ok: [s1] => {"stdout": "login admin pw-123456 key sk-abc at http://198.18.0.1:9997"}'
+    assert (
+        redact(line, known)
+        == 'ok: [s1] => {"stdout": "login admin [redacted] key [redacted] at http://198.18.0.1:9997"}'
+    )
+
+
+def test_hostctl_status_tells_a_live_daemon_from_a_dead_and_a_stopped_one(tmp_path):
+    """hostctl's supervised daemon (no systemd here), running a real HTTP server on 127.0.0.1:
+    status says alive; after SIGKILL of the daemon and its server, not alive and why; after
+    `stop`, the role is not listed at all (stopped on purpose is not dead)."""
+    import contextlib
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tmp_path / "root"
+
+    def hostctl(*argv: str) -> tuple[int, dict]:
+        out = subprocess.run(
+            [sys.executable, "-m", "provision.fleet.hostctl", *argv], capture_output=True, text=True, cwd=REPO
+        )
+        return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
+
+    server = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    code, started = hostctl(
+        "start", "--role", "worker", "--root", str(root), "--argv", json.dumps(server),
+        "--address", "127.0.0.1", "--ready-port", str(port), "--no-systemd",
+    )  # fmt: skip
+    try:
+        assert code == 0 and started["ready"], started
+        code, st = hostctl("status", "--root", str(root), "--no-systemd")
+        assert st["roles"]["worker"]["alive"] and st["roles"]["worker"]["pid"] == started["pid"]
+        os.killpg(started["pid"], signal.SIGKILL)
+        for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+            with contextlib.suppress(OSError):  # a process gone meanwhile
+                if f"http.server\0{port}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.5)
+        code, st = hostctl("status", "--root", str(root), "--no-systemd")
+        worker = st["roles"]["worker"]
+        assert not worker["alive"] and worker["state"].startswith("its daemon is gone"), worker
+    finally:
+        hostctl("stop", "--role", "worker", "--root", str(root), "--no-systemd")
+    code, st = hostctl("status", "--root", str(root), "--no-systemd")
+    assert st["roles"] == {}

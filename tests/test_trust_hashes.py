@@ -81,13 +81,14 @@ def test_a_corrupted_wheel_is_detected_removed_and_warned_about(tmp_path):
     assert len(said.lines) == 1 and said.lines[0].startswith("warning:") and "building again" in said.lines[0]
 
 
-def test_an_entry_from_before_hashes_gets_one_recorded(tmp_path):
+def test_an_entry_without_a_recorded_hash_is_refused(tmp_path):
+    """A wheel whose build.json has no sha256 (or no build.json: a copy pushed without its record)
+    is not trusted: removed, with a warning, and built again."""
     wheel = _entry(tmp_path, "k1", b"y", None)
     said = Said()
-    assert wheelhouse.checked_wheel("k1", tmp_path, said) == wheel
-    meta = json.loads((wheel.parent / "build.json").read_text())
-    assert meta["sha256"] == wheelhouse.sha256_file(wheel)
-    assert "had no recorded sha256" in said.lines[0]
+    assert wheelhouse.checked_wheel("k1", tmp_path, said) is None
+    assert not wheel.parent.exists()
+    assert said.lines[0].startswith("warning:") and "no sha256 recorded" in said.lines[0]
 
 
 def test_index_sha256_reads_the_link_fragment(tmp_path):

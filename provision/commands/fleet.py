@@ -21,10 +21,10 @@ def _common(f):
     @click.option(
         "--dir",
         "workdir",
-        default="fleet",
-        show_default=True,
+        default=None,
         metavar="DIR",
-        help="Controller-side directory for profiles, receipts, bundles, secrets.",
+        help="Controller-side directory for profiles, receipts, bundles, secrets "
+        "[default: $XDG_STATE_HOME/xinfer-setup/fleet, i.e. ~/.local/state/xinfer-setup/fleet].",
     )
     @click.option("--forks", type=int, default=None, help="Hosts Ansible works on at once.")
     @click.option("--json", "as_json", is_flag=True, help="Print the fleet report as JSON.")
@@ -34,8 +34,7 @@ def _common(f):
         from provision.fleet.ops import Ctx
 
         fleet = load_fleet(inventory)
-        d = Path(workdir).expanduser().absolute()
-        d.mkdir(parents=True, exist_ok=True)
+        d = controller_dir(workdir)
         report = f(Ctx(fleet, d, forks), **kw)
         click.echo(report.to_json() if as_json else report.render())
         if not report.ok:
@@ -52,6 +51,22 @@ def _common(f):
             )
 
     return wrapper
+
+
+def controller_dir(workdir: str | None) -> Path:
+    """The controller directory: the user's state directory unless --dir names one. It holds the
+    cluster's credentials (secrets/, 0700): a `.gitignore` of `*` keeps a --dir inside a
+    checkout out of `git add -A`."""
+    from provision.paths import state_dir
+
+    d = Path(workdir).expanduser().absolute() if workdir else state_dir() / "fleet"
+    d.mkdir(parents=True, exist_ok=True)
+    ignore = d / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text(
+            "# xinfer-setup fleet: profiles, receipts, bundles and secrets; never committed\n*\n"
+        )
+    return d
 
 
 @click.group()

@@ -122,18 +122,28 @@ def run_playbook(
         "XINFER_FLEET_EVENTS": str(events_path),
     }
     started = time.monotonic()
+    known = fleet_secrets(workdir)
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     except OSError as e:
         raise OperationFailed(f"cannot run ansible-playbook: {e.strerror}") from None
     assert proc.stdout is not None
     with log.open("w") as f:
-        for line in proc.stdout:
+        for line in proc.stdout:  # whole lines: a secret is never split across two writes
+            line = redact(line, known)
             f.write(line)
             line = line.rstrip()
             if line.startswith("[") and "] " in line:
                 echo(line)
     code = proc.wait()
+    # Secrets this run made (up's credentials) are redacted from what it wrote, too.
+    made = fleet_secrets(workdir) - known
+    if made:
+        for path in (log, events_path):
+            if path.exists():
+                text = path.read_text(errors="replace")
+                if redact(text, made) != text:
+                    path.write_text(redact(text, made))
     events = []
     if events_path.exists():
         for line in events_path.read_text().splitlines():
@@ -147,6 +157,29 @@ def run_playbook(
             f"ansible-playbook {playbook}.yml failed (exit {code}) before any host ran: {_tail(log)}"
         )
     return PlayRun(playbook, round(time.monotonic() - started, 1), code, hosts, log)
+
+
+def fleet_secrets(workdir: Path) -> set[str]:
+    """Every secret the controller keeps (secrets/*.json values, secrets/api-key), to redact."""
+    found: set[str] = set()
+    d = workdir / "secrets"
+    for path in d.glob("*.json") if d.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            found |= {v for k, v in data.items() if isinstance(v, str) and k not in ("username", "url")}
+    key = d / "api-key"
+    if key.is_file():
+        found.add(key.read_text().strip())
+    return {s for s in found if s}
+
+
+def redact(text: str, secrets: set[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
 
 
 def _tail(path: Path) -> str:

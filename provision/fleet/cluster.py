@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provision.errors import OperationFailed
+from provision.errors import OperationFailed, UserError
 from provision.fleet.ansible import PlayRun
+from provision.fleet.health import cluster_failures
 from provision.fleet.inventory import FleetHost
-from provision.fleet.ops import Ctx, apply_run, facts, new_report, read_facts, timed
+from provision.fleet.ops import Ctx, apply_run, facts, host_roots, new_report, timed
 from provision.fleet.report import FleetReport
 
 MODEL_NAME = "xinfer-tiny"
@@ -44,11 +45,21 @@ XINFERENCE_ENV = {
 }
 
 
-def _roots(ctx: Ctx, report: FleetReport) -> dict[str, str]:
-    known = read_facts(ctx)
-    if all(h.name in known for h in ctx.fleet.hosts):
-        return {n: f.root for n, f in known.items()}
-    return {n: f.root for n, f in facts(ctx, report).items()}
+def installed_roots(ctx: Ctx, report: FleetReport) -> dict[str, str]:
+    """Each reachable host's root, gathered now (up starts daemons: no cached root will do), after
+    checking that `fleet install` has put the tool and Xinference there: a host without them is
+    refused here, in one line, before up.yml runs anything."""
+    raw: dict[str, dict] = {}
+    found = facts(ctx, report, raw)
+    missing = {n: d for n, d in raw.items() if not (d.get("tool") and d.get("xinference"))}
+    if missing:
+        first = next(iter(missing.values()))
+        what = "tool/bin/python" if not first.get("tool") else "envs/main/bin/xinference-supervisor"
+        raise UserError(
+            f"fleet up: not installed on {', '.join(missing)} (no {first['root']}/{what}): "
+            f"run `xinfer-setup fleet install -i {ctx.fleet.inventory}` first"
+        )
+    return {n: f.root for n, f in found.items()}
 
 
 def host_settings(h: FleetHost, root: str, supervisor: FleetHost) -> dict[str, Any]:
@@ -60,6 +71,7 @@ def host_settings(h: FleetHost, root: str, supervisor: FleetHost) -> dict[str, A
         "api_port": h.api_port,
         "supervisor_port": h.supervisor_port,
         "worker_port": h.worker_port,
+        "user": h.service_user,
         "env": {**XINFERENCE_ENV, "XINFERENCE_HOME": f"{root}/xinference"},
         "supervisor_argv": [
             f"{bindir}/xinference-supervisor",
@@ -128,7 +140,7 @@ def up_fleet(ctx: Ctx, model: str | None = None) -> FleetReport:
     report = new_report(ctx, "up")
     fleet = ctx.fleet
     sup = fleet.supervisor
-    roots = _roots(ctx, report)
+    roots = installed_roots(ctx, report)
     live = [h for h in fleet.hosts if h.name in roots]
     xf_hosts = {h.name: host_settings(h, roots[h.name], sup) for h in live}
     target_worker = next((w for w in fleet.workers if w.name in roots), None)
@@ -273,7 +285,7 @@ def chat(endpoint: str, api_key: str, uid: str) -> str:
 def _play_on_roots(ctx: Ctx, command: str) -> tuple[FleetReport, PlayRun]:
     """A new report for `command`, and its playbook run on every host, given only its root."""
     report = new_report(ctx, command)
-    roots = _roots(ctx, report)
+    roots = host_roots(ctx, report)
     with timed(report, command):
         run = ctx.play(command, {"xf_hosts": {n: {"root": r} for n, r in roots.items()}}, limit=list(roots))
     apply_run(report, run)
@@ -300,21 +312,40 @@ def status_fleet(ctx: Ctx) -> FleetReport:
         if row.status not in ("failed", "unreachable"):
             row.status, row.reason = "drift", reason
     workers: dict[str, Any] = {}
+    listed: set[str] | None = None
+    api_error = list_error = None
     creds = read_credentials(ctx)
-    if creds is not None:
-        with contextlib.suppress(OperationFailed):
+    if creds is None:
+        api_error = f"no credentials in {ctx.dir / 'secrets'}: `xinfer-setup fleet up` makes them"
+    else:
+        try:
             api = _admin_api(ctx.fleet.endpoint, creds)
-            for w in api.call("GET", "/v1/workers") or []:
-                workers[str(w.get("work-ip", "")).rsplit(":", 1)[0]] = sorted(w.get("models") or {})
+        except OperationFailed as e:
+            api_error = str(e)
+        else:
+            try:
+                for w in api.call("GET", "/v1/workers") or []:
+                    workers[str(w.get("work-ip", "")).rsplit(":", 1)[0]] = sorted(w.get("models") or {})
+                listed = set(workers)
+            except OperationFailed as e:
+                list_error = str(e)
+                report.notes.append(f"the supervisor could not list its workers: {e}")
+    daemons: dict[str, dict[str, Any]] = {}
+    for h in ctx.fleet.hosts:
+        o = run.hosts.get(h.name)
+        if o is not None and o.ok and "xinfer: status" in o.data:
+            daemons[h.name] = o.data["xinfer: status"].get("roles", {})
+    failures = cluster_failures(ctx.fleet, daemons, listed, api_error, list_error)
     for h in ctx.fleet.hosts:
         row = report.row(h.name)
-        o = run.hosts.get(h.name)
-        daemons = (o.data.get("xinfer: status", {}) if o else {}).get("roles", {})
-        row.details["daemons"] = {r: d["alive"] for r, d in daemons.items()}
+        roles = daemons.get(h.name, {})
+        row.details["daemons"] = {r: d["alive"] for r, d in roles.items()}
         row.details["plan_id"] = (plans.get(h.name) or {}).get("plan_id")
         if h.is_worker:
             row.details["worker_registered"] = h.address in workers
             row.details["models"] = workers.get(h.address)
+        if h.name in failures:
+            report.fail(h.name, failures[h.name])
         if row.status == "unchanged":
             row.status = "ok"
     report.extra["supervisor"] = ctx.fleet.endpoint

@@ -8,7 +8,7 @@ prints one JSON object on stdout (Ansible gives it back to the controller). Comm
             <root>/logs/<role>.log, restarted when it dies (bounded); idempotent (same
             settings and alive: nothing done)
   stop      stop it and every process it left (marked by XINFER_FLEET_DAEMON in their env)
-  status    per role: alive, pid, settings
+  status    per role started here: alive, pid, settings (from systemd where it runs the role)
   reach     TCP connects to address:port targets, each with its result
   auth      Xinference's first-run admin setup and an API key, kept in a 0600 file here
   install   `xinfer-setup install --from-bundle` of the pushed bundle; says whether it changed
@@ -33,6 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from provision.fleet import units
+from provision.fleet.pushed import check_pushed_wheel, unpack
 from provision.lock import pid_alive
 
 MARKER = "XINFER_FLEET_DAEMON"
@@ -77,13 +79,6 @@ def marked_pids(tag: str) -> list[int]:
         if needle in env.split(b"\0"):
             found.append(int(entry.name))
     return found
-
-
-def systemd_runs() -> bool:
-    try:
-        return Path("/proc/1/comm").read_text().strip() == "systemd"
-    except OSError:
-        return False
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
@@ -183,31 +178,31 @@ def _stop_daemon(root: Path, role: str, tag: str) -> bool:
     return was or bool(left)
 
 
-def _unit_name(role: str, tag: str) -> str:
-    return f"xinference-{role}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}.service"
-
-
-def _start_systemd(settings: dict[str, Any]) -> dict[str, Any]:
-    """A system unit (Restart=on-failure does the supervising); rewritten and restarted when changed."""
-    unit = _unit_name(settings["role"], settings["tag"])
-    env_lines = "".join(
-        f'Environment="{k}={v}"\n' for k, v in {**settings["env"], MARKER: settings["tag"]}.items()
-    )
-    log = _paths(Path(settings["root"]), settings["role"])["log"]
-    text = (
-        "[Unit]\n"
-        f"Description=Xinference {settings['role']} (xinfer-setup fleet)\n"
-        "After=network-online.target\nWants=network-online.target\n\n"
-        "[Service]\n"
-        f"ExecStart={' '.join(settings['argv'])}\n"
-        f"WorkingDirectory={settings['root']}\n"
-        f"{env_lines}"
-        f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
-        "Restart=on-failure\nRestartSec=2\nKillMode=control-group\n\n"
-        "[Install]\nWantedBy=multi-user.target\n"
-    )
-    path = Path("/etc/systemd/system") / unit
+def _start_systemd(settings: dict[str, Any], paths: dict[str, Path]) -> dict[str, Any]:
+    """A system unit (Restart=on-failure does the supervising) run as the service user;
+    rewritten and restarted when changed. The settings file records that the role was started."""
+    unit = units.unit_name(settings["role"], settings["tag"])
+    user = settings["user"]
+    why = units.ensure_user(user)
+    program = settings["argv"][0]
+    if why is None and not units.can_run(user, program):
+        why = (
+            f"the service user {user} cannot run {program} (a directory above xinfer_root is private to "
+            "its owner): set xinfer_root to a shared directory such as /opt/xinfer-setup, or "
+            "xinfer_service_user=root"
+        )
+    if why is not None:
+        _emit({"changed": False, "manager": "systemd", "reason": why}, 1)
+    if user != "root":
+        # The daemon writes Xinference's home (auth db, model state) and its own log.
+        home = Path(settings["env"].get("XINFERENCE_HOME") or Path(settings["root"]) / "xinference")
+        home.mkdir(parents=True, exist_ok=True)
+        paths["log"].touch()
+        subprocess.run(["chown", "-R", user, str(home), str(paths["log"])], check=True)
+    text = units.unit_text({**settings, "marker": MARKER}, paths["log"], user)
+    path = units.UNIT_DIR / unit
     old = path.read_text() if path.exists() else None
+    paths["settings"].write_text(json.dumps({**settings, "unit": unit}, indent=2))
     active = subprocess.run(["systemctl", "is-active", "--quiet", unit]).returncode == 0
     if old == text and active:
         return {"changed": False, "manager": "systemd", "unit": unit}
@@ -234,11 +229,12 @@ def start(args: argparse.Namespace) -> None:
         "tag": f"{root}:{args.role}",
         "argv": json.loads(args.argv),
         "env": env,
+        "user": args.user,
         "ready": {"address": args.address, "port": args.ready_port, "http": args.ready_http},
     }
     settings["digest"] = settings_digest(settings)
-    if systemd_runs() and not args.no_systemd:
-        out = _start_systemd(settings)
+    if units.systemd_runs() and not args.no_systemd:
+        out = _start_systemd(settings, paths)
     else:
         old = None
         with contextlib.suppress(OSError, ValueError):
@@ -318,33 +314,61 @@ def _tail(path: Path, n: int = 6) -> str:
 def stop(args: argparse.Namespace) -> None:
     root = Path(args.root).expanduser().absolute()
     tag = f"{root}:{args.role}"
-    if systemd_runs() and not args.no_systemd:
-        unit = _unit_name(args.role, tag)
-        if (Path("/etc/systemd/system") / unit).exists():
+    # Stopped on purpose: status then says "not started", not "dead".
+    _paths(root, args.role)["settings"].unlink(missing_ok=True)
+    if units.systemd_runs() and not args.no_systemd:
+        unit = units.unit_name(args.role, tag)
+        if (units.UNIT_DIR / unit).exists():
             was = subprocess.run(["systemctl", "is-active", "--quiet", unit]).returncode == 0
             subprocess.run(["systemctl", "disable", "--now", unit], capture_output=True)
+            (units.UNIT_DIR / unit).unlink(missing_ok=True)
+            subprocess.run(["systemctl", "daemon-reload"], capture_output=True)
             _emit({"changed": was, "role": args.role, "manager": "systemd"})
     was = _stop_daemon(root, args.role, tag)
     _emit({"changed": was, "role": args.role, "manager": "daemon", "left": marked_pids(tag)})
 
 
-def status(args: argparse.Namespace) -> None:
-    root = Path(args.root).expanduser().absolute()
-    roles = {}
-    for role in ("supervisor", "worker"):
-        paths = _paths(root, role)
-        settings = None
-        with contextlib.suppress(OSError, ValueError):
-            settings = json.loads(paths["settings"].read_text())
-        pid = read_pid(paths["pid"])
-        if settings is None and pid is None:
-            continue
-        roles[role] = {
-            "alive": pid is not None,
-            "pid": pid,
-            "digest": settings.get("digest") if settings else None,
+def role_status(root: Path, role: str, under_systemd: bool) -> dict[str, Any] | None:
+    """A role started here (its settings file), as the thing that runs it sees it: systemd for a
+    unit, the pid file's process for a supervised daemon. None: never started, or stopped."""
+    paths = _paths(root, role)
+    settings: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        settings = json.loads(paths["settings"].read_text())
+    unit = units.unit_name(role, f"{root}:{role}")
+    # A unit file is enough: units started by an earlier xinfer-setup have no settings file.
+    if under_systemd and (units.UNIT_DIR / unit).exists():
+        state = units.unit_state(unit)
+        return {
+            **state,
+            "manager": "systemd",
+            "unit": unit,
+            "digest": settings.get("digest"),
             "log": str(paths["log"]),
         }
+    if not settings:
+        return None
+    pid = read_pid(paths["pid"])
+    return {
+        "alive": pid is not None,
+        "pid": pid,
+        "manager": "daemon",
+        "state": "running"
+        if pid is not None
+        else f"its daemon is gone; log {paths['log']}: {_tail(paths['log'], 3)}",
+        "digest": settings.get("digest"),
+        "log": str(paths["log"]),
+    }
+
+
+def status(args: argparse.Namespace) -> None:
+    root = Path(args.root).expanduser().absolute()
+    under_systemd = units.systemd_runs() and not args.no_systemd
+    roles = {}
+    for role in ("supervisor", "worker"):
+        found = role_status(root, role, under_systemd)
+        if found is not None:
+            roles[role] = found
     receipt = root / "envs" / "main" / "share" / "xinfer-setup" / "receipt.json"
     _emit({"changed": False, "roles": roles, "receipt": str(receipt) if receipt.exists() else None})
 
@@ -405,30 +429,6 @@ def auth(args: argparse.Namespace) -> None:
     _emit({"changed": True, "credentials": str(creds_path)})
 
 
-def unpack(tar: Path, dest: Path) -> Path:
-    """The pushed tar, unpacked once per bundle id (a re-run finds it done); plain files only,
-    each kept inside dest."""
-    import shutil
-    import tarfile
-
-    done = dest / ".unpacked"
-    if done.exists():
-        return dest
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    with tarfile.open(tar) as tf:
-        for member in tf.getmembers():
-            target = (dest / member.name).resolve()
-            if not member.isfile() or dest.resolve() not in target.parents:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tf.extractfile(member) as src, target.open("wb") as dst:  # type: ignore[union-attr]
-                shutil.copyfileobj(src, dst)
-    done.write_text("")
-    return dest
-
-
 def _installed_state(receipt_path: Path) -> Any:
     try:
         r = json.loads(receipt_path.read_text())
@@ -443,6 +443,12 @@ def _installed_state(receipt_path: Path) -> Any:
 def install(args: argparse.Namespace) -> None:
     """`xinfer-setup install --from-bundle`: the bundle the controller pushed is the only source."""
     root = Path(args.root).expanduser().absolute()
+    if args.llama_sha256:
+        why = check_pushed_wheel(
+            root / "cache" / "xinfer-setup" / "wheelhouse" / args.llama_key, args.llama_sha256
+        )
+        if why is not None:
+            _emit({"changed": False, "reason": why}, 1)
     bundle = unpack(Path(args.tar), root / "bundles" / args.bundle_id)
     env = {
         **os.environ,
@@ -499,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--address", required=True)
     p.add_argument("--ready-port", type=int, required=True)
     p.add_argument("--ready-http", default=None, help="a path answered over HTTP when ready")
+    p.add_argument("--user", default=units.DEFAULT_SERVICE_USER, help="the systemd unit's User=")
     p.add_argument("--no-systemd", action="store_true")
     p.set_defaults(fn=start)
     p = sub.add_parser("stop")
@@ -508,6 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(fn=stop)
     p = sub.add_parser("status")
     p.add_argument("--root", required=True)
+    p.add_argument("--no-systemd", action="store_true")
     p.set_defaults(fn=status)
     p = sub.add_parser("reach")
     p.add_argument("--target", action="append", default=[])
@@ -522,6 +530,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", required=True)
     p.add_argument("--tar", required=True, help="the pushed bundle as a tar")
     p.add_argument("--bundle-id", required=True)
+    p.add_argument("--llama-key", default="", help="the wheelhouse key of the pushed llama-cpp-python build")
+    p.add_argument("--llama-sha256", default="", help="its sha256, as the controller checked it")
     p.set_defaults(fn=install)
     p = sub.add_parser("supervise")
     p.add_argument("settings")

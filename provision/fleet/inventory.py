@@ -13,12 +13,15 @@ Layout asked of the user: a `supervisor` group with exactly one host and a `work
   xinfer_backends   backends to install (list or comma-separated); default: every backend
   xinfer_address    the address other hosts reach this one at (default ansible_host, then name)
   xinfer_api_port, xinfer_supervisor_port, xinfer_worker_port: fixed ports (defaults below)
+  xinfer_service_user  the User= of the daemons' systemd units (default: a system account
+                    `xinference`, made when missing; root only when set to root)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +53,7 @@ class FleetHost:
     api_port: int = DEFAULT_API_PORT
     supervisor_port: int = DEFAULT_SUPERVISOR_PORT
     worker_port: int = DEFAULT_WORKER_PORT
+    service_user: str = "xinference"
     vars: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -168,6 +172,15 @@ def _port(hv: dict[str, Any], key: str, default: int, host: str) -> int:
     return port
 
 
+def _user(value: Any, host: str) -> str:
+    if value in (None, ""):
+        return "xinference"
+    user = str(value)
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
+        raise UserError(f"host {host}: xinfer_service_user={user!r} is not a user name")
+    return user
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -218,6 +231,7 @@ def fleet_from_json(data: dict[str, Any], path: Path) -> Fleet:
                 api_port=_port(hv, "xinfer_api_port", DEFAULT_API_PORT, name),
                 supervisor_port=_port(hv, "xinfer_supervisor_port", DEFAULT_SUPERVISOR_PORT, name),
                 worker_port=_port(hv, "xinfer_worker_port", DEFAULT_WORKER_PORT, name),
+                service_user=_user(hv.get("xinfer_service_user"), name),
                 vars=dict(hv),
             )
         )

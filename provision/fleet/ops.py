@@ -3,6 +3,7 @@ FleetReport. An unreachable or failing host is reported with its reason and the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from provision.errors import OperationFailed
 from provision.fleet.ansible import PlayRun, run_playbook
-from provision.fleet.inventory import Fleet
+from provision.fleet.inventory import Fleet, FleetHost
 from provision.fleet.report import FleetReport, HostRow
 from provision.fleet.wheels import HostFacts, check_python, self_wheel, tool_wheels
 
@@ -70,7 +71,9 @@ def timed(report: FleetReport, phase: str):
 # ------------------------------------------------------------------ probe
 
 
-def facts(ctx: Ctx, report: FleetReport) -> dict[str, HostFacts]:
+def facts(ctx: Ctx, report: FleetReport, raw: dict[str, dict] | None = None) -> dict[str, HostFacts]:
+    """Each reachable host's facts, gathered now (and cached, keyed by its inventory variables);
+    `raw` gets everything the facts step printed (what of ours is installed there, too)."""
     with timed(report, "facts"):
         run = ctx.play("facts", {})
     apply_run(report, run)
@@ -81,11 +84,14 @@ def facts(ctx: Ctx, report: FleetReport) -> dict[str, HostFacts]:
             found[name] = HostFacts(
                 python=data["python"], machine=data["machine"], libc=data.get("libc") or "", root=data["root"]
             )
+            if raw is not None:
+                raw[name] = data
         elif o.ok:
             report.fail(name, "the facts step printed nothing readable")
     # Bad input: a host that cannot run xinfer-setup at all; nothing is changed anywhere.
     for name, f in found.items():
         check_python(name, f)
+    write_facts(ctx, found)
     return found
 
 
@@ -117,15 +123,46 @@ def probe(ctx: Ctx, report: FleetReport) -> dict[str, HostFacts]:
         path = ctx.dir / "profiles" / f"{name}.json"
         if name in host_facts and path.exists():
             report.row(name).details["profile"] = str(path)
-    (ctx.dir / "facts.json").write_text(json.dumps({n: f.__dict__ for n, f in host_facts.items()}, indent=2))
     return {n: f for n, f in host_facts.items() if n in _live(report)}
 
 
+def inventory_digest(host: FleetHost) -> str:
+    """What a host's cached facts were gathered from: its variables in the inventory (xinfer_root,
+    ansible_host, the interpreter...). Another inventory for the same names is another key."""
+    text = json.dumps(host.vars, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_facts(ctx: Ctx, found: dict[str, HostFacts]) -> None:
+    """facts.json: the hosts gathered now, beside earlier entries that are still valid."""
+    entries = {**read_facts(ctx), **found}
+    data = {n: {**f.__dict__, "inventory": inventory_digest(ctx.fleet.host(n))} for n, f in entries.items()}
+    (ctx.dir / "facts.json").write_text(json.dumps(data, indent=2))
+
+
 def read_facts(ctx: Ctx) -> dict[str, HostFacts]:
+    """Cached facts of the inventory's hosts, only where they were gathered from the same
+    variables as the inventory has now (a changed xinfer_root is gathered again)."""
     path = ctx.dir / "facts.json"
-    if not path.exists():
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
-    return {n: HostFacts(**d) for n, d in json.loads(path.read_text()).items()}
+    names = {h.name: h for h in ctx.fleet.hosts}
+    fields = set(HostFacts.__dataclass_fields__)
+    return {
+        n: HostFacts(**{k: v for k, v in d.items() if k in fields})
+        for n, d in data.items()
+        if n in names and isinstance(d, dict) and d.get("inventory") == inventory_digest(names[n])
+    }
+
+
+def host_roots(ctx: Ctx, report: FleetReport) -> dict[str, str]:
+    """Each host's root: from the cache when every host has a valid entry, else gathered now."""
+    known = read_facts(ctx)
+    if all(h.name in known for h in ctx.fleet.hosts):
+        return {n: f.root for n, f in known.items()}
+    return {n: f.root for n, f in facts(ctx, report).items()}
 
 
 # ------------------------------------------------------------------ plan
@@ -181,7 +218,7 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
     built once per key -> `xinfer-setup install` on every host in parallel -> receipts back."""
     from provision.fleet.bundles import GroupBundle, make_group_bundle
     from provision.fleet.planning import group_builds
-    from provision.install.wheelhouse import built_wheel
+    from provision.install.wheelhouse import cache_root
 
     report = new_report(ctx, "install")
     host_facts = probe(ctx, report)
@@ -211,11 +248,17 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
     builds: dict[str, dict] = {}
     first_wave: list[str] = []
     for build_key, hosts in group_builds([hp for hp in host_plans if hp.name in _live(report)]).items():
-        have = built_wheel(build_key) or _fetched_build(ctx, build_key)
+        have, why = recorded_build(cache_root() / "wheelhouse" / build_key)
+        if have is None:
+            have, why_fetched = recorded_build(ctx.dir / "builds" / build_key)
+            why = why or why_fetched
+        if why:
+            ctx.echo(f"[controller] llama-cpp-python {build_key}: not shipped: {why}")
         builds[build_key] = {
             "hosts": list(hosts),
             "source": "controller" if have else hosts[0],
-            "wheel": str(have) if have else None,
+            "wheel": str(have[0]) if have else None,
+            "sha256": have[1] if have else None,
         }
         if not have:
             first_wave.append(hosts[0])
@@ -231,6 +274,8 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
             "bundle_id": bundle.content_id,
             "llama_key": hp.build_key or "",
             "llama_wheel": build.get("wheel") or "",
+            # Checked on the host before anything is installed from the pushed wheel.
+            "llama_sha256": build.get("sha256") or "",
             "fetch_build": fetch_build,
         }
 
@@ -243,14 +288,16 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
         apply_run(report, run)
         for build_key, wave in builds.items():
             if wave["wheel"] is None:
-                fetched = _fetched_build(ctx, build_key)
+                fetched, why = recorded_build(ctx.dir / "builds" / build_key)
                 if fetched is not None:
-                    wave["wheel"] = str(fetched)
+                    wave["wheel"], wave["sha256"] = str(fetched[0]), fetched[1]
                     done_builds += 1
                 else:
                     for n in wave["hosts"][1:]:
                         report.fail(
-                            n, f"the llama-cpp-python build for key {build_key} failed on {wave['source']}"
+                            n,
+                            f"the llama-cpp-python build for key {build_key} failed on {wave['source']}"
+                            + (f" ({why})" if why else ""),
                         )
     rest = [n for n in _live(report) if n in by_name and n not in first_wave]
     if rest:
@@ -273,9 +320,29 @@ def install_fleet(ctx: Ctx, portable: bool = False) -> FleetReport:
     return report
 
 
-def _fetched_build(ctx: Ctx, key: str) -> Path | None:
-    wheels = sorted((ctx.dir / "builds" / key).glob("*.whl"))
-    return wheels[0] if wheels else None
+def recorded_build(d: Path) -> tuple[tuple[Path, str] | None, str | None]:
+    """The llama-cpp-python wheel in a wheelhouse entry (the controller's, or one fetched back from
+    the first host of its key) with the sha256 its build.json recorded, checked against its bytes
+    now; else None and why (no wheel: None, None). Only a checked wheel is shipped, and its hash
+    travels with it to each host, which checks it again before installing it."""
+    from provision.install.wheelhouse import sha256_file
+
+    wheels = sorted(d.glob("*.whl")) if d.is_dir() else []
+    if not wheels:
+        return None, None
+    try:
+        recorded = json.loads((d / "build.json").read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not recorded:
+        return None, f"{wheels[0].name} in {d} has no sha256 recorded by its build (build.json)"
+    actual = sha256_file(wheels[0])
+    if actual != recorded:
+        return None, (
+            f"{wheels[0].name} in {d} does not match the sha256 recorded by its build "
+            f"({recorded[:16]}…, now {actual[:16]}…)"
+        )
+    return (wheels[0], actual), None
 
 
 class _Quiet:
@@ -301,9 +368,7 @@ def smoke_fleet(ctx: Ctx) -> FleetReport:
     """`xinfer-setup smoke` on every installed host, in parallel; its JSON stays on the host
     (<root>/logs/smoke.json), the last lines of a failure come back as the reason."""
     report = new_report(ctx, "smoke")
-    roots = {n: f.root for n, f in read_facts(ctx).items()} or {
-        n: f.root for n, f in facts(ctx, report).items()
-    }
+    roots = host_roots(ctx, report)
     with timed(report, "smoke"):
         run = ctx.play("smoke", {"xf_hosts": {n: {"root": r} for n, r in roots.items()}}, limit=list(roots))
     apply_run(report, run)

@@ -163,7 +163,8 @@ def checked_wheel(key: str, root: Path, reporter: Reporter) -> Path | None:
 
     build.json keeps the wheel's sha256 from the build; a wheel that no longer matches it (a
     truncated copy, a disk error, tampering) is not installed: it is removed, with a warning, and
-    rebuilt. An entry from before hashes were kept gets its hash recorded now, and says so.
+    rebuilt. An entry with no recorded hash is refused the same way: whatever bytes it has now
+    are not known to be the ones built (a copy pushed without its record included).
     """
     wheel = built_wheel(key, root)
     if wheel is None:
@@ -176,10 +177,12 @@ def checked_wheel(key: str, root: Path, reporter: Reporter) -> Path | None:
     actual = sha256_file(wheel)
     recorded = meta.get("sha256")
     if recorded is None:
-        meta["sha256"] = actual
-        meta_path.write_text(json.dumps(meta, indent=2))
-        reporter.say(f"{PROJECT} wheelhouse entry {key} had no recorded sha256: recorded {actual[:16]}… now")
-        return wheel
+        reporter.say(
+            f"warning: {wheel.name} in the wheelhouse ({key}) has no sha256 recorded when it was built: "
+            "refusing it, removing it and building again"
+        )
+        shutil.rmtree(wheel.parent, ignore_errors=True)
+        return None
     if recorded != actual:
         reporter.say(
             f"warning: {wheel.name} in the wheelhouse ({key}) does not match the sha256 recorded when it was "

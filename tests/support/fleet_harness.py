@@ -33,27 +33,45 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def ensure_sshd() -> None:
-    """Debian's openssh-server, installed once; its package scripts must not start a system sshd."""
-    if Path(SSHD).exists():
-        return
-    policy = Path("/usr/sbin/policy-rc.d")
-    created = not policy.exists()
-    if created:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
+    """sshd comes from the system (scripts/ci-deps.sh installs it, once, before the tests)."""
+    if not Path(SSHD).exists():
+        raise RuntimeError(f"{SSHD} not found: run `bash scripts/ci-deps.sh` (installs openssh-server)")
+
+
+def _python_version(python: str) -> str | None:
     try:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, env=env, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "openssh-server"],
-            check=True,
+        out = subprocess.run(
+            [python, "-c", "import platform; print(platform.python_version())"],
             capture_output=True,
-            env=env,
-            timeout=900,
+            text=True,
+            timeout=30,
         )
-    finally:
-        if created:
-            policy.unlink(missing_ok=True)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def old_python(uv: str | None = None) -> tuple[str, str] | None:
+    """A real interpreter older than 3.10 (a host fleet must refuse), with its version: one on
+    PATH or under pyenv, else uv's managed build (`uv python install 3.9`, where its download
+    is reachable). None when there is none to be had."""
+    candidates = [shutil.which(f"python3.{m}") for m in (9, 8, 7)]
+    pyenv = Path.home().glob(".pyenv/versions/3.[6-9].*/bin/python3")
+    candidates += sorted((str(p) for p in pyenv), reverse=True)
+    for python in filter(None, candidates):
+        version = _python_version(python)
+        if version and tuple(int(x) for x in version.split(".")[:2]) < (3, 10):
+            return python, version
+    if uv:
+        subprocess.run([uv, "python", "install", "3.9"], capture_output=True, timeout=600)
+        found = subprocess.run(
+            [uv, "python", "find", "--managed-python", "3.9"], capture_output=True, text=True
+        )
+        python = found.stdout.strip()
+        version = _python_version(python) if found.returncode == 0 and python else None
+        if version:
+            return python, version
+    return None
 
 
 def _free_subnet() -> int:
