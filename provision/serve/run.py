@@ -199,6 +199,8 @@ def decide(req: ServeRequest) -> Decision:
             "--api-key does not apply with --via xinference: Xinference issues its own keys "
             "(bind to a non-loopback --host and serve saves one to a file only you can read)"
         )
+    from provision.planner.runtime_env import runtime_env
+
     profile, all_installed = host_and_installed(req)
     cands = candidates(req, all_installed)
     hint_args = f" --venv {req.venv_root}" if req.venv_root else ""
@@ -234,9 +236,10 @@ def decide(req: ServeRequest) -> Decision:
             port,
             served,
             python=xinf_python,
-            env=planned.env,
+            env={**runtime_env(profile), **planned.env},
         )
-    return native_decision(req, planned, installed[planned.choice.engine].python, port)
+    native = native_decision(req, planned, installed[planned.choice.engine].python, port)
+    return replace(native, env={**runtime_env(profile), **native.env})  # provision.planner.runtime_env
 
 
 def native_decision(req: ServeRequest, planned: Planned, python: Path, port: int) -> Decision:
