@@ -16,7 +16,7 @@ from provision.planner.host_classes import load_host_classes
 from provision.planner.runtime_env import runtime_env
 from provision.profile import GPU, PlatformInfo, Tegra, load_profile
 
-PROFILES = Path(__file__).parent / "profiles"
+PROFILES = Path(__file__).parent / "profiles" / "classes"  # one per issue-20 class; the matrix has the rest
 HOST = load_host_classes()
 
 
@@ -43,7 +43,7 @@ def test_rosetta_is_refused_naming_the_arm64_python(name):
 
 
 def test_a_real_intel_mac_is_not_taken_for_rosetta():
-    plan = plan_of("macos-intel-i5")
+    plan = plan_of("", load_profile(PROFILES.parent / "macos-intel-i5.json"))
     assert "rosetta" not in codes(plan)
     assert plan.installs  # the Intel Mac keeps its own plan
 
@@ -142,7 +142,7 @@ def test_wsl_puts_its_libcuda_first_on_the_library_path():
     env = runtime_env(plan.profile, {"LD_LIBRARY_PATH": "/opt/x"})
     assert env == {"LD_LIBRARY_PATH": f"{HOST.wsl_lib_dir}:/opt/x"}
     assert runtime_env(plan.profile, {"LD_LIBRARY_PATH": HOST.wsl_lib_dir}) == {}
-    assert runtime_env(load_profile(PROFILES / "linux-h100-driver590.json"), {}) == {}
+    assert runtime_env(load_profile(PROFILES.parent / "linux-h100-driver590.json"), {}) == {}
 
 
 # ---------------------------------------------------------------- class 19: NVML errors, vGPU
@@ -156,6 +156,6 @@ def test_nvml_error_plans_the_gpu_and_says_what_failed():
 
 
 def test_vgpu_and_mig_are_said():
-    base = load_profile(PROFILES / "linux-h100-driver590.json")
+    base = load_profile(PROFILES.parent / "linux-h100-driver590.json")
     both = dataclasses.replace(base, platform=PlatformInfo(gpu_virtualization=("mig", "vgpu")))
     assert {"nvidia-mig", "nvidia-vgpu"} <= codes(plan_of("", both))

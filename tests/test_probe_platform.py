@@ -30,7 +30,7 @@ from provision.probe.platform import (
 from provision.profile import load_profile, profile_from_dict
 from tests.support.probe import FakeNvml, RecordedRunner, failed, make_system, ok, pci_device, raw, write_tree
 
-PROFILES = Path(__file__).parent / "profiles"
+PROFILES = Path(__file__).parent / "profiles" / "classes"
 SYSCTL = "/usr/sbin/sysctl"
 
 
@@ -209,10 +209,10 @@ def test_v1_profiles_still_load_and_infer_what_they_can():
     rosetta = load_profile(PROFILES / "macos-m1pro-rosetta-v1.json")
     assert rosetta.schema_version == 2 and rosetta.platform.translated is None
     assert rosetta.rosetta  # Apple M1 Pro under an x86_64 interpreter
-    assert not load_profile(PROFILES / "macos-intel-i5.json").rosetta  # a real Intel Mac
+    assert not load_profile(PROFILES.parent / "macos-intel-i5.json").rosetta  # a real Intel Mac
     jetson = load_profile(PROFILES / "linux-jetson-agx-orin-v1-kernel-only.json").jetson
     assert (jetson.l4t, jetson.kernel, jetson.source) == (None, "5.15.136-tegra", "kernel")
-    assert load_profile(PROFILES / "linux-gh200-aarch64-driver590.json").jetson is None
+    assert load_profile(PROFILES.parent / "linux-gh200-aarch64-driver590.json").jetson is None
     assert load_profile(PROFILES / "linux-wsl2-rtx3070-driver531.json").wsl
 
 

@@ -38,6 +38,7 @@ from provision.install.fingerprint import installed_fingerprint
 from provision.install.ledger import merge_receipts
 from provision.install.noop import UNCHANGED_NOTE, unchanged_receipt
 from provision.install.overlap import BackgroundBuilds
+from provision.install.pin_check import check_pins
 from provision.install.pipconfig import PYPI_SIMPLE, IndexConfig, read_index_config
 from provision.install.progress import Reporter
 from provision.install.receipt import BackendRecord, EnvRecord, Receipt, backend_dist, write_receipt
@@ -661,6 +662,8 @@ def install_plan(
 
 def _install_locked(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Receipt:
     run = _Run(plan, opts, reporter)
+    if not opts.offline and not opts.replay_pins:  # class 18: a partial mirror, named before any change
+        check_pins(plan, run.index, reporter.say)
     if opts.check_disk:
         todo = [
             b.name
