@@ -52,6 +52,7 @@ from provision.install.verify import (
     gpu_archs,
     xllamacpp_build_of,
 )
+from provision.install.wheel_guard import guarded_build
 from provision.plan import BackendDecision, Environment, Plan
 
 
@@ -292,17 +293,20 @@ class _Run:
             self.builds.start(backend.name, functools.partial(self._build_wheel, req, loc))
 
     def _build_wheel(self, req: wheelhouse.BuildRequest, loc: EnvLocation) -> Path:
-        return wheelhouse.build(
-            req,
-            self.installer.kind,
-            loc.python,
-            self.installer.build_flags(),
-            self.index.pip_flags(),
-            self.reporter,
-            self.cache,
-            sources=self._hash_sources(),
-            installer_env=self.installer.env(),
-        )
+        def build() -> Path:
+            return wheelhouse.build(
+                req,
+                self.installer.kind,
+                loc.python,
+                self.installer.build_flags(),
+                self.index.pip_flags(),
+                self.reporter,
+                self.cache,
+                sources=self._hash_sources(),
+                installer_env=self.installer.env(),
+            )
+
+        return guarded_build(req, build, self.reporter.say)  # class 3: no CPU wheel under a GPU key
 
     def install_env(self, env: Environment) -> None:
         loc = self.locations[env.name]
