@@ -159,3 +159,63 @@ def test_vgpu_and_mig_are_said():
     base = load_profile(PROFILES.parent / "linux-h100-driver590.json")
     both = dataclasses.replace(base, platform=PlatformInfo(gpu_virtualization=("mig", "vgpu")))
     assert {"nvidia-mig", "nvidia-vgpu"} <= codes(plan_of("", both))
+
+
+# ---------------------------------------------------------------- serve gets the runtime variables
+
+
+@pytest.mark.parametrize(
+    "name, key, value",
+    [
+        ("linux-rx6700xt-gfx1031-rocm6.4", "HSA_OVERRIDE_GFX_VERSION", HOST.hsa_override),
+        ("linux-wsl2-rtx3070-driver531", "LD_LIBRARY_PATH", HOST.wsl_lib_dir),
+    ],
+)
+def test_serve_puts_the_runtime_variables_into_the_engines_environment(name, key, value):
+    import json
+
+    from tests.support.cli import cli
+
+    done = cli("serve", "tiny", "--dry-run", "--json", "--profile", str(PROFILES / f"{name}.json"))
+    assert done.returncode == 0, done.stderr
+    env = json.loads(done.stdout)["env"]
+    assert env[key].split(":")[0] == value
+
+
+# ---------------------------------------------------------------- the classes the planner already answered
+
+
+def test_vllm_and_sglang_off_linux_get_the_advice_for_that_system():
+    """Class 7 (vllm-project/vllm#3425, xorbitsai/inference#2990)."""
+    windows = plan_of("", load_profile(PROFILES.parent / "windows-rtx2080super-driver610.json"))
+    mac = plan_of("", load_profile(PROFILES.parent / "macos-m1max.json"))
+    for engine in ("vllm", "sglang"):
+        assert windows.backend(engine).action == "skip" and "WSL2" in windows.backend(engine).reason
+        assert mac.backend(engine).action == "skip" and "MLX" in mac.backend(engine).reason
+        assert "WSL2" not in mac.backend(engine).reason
+    assert "mlx" in mac.backend("xinference").packages[0]  # the MLX route is planned, not only named
+
+
+def test_flashinfer_jit_without_nvcc_is_said_with_the_cache_index():
+    """Class 14: SGLang's FlashInfer JIT needs nvcc (sgl-project/sglang#5002, #3830, #5389)."""
+    base = load_profile(PROFILES.parent / "linux-h100-driver590.json")
+    assert "flashinfer-jit-nvcc" not in codes(plan_of("", base))  # nvcc 13.0 is there
+    bare = dataclasses.replace(base, toolchain=dataclasses.replace(base.toolchain, nvcc=None))
+    plan = plan_of("", bare)
+    said = [w.message for w in plan.warnings if w.code == "flashinfer-jit-nvcc"]
+    assert {m.split(":")[0] for m in said} == {
+        b for b in HOST.flashinfer_engines if plan.backend(b).action == "install"
+    }
+    sglang_torch = plan.environment(plan.backend("sglang").environment).torch.variant
+    assert any(HOST.flashinfer_jit_cache_index.format(variant=sglang_torch) in m for m in said)
+
+
+def test_windows_without_build_tools_keeps_the_prebuilt_wheels():
+    """Class 12 (xorbitsai/inference#1050, #1393): no source build without a compiler; wheels stay."""
+    profile = load_profile(PROFILES.parent / "windows-rtx2080super-driver610.json")
+    plan = plan_of(
+        "", dataclasses.replace(profile, toolchain=dataclasses.replace(profile.toolchain, cc=None))
+    )
+    llama = plan.backend("llama-cpp-python")
+    assert llama.action == "skip" and "Visual Studio Build Tools" in llama.reason
+    assert plan.backend("xllamacpp").action == "install"  # a prebuilt wheel needs no compiler

@@ -55,6 +55,8 @@ class HostClassRecipes:
     override_unproven: tuple[str, ...]
     wsl_lib_dir: str
     nvml_advice: str
+    flashinfer_engines: tuple[str, ...]
+    flashinfer_jit_cache_index: str
 
 
 def host_class_recipes_from_dict(d: dict[str, Any]) -> HostClassRecipes:
@@ -73,6 +75,8 @@ def host_class_recipes_from_dict(d: dict[str, Any]) -> HostClassRecipes:
             override_unproven=tuple(o["unproven"]),
             wsl_lib_dir=d["wsl"]["lib_dir"],
             nvml_advice=d["nvml"]["advice"],
+            flashinfer_engines=tuple(d["flashinfer"]["engines"]),
+            flashinfer_jit_cache_index=d["flashinfer"]["jit_cache_index"],
         )
     except (KeyError, TypeError) as e:
         raise OperationFailed(
@@ -309,6 +313,33 @@ def host_warnings(profile: HostProfile) -> tuple[PlanWarning, ...]:
                 "nvidia-mig",
                 "MIG is enabled: engines see MIG slices (select one with CUDA_VISIBLE_DEVICES=MIG-<uuid>); "
                 "memory per engine is the slice's",
+            )
+        )
+    return tuple(out)
+
+
+def engine_warnings(
+    profile: HostProfile, backends: tuple[BackendDecision, ...], torch_of: dict[str, TorchChoice | None]
+) -> tuple[PlanWarning, ...]:
+    """What the planned engines will need at run time that this host lacks (class 14: FlashInfer's
+    JIT needs nvcc). torch_of: each installed backend's torch, for the CUDA variant of the cache."""
+    rec = load_host_classes()
+    if profile.toolchain.nvcc:
+        return ()
+    out = []
+    for b in backends:
+        if b.action != "install" or b.name not in rec.flashinfer_engines:
+            continue
+        t = torch_of.get(b.name)
+        if t is None or not t.variant.startswith("cu"):
+            continue
+        index = rec.flashinfer_jit_cache_index.format(variant=t.variant)
+        out.append(
+            PlanWarning(
+                "flashinfer-jit-nvcc",
+                f"{b.name}: FlashInfer compiles kernels at first use and this host has no nvcc: install "
+                f"flashinfer-cubin and flashinfer-jit-cache (from {index}) into its environment, or a "
+                "CUDA toolkit, before serving",
             )
         )
     return tuple(out)

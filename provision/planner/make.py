@@ -74,6 +74,10 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
         if n in decided:
             warnings += decided[n].warnings
     environments = _environments(backends, decided, torch)
+    env_torch = {e.name: e.torch for e in environments}
+    warnings += host_classes.engine_warnings(
+        real, backends, {b.name: env_torch.get(b.environment or "") for b in backends}
+    )
     if request.backends is None and not any(b.action == "install" for b in backends):
         warnings.append(
             PlanWarning("nothing-to-install", "no backend can be installed on this host: see each reason")

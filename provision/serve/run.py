@@ -91,6 +91,8 @@ class Decision:
             "source": c.source,
             "served_name": self.served_name,
             "memory": p.fit.to_dict(),
+            # What the engine process gets beyond ours: CUDA_VISIBLE_DEVICES, HSA_OVERRIDE_GFX_VERSION...
+            "env": dict(self.env),
         }
 
 
