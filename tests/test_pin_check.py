@@ -91,3 +91,20 @@ def test_a_version_the_mirror_lacks_is_missing_and_a_silent_index_proves_nothing
     dead = "http://127.0.0.1:9/simple"
     missing, silent = missing_pins(tuple(type(p)(p.project, p.version, (dead,)) for p in pins[:1]), timeout=2)
     assert missing == [] and silent == [dead]
+
+
+def test_a_gpu_wheel_missing_from_its_own_index_is_named_even_if_pypi_has_the_version(tmp_path):
+    """Classes 4 and 20: xllamacpp's GPU index lagging PyPI must not fall back to PyPI's CPU wheel."""
+    profile = load_profile(PROFILES / "linux-h100-driver590.json")
+    plan = make_plan(profile, PlanRequest(backends=("xllamacpp",)), load_recipes())
+    xl = plan.backend("xllamacpp")
+    assert xl.extra_index_urls  # the GPU index is planned
+    (pin,) = [p for p in plan_pins(plan, ("https://pypi.example/simple",)) if p.project == "xllamacpp"]
+    assert pin.sources == xl.extra_index_urls  # not PyPI, where the same version is the CPU wheel
+    lagging = tmp_path / "gpu-index"
+    d = lagging / "simple" / "xllamacpp"
+    d.mkdir(parents=True)
+    (d / "index.html").write_text(_page(["xllamacpp-0.1.0-cp310-abi3-manylinux2014_x86_64.whl"]))
+    with served(lagging) as url:
+        missing, silent = missing_pins((type(pin)(pin.project, pin.version, (url,)),))
+    assert missing == [f"xllamacpp=={pin.version}"] and silent == []

@@ -60,7 +60,12 @@ def plan_pins(plan: Plan, sources: tuple[str, ...]) -> tuple[Pin, ...]:
         for req in b.packages:
             exact = _exact(req)
             if exact:
-                pins.setdefault(exact, Pin(*exact, sources + b.extra_index_urls))
+                # A backend with its own index (xllamacpp's GPU wheels) must find its pin there: the
+                # same version on PyPI is the CPU wheel, the silent fallback of classes 4 and 20.
+                own = (
+                    b.extra_index_urls if b.extra_index_urls and exact[0] == canonicalize_name(b.name) else ()
+                )
+                pins.setdefault(exact, Pin(*exact, own or sources + b.extra_index_urls))
     for env in plan.environments:
         t = env.torch
         if t is not None and t.version_spec and t.version_spec.startswith("=="):
