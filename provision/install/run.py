@@ -38,6 +38,7 @@ from provision.install.fingerprint import installed_fingerprint
 from provision.install.ledger import merge_receipts
 from provision.install.noop import UNCHANGED_NOTE, unchanged_receipt
 from provision.install.overlap import BackgroundBuilds
+from provision.install.own_index import must_reinstall_from_own_index
 from provision.install.pin_check import check_pins
 from provision.install.pipconfig import PYPI_SIMPLE, IndexConfig, read_index_config
 from provision.install.progress import Reporter
@@ -365,13 +366,19 @@ class _Run:
         # A backend whose last install failed or did not verify may have left half-written
         # dependencies (a full disk, a kill) that still look installed: reinstall them, not trust them.
         suspect = self._suspect(backend.name)
+        # class 20: the same version from another index (PyPI's CPU xllamacpp) is not this backend
+        switch = must_reinstall_from_own_index(
+            backend,
+            current.get(_dist_name(backend)) is not None,
+            self.previous.plan if self.previous else None,
+        )
         try:
             if backend.build is not None:
                 reqs = self._build_requirement(backend, loc, current, force=suspect)
             else:
                 reqs = [p for p in backend.packages if requirement_name(p) not in TORCH_FAMILY] + extras
                 left_out = state_mod.deliberately_absent(current) | set(backend.excludes)
-                if not suspect and not state_mod.unmet(reqs, current, frozenset(left_out)):
+                if not suspect and not switch and not state_mod.unmet(reqs, current, frozenset(left_out)):
                     reqs = []
             if reqs:
                 excludes = None
@@ -379,6 +386,12 @@ class _Run:
                     excludes = constraints.parent / f"excludes-{backend.name}.txt"
                     excludes.write_text("\n".join(backend.excludes) + "\n")
                 again: tuple[str, ...] = ()
+                if switch and not suspect:
+                    again = (_dist_name(backend),)
+                    self.reporter.say(
+                        f"[{env.name}] {backend.name}: the installed copy did not come from "
+                        f"{', '.join(backend.extra_index_urls)}; replacing it with that index's wheel"
+                    )
                 if suspect:
                     again = tuple(n for n in state_mod.closure(reqs, current) if not is_torch_family(n))
                     self.reporter.say(f"[{env.name}] {backend.name}: its last install failed; reinstalling")
