@@ -219,3 +219,12 @@ def test_windows_without_build_tools_keeps_the_prebuilt_wheels():
     llama = plan.backend("llama-cpp-python")
     assert llama.action == "skip" and "Visual Studio Build Tools" in llama.reason
     assert plan.backend("xllamacpp").action == "install"  # a prebuilt wheel needs no compiler
+
+
+def test_install_refuses_a_rosetta_host_as_a_whole():
+    """`install` raises the refusal (exit 2) before touching anything; --profile cannot reach it
+    (another machine's profile is --dry-run only), so the link is asserted on the plan's codes."""
+    from provision.commands.install import REFUSING_WARNINGS
+
+    assert codes(plan_of("macos-m1pro-rosetta-v1")) & set(REFUSING_WARNINGS)
+    assert not codes(plan_of("linux-jetson-orin-jp6")) & set(REFUSING_WARNINGS)

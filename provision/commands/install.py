@@ -74,6 +74,10 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
     }
 
 
+# Plan warnings that mean "install nothing here" (provision.planner.host_classes).
+REFUSING_WARNINGS = ("rosetta",)
+
+
 @options.command("install", "Environments, torch, engines, verify, receipt; a step already done is skipped.")
 @options.auto()
 @options.backend("Install this backend")
@@ -145,6 +149,9 @@ def install(
             for e in report["environments"]:
                 click.echo(f"env {e['name']}: {e['prefix']} ({'exists' if e['exists'] else 'to create'})")
         return
+    refused = next((w.message for w in plan.warnings if w.code in REFUSING_WARNINGS), None)
+    if refused is not None:  # a host the plan refuses as a whole (Rosetta): nothing is touched
+        raise UserError(refused)
     named_but_skipped = any(b.name in backends and b.action == "skip" for b in plan.backends)
     if not from_receipt and not named_but_skipped:
         # The no-op re-run decides before the installer's own modules are even imported; an
