@@ -1,9 +1,14 @@
-"""The host profile (schema v1): typed, read from and written to JSON.
+"""The host profile (schema v2): typed, read from and written to JSON.
 
 The schema is the dataclasses below, in the JSON form to_dict() writes (`probe --json`;
 tests/profiles/ holds real ones). Required fields are checked here; extra fields we add
 (toolchain.cuda_cublas, nvidia.source, notes, ...) are optional so that profiles written by
 hand or by an older probe still load. Unknown fields are ignored on read.
+
+v2 adds `platform` (Rosetta, Jetson/L4T, WSL's library directory, an NVML error, vGPU/MIG).
+A v1 profile still loads: `platform` is then empty, and the properties below (rosetta,
+jetson, wsl) infer what they can from the fields v1 had (an Apple CPU brand under an
+x86_64 interpreter; a `-tegra` kernel release; a `microsoft` kernel release).
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from provision.errors import ProfileError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Profiles an older probe wrote, still read (what they lack is inferred; see HostProfile).
+READABLE_VERSIONS = (1, 2)
 
 SYSTEMS = ("linux", "darwin", "windows")
 GPU_VENDORS = ("nvidia", "amd", "apple", "intel")
@@ -116,6 +123,32 @@ class Toolchain:
     cuda_cublas: bool | None = None
 
 
+GpuVirtualization = Literal["mig", "vgpu", "passthrough"]
+GPU_VIRTUALIZATION: tuple[GpuVirtualization, ...] = ("mig", "vgpu", "passthrough")
+
+
+@dataclass(frozen=True)
+class Tegra:
+    """A Jetson (Tegra SoC): the L4T release from /etc/nv_tegra_release ("36.4.0"), or only
+    the `-tegra` kernel release when that file is absent (a container, an old profile)."""
+
+    l4t: str | None
+    kernel: str | None = None
+    source: str = "nv_tegra_release"  # nv_tegra_release, kernel, nvgpu
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    # sysctl.proc_translated: True = this Python runs under Rosetta 2 (x86_64 on Apple Silicon).
+    translated: bool | None = None
+    tegra: Tegra | None = None
+    # WSL2: where the Windows driver's libcuda.so and nvidia-smi are mapped (/usr/lib/wsl/lib).
+    wsl_lib_dir: str | None = None
+    # NVML failed for a reason other than "no driver": the GPUs may be there all the same.
+    nvml_error: str | None = None
+    gpu_virtualization: tuple[GpuVirtualization, ...] = ()
+
+
 @dataclass(frozen=True)
 class HostProfile:
     os: OSInfo
@@ -129,6 +162,32 @@ class HostProfile:
     schema_version: int = SCHEMA_VERSION
     # Things the probe saw that a plan should mention (e.g. "NVIDIA GPU on the PCI bus, no driver answering").
     notes: tuple[str, ...] = field(default_factory=tuple)
+    platform: PlatformInfo = field(default_factory=PlatformInfo)
+
+    @property
+    def rosetta(self) -> bool:
+        """An x86_64 Python translated by Rosetta 2 on an Apple Silicon Mac. A v1 profile has no
+        proc_translated, but its CPU brand gives it away: Intel Macs never report "Apple M..."."""
+        if self.platform.translated is not None:
+            return self.platform.translated
+        brand = (self.cpu.brand or "").strip()
+        return self.os.system == "darwin" and self.os.arch == "x86_64" and brand.startswith("Apple")
+
+    @property
+    def jetson(self) -> Tegra | None:
+        """The Jetson this is, if it is one: probed, else inferred from a `-tegra` kernel release."""
+        if self.platform.tegra is not None:
+            return self.platform.tegra
+        release = self.os.release or ""
+        if self.os.system == "linux" and self.os.arch == "aarch64" and re.search(r"-tegra\b", release):
+            return Tegra(l4t=None, kernel=release, source="kernel")
+        return None
+
+    @property
+    def wsl(self) -> bool:
+        """WSL2: the library directory was seen, or the kernel release is Microsoft's."""
+        release = (self.os.release or "").lower()
+        return self.platform.wsl_lib_dir is not None or (self.os.system == "linux" and "microsoft" in release)
 
     @property
     def nvidia_gpus(self) -> tuple[GPU, ...]:
@@ -147,6 +206,7 @@ class HostProfile:
         d["cpu"]["flags"] = list(self.cpu.flags)
         d["gpus"] = [_drop_none(asdict(g), keep=("vendor", "name", "memory_mb")) for g in self.gpus]
         d["notes"] = list(self.notes)
+        d["platform"]["gpu_virtualization"] = list(self.platform.gpu_virtualization)
         ordered = {"schema_version": d.pop("schema_version")}
         ordered.update(d)
         return ordered
@@ -204,9 +264,10 @@ def profile_from_dict(d: Any) -> HostProfile:
     if not isinstance(d, dict):
         raise ProfileError("profile: expected a JSON object")
     version = _req(d, "schema_version", "")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ProfileError(
-            f"profile: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+            f"profile: schema_version {version!r} is not supported "
+            f"(expected one of {', '.join(str(v) for v in READABLE_VERSIONS)})"
         )
 
     o = _req(d, "os", "")
@@ -300,6 +361,43 @@ def profile_from_dict(d: Any) -> HostProfile:
         rocm=rocm,
         toolchain=toolchain,
         notes=tuple(str(x) for x in notes),
+        platform=_platform(d.get("platform")),
+    )
+
+
+def _platform(p: Any) -> PlatformInfo:
+    """v2's `platform`; absent (v1) or null -> nothing known (HostProfile's properties infer)."""
+    if p is None:
+        return PlatformInfo()
+    if not isinstance(p, dict):
+        raise ProfileError("profile: 'platform' must be an object")
+    translated = p.get("translated")
+    if translated is not None and not isinstance(translated, bool):
+        raise ProfileError("profile: 'platform.translated' must be true, false or null")
+    t = p.get("tegra")
+    tegra = None
+    if t is not None:
+        if not isinstance(t, dict):
+            raise ProfileError("profile: 'platform.tegra' must be an object or null")
+        l4t = _str_or_none(t.get("l4t"), "platform.tegra.l4t")
+        if l4t is not None and not re.fullmatch(r"\d+(\.\d+)*", l4t):
+            raise ProfileError(f"profile: platform.tegra.l4t {l4t!r} must look like '36.4.0'")
+        tegra = Tegra(
+            l4t=l4t,
+            kernel=_str_or_none(t.get("kernel"), "platform.tegra.kernel"),
+            source=_str_or_none(t.get("source"), "platform.tegra.source") or "nv_tegra_release",
+        )
+    virt = p.get("gpu_virtualization") or []
+    if not isinstance(virt, list) or any(v not in GPU_VIRTUALIZATION for v in virt):
+        raise ProfileError(
+            f"profile: 'platform.gpu_virtualization' must be a list of {', '.join(GPU_VIRTUALIZATION)}"
+        )
+    return PlatformInfo(
+        translated=translated,
+        tegra=tegra,
+        wsl_lib_dir=_str_or_none(p.get("wsl_lib_dir"), "platform.wsl_lib_dir"),
+        nvml_error=_str_or_none(p.get("nvml_error"), "platform.nvml_error"),
+        gpu_virtualization=tuple(virt),
     )
 
 

@@ -73,6 +73,10 @@ def _dry_run_report(plan, venv_root: Path | None) -> dict:
     }
 
 
+# Plan warnings that mean "install nothing here" (provision.planner.host_classes).
+REFUSING_WARNINGS = ("rosetta",)
+
+
 @options.command("install", "Environments, torch, engines, verify, receipt; a step already done is skipped.")
 @options.auto()
 @options.backend("Install this backend")
@@ -148,6 +152,9 @@ def install(
             for e in report["environments"]:
                 click.echo(f"env {e['name']}: {e['prefix']} ({'exists' if e['exists'] else 'to create'})")
         return
+    refused = next((w.message for w in plan.warnings if w.code in REFUSING_WARNINGS), None)
+    if refused is not None:  # a host the plan refuses as a whole (Rosetta): nothing is touched
+        raise UserError(refused)
     builder = _target_builder(plan) if profile_path else None
     from provision.install.last_root import remember
 

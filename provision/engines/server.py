@@ -61,6 +61,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def offline_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Our environment with every hub switched off, for engine processes."""
+    from provision.planner.runtime_env import host_runtime_env
+
     env = dict(os.environ)
     env.update(
         {
@@ -72,6 +74,9 @@ def offline_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(
+        host_runtime_env(env)
+    )  # HSA_OVERRIDE_GFX_VERSION, WSL2's libcuda: provision.planner.runtime_env
     env.update(extra or {})
     return env
 

@@ -14,6 +14,7 @@ from provision.install import state as state_mod
 from provision.install.build_step import SourceBuilds
 from provision.install.context import RunContext, fail_text
 from provision.install.envs import EnvLocation
+from provision.install.own_index import must_reinstall_from_own_index
 from provision.install.record import dist_name
 from provision.install.torch_source import TORCH_FAMILY, is_torch_family
 from provision.plan import BackendDecision, Environment, Plan
@@ -43,13 +44,18 @@ def install_backend(
     # A backend whose last install failed or did not verify may have left half-written
     # dependencies (a full disk, a kill) that still look installed: reinstall them, not trust them.
     suspect = ctx.record.suspect(backend.name)
+    # class 20: the same version from another index (PyPI's CPU xllamacpp) is not this backend
+    previous = ctx.record.previous
+    switch = must_reinstall_from_own_index(
+        backend, current.get(dist_name(backend)) is not None, previous.plan if previous else None
+    )
     try:
         if backend.build is not None:
             reqs = builds.requirement(backend, loc, current, force=suspect)
         else:
             reqs = [p for p in backend.packages if requirement_name(p) not in TORCH_FAMILY] + extras
             left_out = state_mod.deliberately_absent(current) | set(backend.excludes)
-            if not suspect and not state_mod.unmet(reqs, current, frozenset(left_out)):
+            if not suspect and not switch and not state_mod.unmet(reqs, current, frozenset(left_out)):
                 reqs = []
         if reqs:
             excludes = None
@@ -57,6 +63,12 @@ def install_backend(
                 excludes = constraints.parent / f"excludes-{backend.name}.txt"
                 excludes.write_text("\n".join(backend.excludes) + "\n")
             again: tuple[str, ...] = ()
+            if switch and not suspect:
+                again = (dist_name(backend),)
+                ctx.reporter.say(
+                    f"[{env.name}] {backend.name}: the installed copy did not come from "
+                    f"{', '.join(backend.extra_index_urls)}; replacing it with that index's wheel"
+                )
             if suspect:
                 again = tuple(n for n in state_mod.closure(reqs, current) if not is_torch_family(n))
                 ctx.reporter.say(f"[{env.name}] {backend.name}: its last install failed; reinstalling")

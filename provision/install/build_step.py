@@ -19,6 +19,7 @@ from provision.install.envs import EnvLocation, ensure_env
 from provision.install.overlap import BackgroundBuilds
 from provision.install.pipconfig import PYPI_SIMPLE
 from provision.install.record import dist_name
+from provision.install.wheel_guard import guarded_build
 from provision.plan import BackendDecision, Plan
 from provision.profile import HostProfile
 from provision.requirements import extras_of, pinned_version
@@ -97,17 +98,21 @@ class SourceBuilds:
 
     def _build_wheel(self, req: wheelhouse.BuildRequest, loc: EnvLocation) -> Path:
         ctx = self.ctx
-        return wheelhouse.build(
-            req,
-            ctx.installer.kind,
-            loc.python,
-            ctx.installer.build_flags(),
-            ctx.index.pip_flags(),
-            ctx.reporter,
-            ctx.cache,
-            sources=self._hash_sources(),
-            installer_env=ctx.installer.env(),
-        )
+
+        def build() -> Path:
+            return wheelhouse.build(
+                req,
+                ctx.installer.kind,
+                loc.python,
+                ctx.installer.build_flags(),
+                ctx.index.pip_flags(),
+                ctx.reporter,
+                ctx.cache,
+                sources=self._hash_sources(),
+                installer_env=ctx.installer.env(),
+            )
+
+        return guarded_build(req, build, ctx.reporter.say)  # class 3: no CPU wheel under a GPU key
 
     def requirement(
         self, backend: BackendDecision, loc: EnvLocation, current: state_mod.EnvState, force: bool = False

@@ -27,6 +27,7 @@ from provision.install.env_step import prepare_env
 from provision.install.executor import InstallerKind
 from provision.install.fingerprint import installed_fingerprint
 from provision.install.noop import UNCHANGED_NOTE, unchanged_receipt
+from provision.install.pin_check import check_pins
 from provision.install.progress import Reporter
 from provision.install.receipt import Receipt
 from provision.install.record import dist_name
@@ -76,6 +77,8 @@ def install_plan(
 
 def _install_locked(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Receipt:
     ctx = RunContext(plan, opts, reporter)
+    if not opts.offline and not opts.replay_pins:  # class 18: a partial mirror, named before any change
+        check_pins(plan, ctx.index, reporter.say)
     if opts.check_disk:
         todo = [
             b.name

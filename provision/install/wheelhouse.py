@@ -438,6 +438,8 @@ def _build(
     sources: tuple[str, ...],
     installer_env: dict[str, str],
 ) -> Path:
+    from provision.planner.runtime_env import host_runtime_env
+
     src = ensure_source(ensure_sdist(req.version, pip_flags, reporter, root, sources), req.version, root)
     log_path = root / "logs" / f"{PROJECT}-{req.key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     args = req.effective_args + compiler_launchers(req.effective_args)
@@ -456,6 +458,7 @@ def _build(
         "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
         # A fixed build tree per key (scikit-build-core's setting): ccache sees the same paths.
         "SKBUILD_BUILD_DIR": str(root / "build" / req.key),
+        **host_runtime_env(),  # HSA_OVERRIDE_GFX_VERSION, WSL2's libcuda: provision.planner.runtime_env
         **(toolkit_env or cuda_build_env(req)),
     }
     out_dir = root / "wheelhouse" / f".tmp-{req.key}-{os.getpid()}"

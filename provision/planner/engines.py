@@ -143,7 +143,14 @@ def _python_for(profile: HostProfile, e: EngineTable, engine: str) -> tuple[str 
 def _cuda_engine_gate(profile: HostProfile, e: EngineTable, engine: str, glibc_floor: str) -> str | None:
     """Why a CUDA-only Linux engine cannot be installed here, or None."""
     if profile.os.system != "linux":
-        return f"{engine} runs on Linux only (this is {profile.os.system}; on Windows use WSL2)"
+        # vllm-project/vllm#3425, xorbitsai/inference#2990: the advice differs by system.
+        advice = {
+            "windows": "use WSL2 (a Linux distribution with the Windows NVIDIA driver's CUDA)",
+            "darwin": "on Apple Silicon Xinference serves with its MLX engine (planned with xinference[mlx])"
+            if profile.os.arch == "arm64"
+            else "an Intel Mac has no GPU engine; llama.cpp runs on its CPU",
+        }.get(profile.os.system, "use a Linux host")
+        return f"{engine} runs on Linux only (this is {profile.os.system}): {advice}"
     if not profile.nvidia_gpus:
         if profile.amd_gpus:
             return None  # the ROCm route decides

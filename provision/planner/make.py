@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from provision import backends as registry
@@ -15,7 +16,7 @@ from provision.plan import (
     PlanWarning,
     TorchChoice,
 )
-from provision.planner import engines, model_types, xllamacpp
+from provision.planner import engines, host_classes, model_types, xllamacpp
 from provision.planner.recipes import Recipes
 from provision.planner.torch_choice import choose_torch
 from provision.profile import HostProfile
@@ -24,9 +25,13 @@ from provision.profile import HostProfile
 def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> Plan:
     asked = _asked(request)
     base = request.torch_index_base or recipes.torch.index_base
+    # The plan keeps the real profile; the engines are planned for what the runtime will report
+    # (an RDNA2 gfx1031 as gfx1030 under HSA_OVERRIDE_GFX_VERSION: provision.planner.host_classes).
+    real, profile = profile, host_classes.effective_profile(profile)
     outcome = choose_torch(profile, recipes, base)
-    torch = outcome.choice
-    warnings: list[PlanWarning] = list(outcome.warnings)
+    torch, host_torch_warnings = host_classes.adjust_torch(real, outcome.choice)
+    warnings: list[PlanWarning] = list(outcome.warnings if torch is outcome.choice else host_torch_warnings)
+    warnings += host_classes.host_warnings(real)
     warnings += [PlanWarning("profile-note", n) for n in profile.notes]
 
     # A backend's own rule where it has one; a backend without one installs its recipe's pin.
@@ -44,18 +49,23 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
         if name != "xinference":
             rule = rules.get(name)
             recipe = registry.backend(name)
-            decided[name] = rule() if rule else engines.decide_pinned(profile, recipes, recipe, torch)
+            decided[name] = _host_class(
+                real, rule() if rule else engines.decide_pinned(profile, recipes, recipe, torch)
+            )
     if "llm" not in request.model_types:
         decided = {n: model_types.leave_out_llm(n) for n in decided}
     # Xinference last: its extras follow the engines planned beside it.
     if "xinference" in asked:
         planned = {n for n, d in decided.items() if d.backend.action == "install"}
-        decided["xinference"] = model_types.apply(
-            engines.decide_xinference(profile, recipes, planned),
-            request.model_types,
-            recipes.model_types,
-            recipes.engine("xinference"),
-            torch,
+        decided["xinference"] = _host_class(
+            real,
+            model_types.apply(
+                engines.decide_xinference(profile, recipes, planned),
+                request.model_types,
+                recipes.model_types,
+                recipes.engine("xinference"),
+                torch,
+            ),
         )
 
     order = registry.names()
@@ -64,18 +74,30 @@ def make_plan(profile: HostProfile, request: PlanRequest, recipes: Recipes) -> P
         if n in decided:
             warnings += decided[n].warnings
     environments = _environments(backends, decided, torch)
+    env_torch = {e.name: e.torch for e in environments}
+    warnings += host_classes.engine_warnings(
+        real, backends, {b.name: env_torch.get(b.environment or "") for b in backends}
+    )
     if request.backends is None and not any(b.action == "install" for b in backends):
         warnings.append(
             PlanWarning("nothing-to-install", "no backend can be installed on this host: see each reason")
         )
     return Plan(
-        profile=profile,
+        profile=real,
         request=request,
         torch=torch,
         backends=backends,
         environments=environments,
         warnings=tuple(_dedupe(warnings)),
     )
+
+
+def _host_class(profile: HostProfile, outcome: engines.EngineOutcome) -> engines.EngineOutcome:
+    """The decision after the host-class rules; a decision they change drops its own warnings."""
+    backend = host_classes.adjust_backend(profile, outcome.backend)
+    if backend == outcome.backend:
+        return outcome
+    return dataclasses.replace(outcome, backend=backend, warnings=())
 
 
 def _asked(request: PlanRequest) -> tuple[str, ...]:

@@ -28,6 +28,9 @@ AMD       1. XINFER_SETUP_AMD_GPU_ARCHITECTURE (gfx942[,gfx90a...]).
           3. rocm_agent_enumerator, for kernels whose KFD has no gfx_target_version.
           4. rocminfo alone, when no KFD is visible.
           ROCm version: $ROCM_PATH or /opt/rocm /.info/version, else hipcc's HIP version.
+Platform  Rosetta: `sysctl sysctl.proc_translated` (macOS). Jetson: /etc/nv_tegra_release,
+          else a `-tegra` kernel release, else /sys/module/nvgpu. WSL2: /usr/lib/wsl/lib.
+          The NVML error (not "no driver") and vGPU/MIG mode come from the NVIDIA source.
 Apple     Darwin on Apple Silicon (arm64, or hw.optional.arm64 under Rosetta): the
           integrated GPU, named by machdep.cpu.brand_string. Intel Macs list none.
 Toolchain cmake, cc ($CC, cc, gcc, clang), nvcc (+ $CUDA_HOME/bin, /usr/local/cuda/bin),
@@ -39,6 +42,7 @@ Everything that waits (commands, NVML) runs side by side in daemon threads.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeVar
 
 from provision.errors import UserError
@@ -51,9 +55,10 @@ from provision.probe.cpu import probe_cpu
 from provision.probe.found import Found
 from provision.probe.osinfo import os_info
 from provision.probe.pci import display_controllers
+from provision.probe.platform import probe_platform
 from provision.probe.system import System
 from provision.probe.toolchain import probe_toolchain
-from provision.profile import CPUInfo, HostProfile, PythonInfo, RocmInfo, Toolchain
+from provision.profile import GPU, GPU_VIRTUALIZATION, CPUInfo, HostProfile, PythonInfo, RocmInfo, Toolchain
 
 ENV_NO_GPU = "XINFER_SETUP_NO_GPU"
 
@@ -112,6 +117,8 @@ def probe_host(system: System | None = None) -> HostProfile:
 
     os_found = os_info(system)
     notes.extend(os_found.notes)
+    platform_found = probe_platform(system)
+    notes.extend(platform_found.notes)
     cpu, memory_mb = _collect(cpu_task, (CPUInfo(None, system.available_cpus), None), notes)
     nvidia = _collect(nvidia_task, nvidia_source.NOTHING, notes) if nvidia_task else nvidia_source.NOTHING
     amd: Any = _collect(amd_task, amd_source.AmdFindings((), None), notes) if amd_task else None
@@ -141,4 +148,34 @@ def probe_host(system: System | None = None) -> HostProfile:
         rocm=rocm,
         toolchain=toolchain,
         notes=tuple(notes),
+        platform=dataclasses.replace(
+            platform_found.value,
+            nvml_error=nvidia.nvml_error,
+            gpu_virtualization=tuple(v for v in nvidia.virtualization if v in GPU_VIRTUALIZATION),
+        ),
+    )
+
+
+def probe_host_light(system: System | None = None) -> HostProfile:
+    """What runtime_env() needs, with no command run: OS, Jetson/WSL2, AMD gfx targets from the
+    KFD topology, and whether an NVIDIA driver is loaded. For processes started without a
+    profile at hand (engine servers); the full profile is probe_host()'s."""
+    system = system or System.current()
+    platform_found = probe_platform(system)
+    gpus: list[GPU] = []
+    if not _no_gpu(system) and system.system == "linux":
+        for g in amd_source.read_kfd(system) or []:
+            gpus.append(GPU("amd", f"AMD GPU (KFD node {g.node})", g.memory_mb, gfx=g.gfx))
+        if system.path("/dev/dxg").exists() or system.path("/proc/driver/nvidia").exists():
+            gpus.append(GPU("nvidia", "NVIDIA GPU"))
+    return HostProfile(
+        os=os_info(system).value,
+        python=PythonInfo(system.python_version, system.python_implementation),
+        cpu=CPUInfo(None, system.available_cpus),
+        memory_mb=None,
+        gpus=tuple(gpus),
+        nvidia=None,
+        rocm=None,
+        toolchain=Toolchain(),
+        platform=platform_found.value,
     )

@@ -31,6 +31,16 @@ MIB = 1024 * 1024
 class NvidiaFindings(NamedTuple):
     gpus: tuple[GPU, ...]
     driver: NvidiaDriver | None
+    # NVML failed with the driver present ("Unknown Error" in a container): not "no GPU".
+    nvml_error: str | None = None
+    virtualization: tuple[str, ...] = ()  # "mig", "vgpu", "passthrough"
+
+
+# NVML errors that do mean "no usable driver here"; any other is reported as an NVML error.
+NO_DRIVER_ERRORS = ("Driver Not Loaded", "Library Not Found", "not installed")
+
+# nvmlDeviceGetVirtualizationMode: 0 none, 1 pass-through, 2 vGPU guest, 3 host vGPU, 4 host vSGA.
+VIRTUALIZATION_MODES = {1: "passthrough", 2: "vgpu"}
 
 
 NOTHING = NvidiaFindings((), None)
@@ -83,6 +93,7 @@ def read_nvml(nvml: Any) -> Found[NvidiaFindings]:
         except nvml.NVMLError as e:
             notes.append(f"nvidia: NVML did not report the CUDA version ({e})")
         gpus = []
+        virt: list[str] = []
         for index in range(int(nvml.nvmlDeviceGetCount())):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             name = _text(nvml.nvmlDeviceGetName(handle))
@@ -99,13 +110,55 @@ def read_nvml(nvml: Any) -> Found[NvidiaFindings]:
             try:
                 if nvml.nvmlDeviceGetMigMode(handle)[0] == 1:
                     notes.append(f"nvidia: GPU {index} ({name}) has MIG enabled; engines see its MIG slices")
+                    virt.append("mig")
             except nvml.NVMLError:
                 pass  # "Not Supported" on GPUs without MIG
+            mode = _virtualization_mode(nvml, handle)
+            if mode:
+                virt.append(mode)
+                notes.append(f"nvidia: GPU {index} ({name}) is a {mode} GPU (NVML virtualization mode)")
             gpus.append(GPU("nvidia", name, memory_mb=memory, compute_capability=cc, index=index))
     finally:
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
-    return Found(NvidiaFindings(tuple(gpus), NvidiaDriver(driver_version, cuda, "nvml")), tuple(notes))
+    driver = NvidiaDriver(driver_version, cuda, "nvml")
+    return Found(NvidiaFindings(tuple(gpus), driver, None, tuple(dict.fromkeys(virt))), tuple(notes))
+
+
+def _virtualization_mode(nvml: Any, handle: Any) -> str | None:
+    getter = getattr(nvml, "nvmlDeviceGetVirtualizationMode", None)
+    if getter is None:
+        return None
+    try:
+        return VIRTUALIZATION_MODES.get(int(getter(handle)))
+    except Exception:  # "Not Supported" on consumer GPUs and old drivers
+        return None
+
+
+def is_nvml_error(message: str) -> bool:
+    """An NVML failure that is not simply "no driver": Unknown Error, No Permission, GPU is lost,
+    Driver/library version mismatch. The GPUs are very likely there; say so, never "no GPU"."""
+    return bool(message) and not any(m.lower() in message.lower() for m in NO_DRIVER_ERRORS)
+
+
+def read_proc_gpus(system: System) -> tuple[GPU, ...]:
+    """GPUs the kernel module lists in /proc/driver/nvidia/gpus/<bus>/information (their names
+    only), for when NVML and nvidia-smi fail but the driver is loaded."""
+    base = system.path("/proc/driver/nvidia/gpus")
+    try:
+        dirs = sorted(p for p in base.iterdir() if p.is_dir())
+    except OSError:
+        return ()
+    gpus = []
+    for i, d in enumerate(dirs):
+        try:
+            info = parse.parse_gpu_information((d / "information").read_text(errors="replace"))
+        except OSError:
+            continue
+        name = info.get("Model") or f"NVIDIA GPU (PCI {d.name}; name unknown)"
+        minor = info.get("Device Minor", "")
+        gpus.append(GPU("nvidia", name, index=int(minor) if minor.isdigit() else i))
+    return tuple(gpus)
 
 
 def read_nvidia_smi(system: System, smi: str) -> Found[NvidiaFindings]:
@@ -130,8 +183,10 @@ def read_nvidia_smi(system: System, smi: str) -> Found[NvidiaFindings]:
         )
     else:
         raise RuntimeError(f"nvidia-smi failed: {_first_line(table)}")
+    virt: tuple[str, ...] = ()
     if table.ok and "MIG devices:" in table.stdout:
         notes.append("nvidia: MIG is enabled on a GPU; engines see its MIG slices")
+        virt = ("mig",)
     notes.extend(
         f"nvidia: GPU {g.index} name cut short by nvidia-smi: {g.name!r}"
         for g in smi_gpus
@@ -145,7 +200,7 @@ def read_nvidia_smi(system: System, smi: str) -> Found[NvidiaFindings]:
         for g in smi_gpus
     )
     driver = NvidiaDriver(driver_version, header.cuda_version, "nvidia-smi") if driver_version else None
-    return Found(NvidiaFindings(gpus, driver), tuple(notes))
+    return Found(NvidiaFindings(gpus, driver, None, virt), tuple(notes))
 
 
 def _first_line(result: Any) -> str:
@@ -212,23 +267,39 @@ def probe_nvidia(system: System, pci: list[PciDisplay]) -> Found[NvidiaFindings]
     if arch_gpus is not None:
         notes.append(f"nvidia: GPUs from {ENV_CUDA_ARCH} ({len(gpus)} probed GPU(s) set aside)")
         gpus = arch_gpus
-    return Found(NvidiaFindings(gpus, found_driver), tuple(notes))
+    return Found(probed.value._replace(gpus=gpus, driver=found_driver), tuple(notes))
 
 
 def _probe_nvidia(system: System, pci: list[PciDisplay]) -> Found[NvidiaFindings]:
     notes: list[str] = []
     smi = str(p) if (p := system.trusted_which("nvidia-smi")) else None
     found: NvidiaFindings | None = None
+    nvml_error: str | None = None
     if driver_evidence(system, pci, smi):
-        found = _attempt("NVML", lambda: read_nvml(_require(system.load_nvml())), notes)
+        errors: list[str] = []
+        found = _attempt("NVML", lambda: read_nvml(_require(system.load_nvml())), notes, errors)
+        if errors and is_nvml_error(errors[0]):
+            nvml_error = errors[0]
         if found is None and smi:
-            found = _attempt("nvidia-smi", lambda: read_nvidia_smi(system, smi), notes)
+            smi_errors: list[str] = []
+            found = _attempt("nvidia-smi", lambda: read_nvidia_smi(system, smi), notes, smi_errors, True)
+            if nvml_error is None and smi_errors and parse.is_nvml_unknown_error(smi_errors[0]):
+                nvml_error = "Unknown Error (from nvidia-smi)"
     if found is None or found.driver is None:
         module = read_kernel_module(system) if system.system == "linux" else Found(None)
         notes.extend(module.notes)
         if module.value is not None:
             found = NvidiaFindings(found.gpus if found else (), module.value)
     found = found or NOTHING
+    if nvml_error is not None:
+        if not found.gpus and system.system == "linux":
+            found = found._replace(gpus=read_proc_gpus(system))
+        notes.append(
+            f"nvidia: NVML failed ({nvml_error}) with an NVIDIA driver present: this is an NVML error, "
+            "not a host without a GPU (in a container: restart it, or check the NVIDIA container "
+            "toolkit's device mounts)"
+        )
+        found = found._replace(nvml_error=nvml_error)
     on_bus = [d for d in pci if d.vendor == VENDOR_NVIDIA]
     if on_bus and not found.gpus:
         notes.append(
@@ -255,11 +326,16 @@ def _require(nvml: Any) -> Any:
     return nvml
 
 
-def _attempt(source: str, read: Any, notes: list[str]) -> NvidiaFindings | None:
+def _attempt(
+    source: str, read: Any, notes: list[str], errors: list[str] | None = None, any_error: bool = False
+) -> NvidiaFindings | None:
     try:
         found: Found[NvidiaFindings] = read()
     except Exception as e:  # NVMLError_LibraryNotFound / DriverNotLoaded, a failing nvidia-smi, ...
         notes.append(f"nvidia: {source} did not answer ({e})")
+        # RuntimeError: pynvml itself is missing, which says nothing about the GPUs.
+        if errors is not None and (any_error or not isinstance(e, RuntimeError)):
+            errors.append(str(e))
         return None
     notes.extend(found.notes)
     return found.value

@@ -196,3 +196,25 @@ def cuda_version_from_nvml(value: int) -> str | None:
     if value <= 0:
         return None
     return f"{value // 1000}.{(value % 1000) // 10}"
+
+
+def parse_gpu_information(text: str) -> dict[str, str]:
+    """/proc/driver/nvidia/gpus/<bus>/information, `Key: <tabs> value` lines
+    (proc-driver-nvidia-gpus-information__tesla-k80-colab.txt):
+
+        Model: \t\t Tesla K80
+        Bus Location: \t 0000:00:04.0
+        Device Minor: \t 0
+    """
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            out[key.strip()] = value.strip()
+    return out
+
+
+def is_nvml_unknown_error(text: str) -> bool:
+    """nvidia-smi in a container whose device cgroup lost the GPUs
+    (nvidia-smi__nvml-unknown-error-in-container.txt): `Failed to initialize NVML: Unknown Error`."""
+    return "Failed to initialize NVML: Unknown Error" in text

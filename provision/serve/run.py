@@ -91,6 +91,8 @@ class Decision:
             "source": c.source,
             "served_name": self.served_name,
             "memory": p.fit.to_dict(),
+            # What the engine process gets beyond ours: CUDA_VISIBLE_DEVICES, HSA_OVERRIDE_GFX_VERSION...
+            "env": dict(self.env),
         }
 
 
@@ -208,6 +210,8 @@ def _decide(req: ServeRequest) -> Decision:
             "--api-key does not apply with --via xinference: Xinference issues its own keys "
             "(bind to a non-loopback --host and serve saves one to a file only you can read)"
         )
+    from provision.planner.runtime_env import runtime_env
+
     profile, all_installed = host_and_installed(req)
     cands = candidates(req, all_installed)
     hint_args = f" --venv {req.venv_root}" if req.venv_root else ""
@@ -243,9 +247,10 @@ def _decide(req: ServeRequest) -> Decision:
             port,
             served,
             python=xinf_python,
-            env=planned.env,
+            env={**runtime_env(profile), **planned.env},
         )
-    return native_decision(req, planned, installed[planned.choice.engine].python, port)
+    native = native_decision(req, planned, installed[planned.choice.engine].python, port)
+    return replace(native, env={**runtime_env(profile), **native.env})  # provision.planner.runtime_env
 
 
 def native_decision(req: ServeRequest, planned: Planned, python: Path, port: int) -> Decision:
