@@ -1,0 +1,281 @@
+"""The KV cache follows the attention the model has: config-only fixtures of each family
+(tests/fixtures/models/attention/*.json, the fields of the real config.json each file names)
+read into a layout, and what each engine allocates for it, in bytes computed by hand below."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from provision.serve.attention import KvCache, kv_cache
+from provision.serve.fit import (
+    Device,
+    FitInput,
+    ModelShape,
+    Target,
+    device_counts,
+    fit_model,
+    load_fit_facts,
+    shape_from_config,
+)
+from tests.test_serve_cli import serve_root  # noqa: F401 - the fixture
+
+ATT = Path(__file__).parent / "fixtures" / "models" / "attention"
+FACTS = load_fit_facts()
+CTX = 32768
+# The chunk each engine prefills in (recipes/serve_fit.toml prefill_chunk; transformers: all).
+CHUNK = {"vllm": 8192, "sglang": 8192, "transformers": CTX, "xllamacpp": 512, "llama-cpp-python": 512}
+BACKENDS = tuple(CHUNK)
+
+
+def shape(name: str) -> ModelShape:
+    s = shape_from_config(json.loads((ATT / f"{name}.json").read_text()))
+    assert s is not None
+    return s
+
+
+def cache(name: str, backend: str, context: int = CTX, kv_bytes: int = 2) -> KvCache:
+    s = shape(name)
+    rules = FACTS.kv_rules(backend)
+    return kv_cache(
+        s.layout, s.kv_heads, s.head_dim, s.layers, rules, kv_bytes, context, CHUNK[backend], s.architectures
+    )
+
+
+def test_mla_keeps_the_latent_in_vllm_sglang_llama_cpp_and_k_v_in_transformers():
+    # DeepSeek-V3: kv_lora_rank 512 + qk_rope_head_dim 64 = 576 elements x 2 B = 1152 B per layer,
+    # x 61 layers = 70272 B per token. (The old rule: 61 x 128 KV heads x (7168 / 128 = 56) x 2
+    # x 2 B = 1748992 B, 25x too much.) transformers caches K and V decompressed:
+    # 128 heads x (128 + 64 + 128) = 40960 x 2 B = 81920 B per layer, x 61 = 4997120 B.
+    for backend in ("vllm", "sglang", "xllamacpp", "llama-cpp-python"):
+        c = cache("deepseek-ai--DeepSeek-V3", backend)
+        assert (c.per_token, c.windowed, c.state) == (70272, 0, 0), backend
+        assert c.replicated and "MLA" in c.rule and "kv_lora_rank 512 + qk_rope_head_dim 64" in c.rule
+    t = cache("deepseek-ai--DeepSeek-V3", "transformers")
+    assert t.per_token == 4997120 and "decompressed" in t.rule
+
+
+def test_mla_latent_is_replicated_across_tensor_parallel_ranks():
+    # One latent "head": each of 8 ranks holds all of it (vLLM's MLA spec has num_kv_heads 1);
+    # a GQA model's 8 KV heads split one per rank.
+    c = cache("deepseek-ai--DeepSeek-V3", "vllm")
+    assert c.per_device(8) == c.total
+    m = cache("mistralai--Mistral-7B-v0.1", "sglang")  # 8 KV heads, kept whole in SGLang
+    assert m.per_device(8) == m.total / 8 and m.per_device(16) == m.total / 8
+
+
+def test_interleaved_windows_gemma3():
+    # Gemma-3-1b: 26 layers, sliding_window_pattern 6: layers 5, 11, 17, 23 global, 22 windowed
+    # (window 512). Per layer 1 KV head x 256 x 2 (K, V) x 2 B = 1024 B: 4 x 1024 = 4096 B/token.
+    # vLLM: ceil(min(511 + 8192, 32768) / 16) + 1 = 545 blocks = 8720 tokens; 22 x 1024 x 8720.
+    v = cache("google--gemma-3-1b-it", "vllm")
+    assert (v.per_token, v.windowed) == (4096, 22 * 1024 * 8720)
+    assert (
+        "22 windowed layers keep 8720 tokens (window 512)" in v.rule and "sliding_window_pattern 6" in v.rule
+    )
+    # xllamacpp: min(32768, pad(512 x 1 sequence + 512 ubatch, 256)) = 1024 tokens.
+    x = cache("google--gemma-3-1b-it", "xllamacpp")
+    assert (x.per_token, x.windowed) == (4096, 22 * 1024 * 1024)
+    # SGLang gives Gemma 3 no hybrid SWA pool; llama-cpp-python's swa_full; transformers (upper
+    # bound): all 26 layers keep every token, 26624 B/token.
+    for backend in ("sglang", "llama-cpp-python", "transformers"):
+        c = cache("google--gemma-3-1b-it", backend)
+        assert (c.per_token, c.windowed) == (26624, 0), backend
+        assert "keep every token too" in c.rule
+
+
+def test_interleaved_windows_gpt_oss():
+    # gpt-oss-20b: layer_types alternate sliding/full over 24 layers, window 128; per layer
+    # 8 KV heads x 64 x 2 x 2 B = 2048 B; 12 full layers = 24576 B/token.
+    # vLLM: ceil(min(127 + 8192, 32768) / 16) + 1 = 521 blocks = 8336 tokens.
+    v = cache("openai--gpt-oss-20b", "vllm")
+    assert (v.per_token, v.windowed) == (24576, 12 * 2048 * 8336)
+    # SGLang lists GptOssForCausalLM for its hybrid SWA pool: 0.8 x 32768 = 26215 tokens.
+    s = cache("openai--gpt-oss-20b", "sglang")
+    assert (s.per_token, s.windowed) == (24576, 12 * 2048 * 26215)
+    # xllamacpp: pad(128 + 512, 256) = 768 tokens.
+    assert cache("openai--gpt-oss-20b", "xllamacpp").windowed == 12 * 2048 * 768
+    assert cache("openai--gpt-oss-20b", "llama-cpp-python").per_token == 49152
+
+
+def test_one_model_wide_window_mistral_v0_1():
+    # Mistral-7B-v0.1: sliding_window 4096 on all 32 layers; per layer 8 x 128 x 2 x 2 B = 4096 B,
+    # 131072 B/token when kept whole. vLLM windows every layer (cache_config.sliding_window):
+    # ceil(min(4095 + 8192, 32768) / 16) + 1 = 769 blocks = 12304 tokens.
+    v = cache("mistralai--Mistral-7B-v0.1", "vllm")
+    assert (v.per_token, v.windowed) == (0, 32 * 4096 * 12304)
+    assert v.total == 1612709888  # 1.5 GiB, not 4 GiB
+    # Below the window + chunk, the window holds the whole context: the same as full.
+    short = cache("mistralai--Mistral-7B-v0.1", "vllm", context=4096)
+    assert short.total <= 131072 * 4096 + 32 * 4096 * 16
+    for backend in ("sglang", "transformers", "xllamacpp", "llama-cpp-python"):
+        assert cache("mistralai--Mistral-7B-v0.1", backend).per_token == 131072, backend
+
+
+def test_qwen2_window_that_is_switched_off_is_ignored():
+    s = shape_from_config(
+        {
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "hidden_size": 3584,
+            "sliding_window": 131072,
+            "use_sliding_window": False,
+        }
+    )
+    assert s is not None and s.layout is None
+
+
+def test_gated_delta_net_hybrid_qwen3_next():
+    # Qwen3-Next-80B-A3B: 48 layers, full_attention_interval 4: 12 attention layers x 2 KV heads
+    # x 256 x 2 x 2 B = 24576 B/token. 36 Gated DeltaNet layers, each per sequence:
+    # conv (2 x 16 x 128 + 32 x 128) x (4 - 1) = 24576, recurrent 32 x 128 x 128 = 524288 elements.
+    # vLLM (both in the model dtype): 36 x 548864 x 2 B = 39518208 B;
+    # SGLang (conv bf16, ssm float32): 36 x (24576 x 2 + 524288 x 4) = 77266944 B;
+    # llama.cpp (both F32): 36 x 548864 x 4 = 79036416 B.
+    expected = {"vllm": 39518208, "sglang": 77266944, "xllamacpp": 79036416, "transformers": 39518208}
+    for backend, state in expected.items():
+        c = cache("Qwen--Qwen3-Next-80B-A3B-Instruct", backend)
+        assert (c.per_token, c.windowed, c.state) == (24576, 0, state), backend
+        assert "36 gated-delta-net layers" in c.rule and "full_attention_interval 4" in c.rule
+    # A fixed state: doubling the context adds only the attention layers' tokens.
+    a, b = (cache("Qwen--Qwen3-Next-80B-A3B-Instruct", "vllm", n).total for n in (CTX, 2 * CTX))
+    assert b - a == 24576 * CTX
+
+
+def test_mamba_hybrid_jamba():
+    # Jamba-v0.1: 32 layers, attention where i % 8 == 4: 4 layers x 8 x 128 x 2 x 2 B = 16384 B/token.
+    # 28 Mamba layers, d_inner = 2 x 4096 = 8192: conv 8192 x (4 - 1) = 24576, ssm 8192 x 16 =
+    # 131072 elements. vLLM: 28 x 155648 x 2 B = 8716288; llama.cpp: x 4 B = 17432576.
+    v = cache("ai21labs--Jamba-v0.1", "vllm")
+    assert (v.per_token, v.state) == (16384, 8716288)
+    assert "28 mamba layers" in v.rule and "attn_layer_period 8" in v.rule
+    assert cache("ai21labs--Jamba-v0.1", "xllamacpp").state == 17432576
+
+
+def test_nemotron_h_pattern_and_mamba2_state():
+    # A made-up Nemotron-H-style config: pattern "M*M-" (Mamba2, attention, Mamba2, MLP).
+    # Attention: 1 layer x 2 KV heads x 128 x 2 x 2 B = 1024 B/token. Mamba2, d_inner = 2 x 1024:
+    # conv (2048 + 2 x 1 group x 64) x 3 = 6528, ssm 16 heads x 128 x 64 = 131072 elements;
+    # 2 layers x (6528 + 131072) x 2 B = 550400 B.
+    s = shape_from_config(
+        {
+            "num_hidden_layers": 4,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "head_dim": 128,
+            "hidden_size": 1024,
+            "hybrid_override_pattern": "M*M-",
+            "mamba_num_heads": 16,
+            "mamba_head_dim": 128,
+            "ssm_state_size": 64,
+            "conv_kernel": 4,
+            "n_groups": 1,
+            "expand": 2,
+        }
+    )
+    assert s is not None
+    c = kv_cache(s.layout, s.kv_heads, s.head_dim, s.layers, FACTS.kv_rules("vllm"), 2, CTX, 8192)
+    assert (c.per_token, c.state) == (1024, 550400)
+
+
+def test_plain_model_keeps_the_old_rule():
+    # Llama-3-8B: 32 layers x 8 KV heads x 128 x 2 x 2 B = 131072 B/token in every engine.
+    cfg = json.loads((ATT.parent / "hf" / "meta-llama--Meta-Llama-3-8B-Instruct" / "config.json").read_text())
+    s = shape_from_config(cfg)
+    assert s is not None and s.layout is None
+    for backend in BACKENDS:
+        c = kv_cache(None, s.kv_heads, s.head_dim, s.layers, FACTS.kv_rules(backend), 2, CTX, 512)
+        assert c.per_token == 131072 and "every layer keeps K and V" in c.rule
+
+
+# ---------------------------------------------------------------- through the fit
+
+
+def test_mistral_v0_1_keeps_its_full_context_on_a_20_gib_card_in_vllm_and_says_why():
+    # 7.24e9 parameters x 2 B = 14.5 GB of bf16 weights (13.5 GiB), 2 GiB runtime, 0.7 GiB of
+    # activations for an 8192-token chunk: 16.2 GiB before the KV cache, on 20 GiB x 0.9 = 18.
+    # The window's 1.5 GiB fits; the whole context's 4 GiB (SGLang keeps every token) does not.
+    s = shape("mistralai--Mistral-7B-v0.1")
+    gpu = Target("cuda", (Device("NVIDIA RTX 4000 Ada Generation", 20.0, 0),))
+    fit = fit_model(FitInput(14483464192, s, "vllm", 2, 2), gpu, FACTS)
+    assert fit.fits and fit.context_length == 32768
+    assert fit.kv_cache_gib == pytest.approx(1612709888 / 2**30)
+    assert "KV cache: 32 windowed layers keep 12304 tokens (window 4096)" in fit.reason
+    sg = fit_model(FitInput(14483464192, s, "sglang", 2, 2), gpu, FACTS)
+    assert sg.fits and sg.context_length < 32768 and "keep every token too" in sg.reason
+
+
+def test_llama_cpp_bindings_differ_by_backend_name():
+    s = shape("google--gemma-3-1b-it")
+    cpu = Target("cpu", (), 31.0)
+    x = fit_model(FitInput(10**9, s, "llama-cpp", 2, 4, backend="xllamacpp"), cpu, FACTS)
+    p = fit_model(FitInput(10**9, s, "llama-cpp", 2, 4, backend="llama-cpp-python"), cpu, FACTS)
+    assert x.kv_cache_gib < p.kv_cache_gib
+    assert p.kv_cache_gib == pytest.approx(26624 * 32768 / 2**30)
+
+
+def test_tensor_parallel_engines_are_the_recipes():
+    # Which engines span GPUs by tensor parallelism is one recipe field; the launch takes the
+    # fit's tensor-parallel size.
+    assert {k for k, e in FACTS.engines.items() if e.tensor_parallel} == {"vllm", "sglang"}
+    eight = Target("cuda", tuple(Device("H100", 79.6, i) for i in range(8)))
+    s = shape("Qwen--Qwen3-Next-80B-A3B-Instruct")
+    assert device_counts(FitInput(1, s, "transformers", 2, 2), eight, FACTS) == list(range(1, 9))
+    eng = FACTS.engines["transformers"]
+    facts = FACTS.__class__(
+        **{
+            **FACTS.__dict__,
+            "engines": {
+                **FACTS.engines,
+                "transformers": eng.__class__(**{**eng.__dict__, "tensor_parallel": True}),
+            },
+        }
+    )
+    assert device_counts(FitInput(1, s, "transformers", 2, 2), eight, facts) == [1, 2, 4, 8]
+    big = FitInput(160 * 10**9, s, "transformers", 2, 2)
+    assert fit_model(big, eight, facts).tensor_parallel == 4
+    assert fit_model(big, eight, FACTS).tensor_parallel == 1
+
+
+# ---------------------------------------------------------------- against cal-model-mem
+
+
+@pytest.mark.slow
+def test_kv_agrees_with_xinference_where_it_knows_the_architecture(serve_root):  # noqa: F811
+    """Xinference 4.1.0's estimator (xinference/model/llm/memory.py) counts windowed layers
+    whole and Gated DeltaNet state; it refuses MLA and Mamba layouts. Where it answers, its
+    per-token KV equals ours for the engines that keep every token, and its recurrent state is
+    SGLang's within one conv step (it keeps the whole kernel, SGLang kernel - 1)."""
+    from provision.install.receipt import installed_backends
+
+    python = installed_backends(serve_root)["xinference"].python
+    script = (
+        "import json, sys\n"
+        "from xinference.model.llm.memory import load_model_config_json as load, "
+        "estimate_kv_cache_memory as kv, estimate_recurrent_state_memory as rs\n"
+        "out = {}\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n"
+        "        i = load(p)\n"
+        "    except ValueError as e:\n"
+        "        out[p] = str(e); continue\n"
+        f"    out[p] = [kv(i, {CTX}, 16) * 2**20 / {CTX}, rs(i, 1, 'sglang') * 2**20]\n"
+        "print(json.dumps(out))\n"
+    )
+    files = sorted(str(p) for p in ATT.glob("*.json"))
+    done = subprocess.run([str(python), "-c", script, *files], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "mla" in theirs[str(ATT / "deepseek-ai--DeepSeek-V3.json")]
+    assert "unknown_attention_layout" in theirs[str(ATT / "ai21labs--Jamba-v0.1.json")]
+    for name in ("google--gemma-3-1b-it", "openai--gpt-oss-20b", "mistralai--Mistral-7B-v0.1"):
+        per_token, state = theirs[str(ATT / f"{name}.json")]
+        assert per_token == cache(name, "transformers").per_token and state == 0, name
+    per_token, state = theirs[str(ATT / "Qwen--Qwen3-Next-80B-A3B-Instruct.json")]
+    ours = cache("Qwen--Qwen3-Next-80B-A3B-Instruct", "sglang")
+    assert per_token == ours.per_token
+    assert state - ours.state == 36 * (2 * 16 * 128 + 32 * 128) * 2  # one more conv step, bf16
