@@ -108,9 +108,9 @@ def test_one_model_wide_window_mistral_v0_1():
     v = cache("mistralai--Mistral-7B-v0.1", "vllm")
     assert (v.per_token, v.windowed) == (0, 32 * 4096 * 12304)
     assert v.total == 1612709888  # 1.5 GiB, not 4 GiB
-    # Below the window + chunk, the window holds the whole context: the same as full.
+    # A window as long as the context is the whole context: the same as full.
     short = cache("mistralai--Mistral-7B-v0.1", "vllm", context=4096)
-    assert short.total <= 131072 * 4096 + 32 * 4096 * 16
+    assert (short.per_token, short.windowed) == (131072, 0) and "window 4096 >= the context" in short.rule
     for backend in ("sglang", "transformers", "xllamacpp", "llama-cpp-python"):
         assert cache("mistralai--Mistral-7B-v0.1", backend).per_token == 131072, backend
 
@@ -279,3 +279,137 @@ def test_kv_agrees_with_xinference_where_it_knows_the_architecture(serve_root): 
     ours = cache("Qwen--Qwen3-Next-80B-A3B-Instruct", "sglang")
     assert per_token == ours.per_token
     assert state - ours.state == 36 * (2 * 16 * 128 + 32 * 128) * 2  # one more conv step, bf16
+
+
+# ---------------------------------------------------------------- GGUF metadata
+
+
+def _gguf(path: Path, arch: str, keys: dict[str, int | list[int]]) -> Path:
+    """A GGUF with these <arch>.* keys and no tensors, read back by serve's own reader."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    for k, v in keys.items():
+        if isinstance(v, list):
+            w.add_array(f"{arch}.{k}", v)
+        else:
+            w.add_uint32(f"{arch}.{k}", v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    return path
+
+
+def _gguf_shape(path: Path) -> ModelShape:
+    from provision.serve.fit import shape_from_gguf
+    from provision.serve.model_facts import read_gguf_metadata
+
+    s = shape_from_gguf(read_gguf_metadata(path))
+    assert s is not None
+    return s
+
+
+def _gguf_cache(s: ModelShape, backend: str = "xllamacpp") -> KvCache:
+    return kv_cache(s.layout, s.kv_heads, s.head_dim, s.layers, FACTS.kv_rules(backend), 2, CTX, 512)
+
+
+def test_gguf_layouts(tmp_path):
+    common = {"embedding_length": 2048, "feed_forward_length": 5120, "context_length": CTX}
+    # gemma3 with no sliding_window_pattern key: llama.cpp's loader pattern 6 (recipe), so 4 of
+    # 26 layers global; per layer 1 x 256 x 2 x 2 B = 1024 B; windows pad(512 + 512, 256) = 1024.
+    g = _gguf_shape(
+        _gguf(
+            tmp_path / "g.gguf",
+            "gemma3",
+            {
+                **common,
+                "block_count": 26,
+                "attention.head_count": 4,
+                "attention.head_count_kv": 1,
+                "attention.key_length": 256,
+                "attention.sliding_window": 512,
+            },
+        )
+    )
+    c = _gguf_cache(g)
+    assert (c.per_token, c.windowed) == (4096, 22 * 1024 * 1024) and "sliding_window 512" in c.rule
+    # qwen3next: full_attention_interval 4; llama.cpp's n_embd_r = (4 - 1) x (4096 + 2 x 16 x 128)
+    # = 24576, n_embd_s = 128 x 4096 = 524288 (the HF fields' numbers), F32: 36 x 548864 x 4 B.
+    q = _gguf_shape(
+        _gguf(
+            tmp_path / "q.gguf",
+            "qwen3next",
+            {
+                **common,
+                "block_count": 48,
+                "attention.head_count": 16,
+                "attention.head_count_kv": 2,
+                "attention.key_length": 256,
+                "full_attention_interval": 4,
+                "ssm.conv_kernel": 4,
+                "ssm.inner_size": 4096,
+                "ssm.state_size": 128,
+                "ssm.group_count": 16,
+                "ssm.time_step_rank": 32,
+            },
+        )
+    )
+    c = _gguf_cache(q)
+    assert (c.per_token, c.state) == (24576, 79036416)
+    # jamba: head_count_kv per layer, 0 on the 28 Mamba layers; 8 on layers 4, 12, 20, 28.
+    # 4 x 8 x 128 x 2 x 2 B = 16384 B/token; state 28 x (8192 x 3 + 16 x 8192) x 4 B = 17432576.
+    kv = [8 if i % 8 == 4 else 0 for i in range(32)]
+    j = _gguf_shape(
+        _gguf(
+            tmp_path / "j.gguf",
+            "jamba",
+            {
+                "embedding_length": 4096,
+                "feed_forward_length": 14336,
+                "block_count": 32,
+                "attention.head_count": 32,
+                "attention.head_count_kv": kv,
+                "ssm.conv_kernel": 4,
+                "ssm.inner_size": 8192,
+                "ssm.state_size": 16,
+                "ssm.time_step_rank": 256,
+            },
+        )
+    )
+    assert j.kv_heads == 8
+    c = _gguf_cache(j)
+    assert (c.per_token, c.state) == (16384, 17432576) and "head_count_kv per layer" in c.rule
+    # deepseek2: kv_lora_rank 512 + rope 64: 576 x 2 B x 61 layers = 70272 B/token.
+    d = _gguf_shape(
+        _gguf(
+            tmp_path / "d.gguf",
+            "deepseek2",
+            {
+                "embedding_length": 7168,
+                "feed_forward_length": 18432,
+                "block_count": 61,
+                "attention.head_count": 128,
+                "attention.head_count_kv": 1,
+                "attention.key_length": 576,
+                "attention.kv_lora_rank": 512,
+                "rope.dimension_count": 64,
+            },
+        )
+    )
+    assert _gguf_cache(d).per_token == 70272
+    # A window with no pattern known (llama, say): counted whole.
+    m = _gguf_shape(
+        _gguf(
+            tmp_path / "m.gguf",
+            "llama",
+            {
+                **common,
+                "block_count": 32,
+                "attention.head_count": 32,
+                "attention.head_count_kv": 8,
+                "attention.sliding_window": 4096,
+            },
+        )
+    )
+    assert m.layout is None

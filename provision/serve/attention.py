@@ -183,14 +183,62 @@ def layout_from_config(
     )
 
 
-def layout_from_gguf(d: dict[str, Any]) -> Layout | None:
-    """From GGUF keys (arch prefix removed): MLA only (llama.cpp's converter writes kv_lora_rank)."""
-    kv_lora = _pos_int(d, "attention.kv_lora_rank")
-    layers = _pos_int(d, "block_count")
-    if not (kv_lora and layers):
+def _gguf_state(d: dict[str, Any]) -> StateShape | None:
+    """llama.cpp's recurrent state per layer (llama-hparams.cpp n_embd_r / n_embd_s): conv
+    (d_conv - 1) x (d_inner + 2 x n_group x d_state), recurrent d_state x d_inner."""
+    kernel, inner, d_state = (_pos_int(d, f"ssm.{k}") for k in ("conv_kernel", "inner_size", "state_size"))
+    if not (kernel and inner and d_state):
         return None
-    rope = _pos_int(d, "rope.dimension_count") or 0
-    return Layout(layers, mla_latent=kv_lora + rope, read_from=f"kv_lora_rank {kv_lora} + rope {rope}")
+    groups = _pos_int(d, "ssm.group_count") or 0
+    kind: StateKind = "mamba2" if groups else "mamba"
+    return StateShape(kind, (kernel - 1) * (inner + 2 * groups * d_state), d_state * inner)
+
+
+def layout_from_gguf(d: dict[str, Any], arch: str, patterns: dict[str, int]) -> Layout | None:
+    """From GGUF keys (arch prefix removed): MLA (kv_lora_rank); recurrent layers (a per-layer
+    head_count_kv of 0, or full_attention_interval) with their ssm.* state; windowed layers
+    (attention.sliding_window, with attention.sliding_window_pattern or the pattern llama.cpp's
+    loader sets for the architecture)."""
+    layers = _pos_int(d, "block_count")
+    if not layers:
+        return None
+    kv_lora = _pos_int(d, "attention.kv_lora_rank")
+    if kv_lora:
+        rope = _pos_int(d, "rope.dimension_count") or 0
+        return Layout(layers, mla_latent=kv_lora + rope, read_from=f"kv_lora_rank {kv_lora} + rope {rope}")
+    kinds, fields = ["full"] * layers, []
+    per_layer_kv = d.get("attention.head_count_kv")
+    interval = _pos_int(d, "full_attention_interval")
+    if isinstance(per_layer_kv, list) and len(per_layer_kv) == layers and 0 in per_layer_kv:
+        kinds, fields = ["state" if h == 0 else "full" for h in per_layer_kv], ["head_count_kv per layer"]
+    elif interval:
+        kinds = ["full" if (i + 1) % interval == 0 else "state" for i in range(layers)]
+        fields = [f"full_attention_interval {interval}"]
+    window = _pos_int(d, "attention.sliding_window")
+    pattern = d.get("attention.sliding_window_pattern")
+    if window and isinstance(pattern, list) and len(pattern) == layers:
+        sliding = [bool(x) for x in pattern]
+    elif window and (isinstance(pattern, int) or arch in patterns):
+        # llama.cpp set_swa_pattern(n): layer il is windowed when n == 0 or il % n < n - 1.
+        n = pattern if isinstance(pattern, int) else patterns[arch]
+        sliding = [n == 0 or i % n < n - 1 for i in range(layers)]
+    else:
+        sliding = [False] * layers  # no pattern known: counted whole
+    kinds = ["window" if k == "full" and w else k for k, w in zip(kinds, sliding, strict=True)]
+    if "window" in kinds:
+        fields.append(f"sliding_window {window}")
+    state = _gguf_state(d) if "state" in kinds else None
+    if not fields or ("state" in kinds and state is None):
+        return None
+    return Layout(
+        layers,
+        window_layers=kinds.count("window"),
+        window=window or 0,
+        per_layer_windows=True,
+        state_layers=kinds.count("state"),
+        state=state,
+        read_from=", ".join(fields),
+    )
 
 
 # ---------------------------------------------------------------- what an engine allocates
@@ -281,7 +329,10 @@ def kv_cache(
         supported = layout.per_layer_windows or rules.model_window
         if rules.window_rule == "ratio" and rules.window_architectures:
             supported = supported and any(a in rules.window_architectures for a in architectures)
-        if supported and rules.window_rule != "full":
+        if layout.window >= context:  # the window holds the whole context anyway
+            full += layout.window_layers
+            parts.append(f"{layout.window_layers} windowed layers' window {layout.window} >= the context")
+        elif supported and rules.window_rule != "full":
             tokens = min(_window_tokens(rules, layout.window, context, chunk), context)
             windowed = layout.window_layers * per_layer * tokens
             parts.append(

@@ -103,15 +103,18 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape | None:
         max_context=_int(c, "max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"),
         active_experts=_int(c, "num_experts_per_tok", "moe_topk") or 1,
         torch_dtype=str(dtype) if dtype else None,
-        layout=layout_from_config(c, layers, heads, hidden, _default_window_patterns()),
+        layout=layout_from_config(
+            c, layers, heads, hidden, _default_window_patterns("default_window_pattern")
+        ),
         architectures=tuple(a for a in arches if isinstance(a, str)) if isinstance(arches, list) else (),
     )
 
 
 @cache
-def _default_window_patterns() -> dict[str, int]:
+def _default_window_patterns(table: str) -> dict[str, int]:
+    """recipes/serve_fit.toml's window patterns for configs (by model_type) or GGUFs (by arch)."""
     data = tomllib.loads(resources.files("provision.recipes").joinpath("serve_fit.toml").read_text("utf-8"))
-    return {k: int(v) for k, v in data["default_window_pattern"].items()}
+    return {k: int(v) for k, v in data[table].items()}
 
 
 def shape_from_gguf(meta: dict[str, Any]) -> ModelShape | None:
@@ -128,6 +131,9 @@ def shape_from_gguf(meta: dict[str, Any]) -> ModelShape | None:
     if not (layers and heads and hidden):
         return None
     tokens = meta.get("tokenizer.ggml.tokens")
+    per_layer_kv = d.get("attention.head_count_kv")  # a list where layers differ (0: recurrent)
+    if isinstance(per_layer_kv, list):
+        d = {**d, "attention.head_count_kv": max((h for h in per_layer_kv if isinstance(h, int)), default=0)}
     return ModelShape(
         layers=layers,
         attention_heads=heads,
@@ -138,7 +144,11 @@ def shape_from_gguf(meta: dict[str, Any]) -> ModelShape | None:
         vocab=_int(d, "vocab_size") or (len(tokens) if isinstance(tokens, list) else 32000),
         max_context=_int(d, "context_length"),
         active_experts=_int(d, "expert_used_count") or 1,
-        layout=layout_from_gguf(d),
+        layout=layout_from_gguf(
+            {k.removeprefix(f"{arch}."): v for k, v in meta.items() if k.startswith(f"{arch}.")},
+            arch,
+            _default_window_patterns("gguf_window_pattern"),
+        ),
     )
 
 
@@ -255,6 +265,8 @@ class Fit:
             "devices": self.devices,
             "context_length": self.context_length,
             "fits": self.fits,
+            "tensor_parallel": self.tensor_parallel,
+            "kv_rule": self.kv_rule,
         }
 
 
