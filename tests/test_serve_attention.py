@@ -146,6 +146,30 @@ def test_gated_delta_net_hybrid_qwen3_next():
     assert b - a == 24576 * CTX
 
 
+def test_a_config_that_says_its_recurrent_state_is_float32_is_believed():
+    # A Qwen3.5-9B-style multimodal config (text_config; layer_types 3 linear + 1 full, x 8;
+    # "mamba_ssm_dtype": "float32"): 8 full layers x 4 KV heads x 256 x 2 x 2 B = 32768 B/token;
+    # 24 Gated DeltaNet layers x (24576 x 2 B conv + 524288 x 4 B recurrent) = 51511296 B in vLLM.
+    text = {
+        "num_hidden_layers": 32,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "hidden_size": 4096,
+        "layer_types": (["linear_attention"] * 3 + ["full_attention"]) * 8,
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 128,
+        "linear_num_key_heads": 16,
+        "linear_num_value_heads": 32,
+        "linear_value_head_dim": 128,
+        "mamba_ssm_dtype": "float32",
+    }
+    s = shape_from_config({"architectures": ["Qwen3_5ForConditionalGeneration"], "text_config": text})
+    assert s is not None
+    c = kv_cache(s.layout, s.kv_heads, s.head_dim, s.layers, FACTS.kv_rules("vllm"), 2, CTX, 8192)
+    assert (c.per_token, c.state) == (32768, 51511296) and "from layer_types" in c.rule
+
+
 def test_mamba_hybrid_jamba():
     # Jamba-v0.1: 32 layers, attention where i % 8 == 4: 4 layers x 8 x 128 x 2 x 2 B = 16384 B/token.
     # 28 Mamba layers, d_inner = 2 x 4096 = 8192: conv 8192 x (4 - 1) = 24576, ssm 8192 x 16 =
@@ -180,6 +204,24 @@ def test_nemotron_h_pattern_and_mamba2_state():
     assert s is not None
     c = kv_cache(s.layout, s.kv_heads, s.head_dim, s.layers, FACTS.kv_rules("vllm"), 2, CTX, 8192)
     assert (c.per_token, c.state) == (1024, 550400)
+
+
+def test_registry_metadata_that_names_mla_without_its_fields_says_so():
+    # Xinference 4.1.0's deepseek-v3 model_metadata: architecture_type "mla", no kv_lora_rank.
+    meta = {
+        "vocab_size": 129280,
+        "num_attention_heads": 128,
+        "num_key_value_heads": 128,
+        "architecture_type": "mla",
+        "hidden_size": 7168,
+        "intermediate_size": 18432,
+        "num_hidden_layers": 61,
+    }
+    s = shape_from_config(meta)
+    assert s is not None
+    c = kv_cache(s.layout, s.kv_heads, s.head_dim, s.layers, FACTS.kv_rules("vllm"), 2, CTX, 8192)
+    # 61 x 128 x (7168 / 128 = 56) x 2 x 2 B = 1748992 B/token, and the reason says why.
+    assert c.per_token == 1748992 and "architecture_type mla named without its fields" in c.rule
 
 
 def test_plain_model_keeps_the_old_rule():

@@ -31,6 +31,7 @@ class StateShape:
     kind: StateKind
     conv: int  # the convolution's last kernel-1 inputs
     recurrent: int  # the recurrent (SSM / delta-rule) matrix
+    recurrent_float32: bool = False  # the config says mamba_ssm_dtype float32 (Qwen3.5)
 
 
 @dataclass(frozen=True)
@@ -167,10 +168,17 @@ def layout_from_config(
     if c.get("use_sliding_window") is False:  # Qwen2's configs carry a window they do not use
         window = None
     if kinds is None:
+        named = c.get("architecture_type")  # Xinference's registry metadata names it, without fields
+        if window is None and named in ("mla", "hybrid_attention"):
+            return Layout(
+                layers, read_from=f"architecture_type {named} named without its fields: as full attention"
+            )
         if window is None:
             return None
         return Layout(layers, window_layers=layers, window=window, read_from=f"sliding_window {window}")
     state = _state(c, hidden) if "state" in kinds else None
+    if state is not None and c.get("mamba_ssm_dtype") == "float32":
+        state = StateShape(state.kind, state.conv, state.recurrent, recurrent_float32=True)
     windowed = kinds.count("window") if window else 0
     return Layout(
         layers=sum(k != "none" for k in kinds),
@@ -347,7 +355,7 @@ def kv_cache(
     state = 0
     if layout.state is not None and layout.state_layers:
         conv = kv_bytes if rules.state_conv == "model" else 4
-        rec = kv_bytes if rules.state_recurrent == "model" else 4
+        rec = kv_bytes if rules.state_recurrent == "model" and not layout.state.recurrent_float32 else 4
         state = layout.state_layers * (layout.state.conv * conv + layout.state.recurrent * rec)
         parts.append(
             f"{layout.state_layers} {layout.state.kind} layers keep a fixed "
