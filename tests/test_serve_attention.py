@@ -455,3 +455,142 @@ def test_gguf_layouts(tmp_path):
         )
     )
     assert m.layout is None
+
+
+# ---------------------------------------------------------------- against llama.cpp itself
+
+
+def write_tiny_gemma3(path: Path, tokenizer_from: Path) -> Path:
+    """A 12-layer gemma3 GGUF (random f32 weights, the tiny llama's tokenizer): 1 KV head x 16,
+    sliding_window 64, context 4096; llama.cpp's gemma3 loader windows 10 layers (pattern 6)."""
+    import gguf
+    import numpy as np
+
+    src = gguf.GGUFReader(tokenizer_from)
+
+    def strings(key: str) -> list[str]:
+        f = src.fields[key]
+        return [bytes(f.parts[i]).decode() for i in f.data]
+
+    tokens = strings("tokenizer.ggml.tokens")
+    types = [
+        int(src.fields["tokenizer.ggml.token_type"].parts[i][0])
+        for i in src.fields["tokenizer.ggml.token_type"].data
+    ]
+    layers, hidden, heads, head_dim, ff = 12, 64, 4, 16, 128
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_context_length(4096)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(1)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_sliding_window(64)
+    w.add_rope_freq_base(1e6)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(strings("tokenizer.ggml.merges"))
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    rng = np.random.default_rng(0)
+
+    def rand(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    def ones(name: str, n: int) -> None:
+        w.add_tensor(name, np.ones(n, np.float32))
+
+    rand("token_embd.weight", len(tokens), hidden)
+    ones("output_norm.weight", hidden)
+    for i in range(layers):
+        p = f"blk.{i}."
+        for norm in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+            ones(p + norm + ".weight", hidden)
+        ones(p + "attn_q_norm.weight", head_dim)
+        ones(p + "attn_k_norm.weight", head_dim)
+        rand(p + "attn_q.weight", heads * head_dim, hidden)
+        rand(p + "attn_k.weight", head_dim, hidden)
+        rand(p + "attn_v.weight", head_dim, hidden)
+        rand(p + "attn_output.weight", hidden, heads * head_dim)
+        rand(p + "ffn_gate.weight", ff, hidden)
+        rand(p + "ffn_up.weight", ff, hidden)
+        rand(p + "ffn_down.weight", hidden, ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# Load the GGUF as serve launches each binding (llama_cpp.Llama with its defaults; xllamacpp's
+# CommonParams with n_parallel 1, as provision/engines/xllamacpp_serve.py) and print the log.
+_LOAD = {
+    "llama-cpp-python": (
+        "import sys, llama_cpp\nllama_cpp.Llama(sys.argv[1], n_ctx=4096, n_gpu_layers=0, verbose=True)\n"
+    ),
+    "xllamacpp": (
+        "import os, sys, time, xllamacpp\n"
+        "p = xllamacpp.CommonParams()\n"
+        "p.model.path = sys.argv[1]\n"
+        "p.hostnames = ['127.0.0.1']\n"
+        "p.port = int(sys.argv[2])\n"
+        "p.n_ctx = 4096\n"
+        "p.n_parallel = 1\n"
+        "p.n_gpu_layers = 0\n"
+        "p.verbosity = 10\n"
+        "s = xllamacpp.Server(p)\n"
+        # The log is written by llama.cpp's logging thread; the server's teardown can hang, so
+        # leave without it once the log has had a second.
+        "time.sleep(1)\n"
+        "os._exit(0)\n"
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["llama-cpp-python", "xllamacpp"])
+def test_llama_cpp_allocates_the_window_cache_we_estimate(serve_root, tmp_path, backend):  # noqa: F811
+    """The SWA cache llama.cpp creates, read from its own log, is the one the fit counts:
+    xllamacpp pad(64 + 512, 256) = 768 cells on the 10 windowed layers, llama-cpp-python the
+    whole 4096 (swa_full, the C default)."""
+    import re
+    import socket
+
+    from provision.install.receipt import installed_backends
+    from provision.serve.fit import shape_from_gguf
+    from provision.serve.model_facts import read_gguf_metadata
+    from provision.tiny_model import ensure_tiny_model
+
+    engines = installed_backends(serve_root)
+    if backend not in engines:
+        pytest.skip(f"{backend} is not installed here")
+    model = write_tiny_gemma3(tmp_path / "tiny-gemma3.gguf", ensure_tiny_model().gguf_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(
+        [str(engines[backend].python), "-c", _LOAD[backend], str(model), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = done.stdout + done.stderr
+    # llama_kv_cache: size = 0.47 MiB (   768 cells,  10 layers,  1/1 seqs), ...
+    caches = {
+        int(lay): int(cells) for cells, lay in re.findall(r"size = .*?\(\s*(\d+) cells,\s*(\d+) layers", log)
+    }
+    s = shape_from_gguf(read_gguf_metadata(model))
+    assert s is not None and s.layout is not None
+    ours = kv_cache(s.layout, s.kv_heads, s.head_dim, s.layers, FACTS.kv_rules(backend), 2, 4096, 512)
+    per_layer = 1 * 16 * 2 * 2  # 1 KV head x 16 x K and V x f16
+    if ours.windowed:
+        assert caches == {2: 4096, 10: ours.windowed // (10 * per_layer)} == {2: 4096, 10: 768}, log[-3000:]
+    else:
+        assert caches == {2: 4096, 10: 4096} and ours.per_token == 12 * per_layer, log[-3000:]
