@@ -528,6 +528,87 @@ def write_tiny_gemma3(path: Path, tokenizer_from: Path) -> Path:
     return path
 
 
+def write_tiny_jamba(path: Path, tokenizer_from: Path) -> Path:
+    """A 4-layer jamba GGUF (random f32 weights, the tiny llama's tokenizer): layer 1 attends
+    (2 KV heads x 16), layers 0, 2, 3 are Mamba with d_inner 2048, d_state 64, d_conv 4."""
+    import gguf
+    import numpy as np
+
+    src = gguf.GGUFReader(tokenizer_from)
+
+    def strings(key: str) -> list[str]:
+        f = src.fields[key]
+        return [bytes(f.parts[i]).decode() for i in f.data]
+
+    tokens = strings("tokenizer.ggml.tokens")
+    types = [
+        int(src.fields["tokenizer.ggml.token_type"].parts[i][0])
+        for i in src.fields["tokenizer.ggml.token_type"].data
+    ]
+    hidden, heads, head_dim, ff, inner, d_state, d_conv, dt_rank = 1024, 64, 16, 128, 2048, 64, 4, 8
+    kv = [0, 2, 0, 0]
+    w = gguf.GGUFWriter(str(path), "jamba")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_context_length(4096)
+    w.add_embedding_length(hidden)
+    w.add_block_count(len(kv))
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_ssm_conv_kernel(d_conv)
+    w.add_ssm_inner_size(inner)
+    w.add_ssm_state_size(d_state)
+    w.add_ssm_time_step_rank(dt_rank)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(strings("tokenizer.ggml.merges"))
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    rng = np.random.default_rng(0)
+
+    def rand(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    def ones(name: str, n: int) -> None:
+        w.add_tensor(name, np.ones(n, np.float32))
+
+    rand("token_embd.weight", len(tokens), hidden)
+    ones("output_norm.weight", hidden)
+    for i, kv_heads in enumerate(kv):
+        p = f"blk.{i}."
+        ones(p + "attn_norm.weight", hidden)
+        if kv_heads:
+            rand(p + "attn_q.weight", heads * head_dim, hidden)
+            rand(p + "attn_k.weight", kv_heads * head_dim, hidden)
+            rand(p + "attn_v.weight", kv_heads * head_dim, hidden)
+            rand(p + "attn_output.weight", hidden, heads * head_dim)
+        else:
+            rand(p + "ssm_in.weight", 2 * inner, hidden)
+            rand(p + "ssm_conv1d.weight", inner, d_conv)
+            rand(p + "ssm_conv1d.bias", inner)
+            rand(p + "ssm_x.weight", dt_rank + 2 * d_state, inner)
+            ones(p + "ssm_dt_norm.weight", dt_rank)
+            ones(p + "ssm_b_norm.weight", d_state)
+            ones(p + "ssm_c_norm.weight", d_state)
+            rand(p + "ssm_dt.weight", inner, dt_rank)
+            rand(p + "ssm_dt.bias", inner)
+            rand(p + "ssm_a", inner, d_state)
+            rand(p + "ssm_d", inner)
+            rand(p + "ssm_out.weight", hidden, inner)
+        ones(p + "ffn_norm.weight", hidden)
+        rand(p + "ffn_gate.weight", ff, hidden)
+        rand(p + "ffn_up.weight", ff, hidden)
+        rand(p + "ffn_down.weight", hidden, ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 # Load the GGUF as serve launches each binding (llama_cpp.Llama with its defaults; xllamacpp's
 # CommonParams with n_parallel 1, as provision/engines/xllamacpp_serve.py) and print the log.
 _LOAD = {
@@ -553,24 +634,14 @@ _LOAD = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["llama-cpp-python", "xllamacpp"])
-def test_llama_cpp_allocates_the_window_cache_we_estimate(serve_root, tmp_path, backend):  # noqa: F811
-    """The SWA cache llama.cpp creates, read from its own log, is the one the fit counts:
-    xllamacpp pad(64 + 512, 256) = 768 cells on the 10 windowed layers, llama-cpp-python the
-    whole 4096 (swa_full, the C default)."""
-    import re
+def _llama_cpp_log(root: Path, backend: str, model: Path) -> str:
     import socket
 
     from provision.install.receipt import installed_backends
-    from provision.serve.fit import shape_from_gguf
-    from provision.serve.model_facts import read_gguf_metadata
-    from provision.tiny_model import ensure_tiny_model
 
-    engines = installed_backends(serve_root)
+    engines = installed_backends(root)
     if backend not in engines:
         pytest.skip(f"{backend} is not installed here")
-    model = write_tiny_gemma3(tmp_path / "tiny-gemma3.gguf", ensure_tiny_model().gguf_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -581,7 +652,53 @@ def test_llama_cpp_allocates_the_window_cache_we_estimate(serve_root, tmp_path, 
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    log = done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["llama-cpp-python", "xllamacpp"])
+def test_llama_cpp_allocates_the_recurrent_state_we_estimate(serve_root, tmp_path, backend):  # noqa: F811
+    """llama.cpp's recurrent memory for the tiny jamba, read from its log: one cell (sequence),
+    R (conv) 3 x (4 - 1) x 2048 x 4 B = 0.07 MiB, S (ssm) 3 x 64 x 2048 x 4 B = 1.50 MiB, both
+    F32; the one attention layer 2 x 16 x 2 x 2 B x 4096 = 0.50 MiB."""
+    import re
+
+    from provision.serve.fit import shape_from_gguf
+    from provision.serve.model_facts import read_gguf_metadata
+    from provision.tiny_model import ensure_tiny_model
+
+    model = write_tiny_jamba(tmp_path / "tiny-jamba.gguf", ensure_tiny_model().gguf_path)
+    log = _llama_cpp_log(serve_root, backend, model)
+    m = re.search(
+        r"memory_recurrent: size = .*?\(\s*(\d+) cells.*R \(f32\):\s*([\d.]+) MiB, S \(f32\):\s*([\d.]+) MiB",
+        log,
+    )
+    kv = re.search(r"kv_cache: size =\s*([\d.]+) MiB \(\s*4096 cells,\s*1 layers", log)
+    assert m and kv, log[-3000:]
+    s = shape_from_gguf(read_gguf_metadata(model))
+    assert s is not None and s.layout is not None and s.layout.state is not None
+    ours = kv_cache(s.layout, s.kv_heads, s.head_dim, s.layers, FACTS.kv_rules(backend), 2, 4096, 512)
+    conv, ssm = (3 * n * 4 / 2**20 for n in (s.layout.state.conv, s.layout.state.recurrent))
+    assert (int(m.group(1)), float(m.group(2)), float(m.group(3))) == (1, round(conv, 2), round(ssm, 2))
+    assert ours.state == 3 * (6144 + 131072) * 4 and round(ours.per_token * 4096 / 2**20, 2) == float(
+        kv.group(1)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["llama-cpp-python", "xllamacpp"])
+def test_llama_cpp_allocates_the_window_cache_we_estimate(serve_root, tmp_path, backend):  # noqa: F811
+    """The SWA cache llama.cpp creates, read from its own log, is the one the fit counts:
+    xllamacpp pad(64 + 512, 256) = 768 cells on the 10 windowed layers, llama-cpp-python the
+    whole 4096 (swa_full, the C default)."""
+    import re
+
+    from provision.serve.fit import shape_from_gguf
+    from provision.serve.model_facts import read_gguf_metadata
+    from provision.tiny_model import ensure_tiny_model
+
+    model = write_tiny_gemma3(tmp_path / "tiny-gemma3.gguf", ensure_tiny_model().gguf_path)
+    log = _llama_cpp_log(serve_root, backend, model)
     # llama_kv_cache: size = 0.47 MiB (   768 cells,  10 layers,  1/1 seqs), ...
     caches = {
         int(lay): int(cells) for cells, lay in re.findall(r"size = .*?\(\s*(\d+) cells,\s*(\d+) layers", log)
