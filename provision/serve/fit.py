@@ -279,7 +279,7 @@ def _activation_bytes(inp: FitInput, eng: EngineMemory, context: int) -> float:
 def _kv(inp: FitInput, facts: FitFacts, context: int) -> KvCache:
     s, eng = inp.shape, facts.engines[inp.engine]
     chunk = context if eng.prefill_chunk == 0 else eng.prefill_chunk
-    rules = facts.kv_rules(inp.backend or inp.engine)
+    rules = facts.kv.get(inp.backend or "") or facts.kv_rules(inp.engine)  # a backend's own, else its kind's
     return kv_cache(
         s.layout, s.kv_heads, s.head_dim, s.layers, rules, inp.kv_bytes, context, chunk, s.architectures
     )
