@@ -260,6 +260,14 @@ def test_llama_cpp_bindings_differ_by_backend_name():
     assert p.kv_cache_gib == pytest.approx(26624 * 32768 / 2**30)
 
 
+def test_a_backend_without_its_own_kv_table_takes_its_engine_kinds():
+    s = shape("openai--gpt-oss-20b")
+    fit = fit_model(
+        FitInput(10**9, s, "llama-cpp", 2, 4, backend="another-binding"), Target("cpu", (), 64.0), FACTS
+    )
+    assert fit.kv_rule.startswith("12 full layers keep every token; 12 windowed layers keep every token too")
+
+
 def test_tensor_parallel_engines_are_the_recipes():
     # Which engines span GPUs by tensor parallelism is one recipe field; the launch takes the
     # fit's tensor-parallel size.
