@@ -165,10 +165,11 @@ def test_tensor_parallel_divides_the_attention_heads():
 
     shape = shape_from_config(json.loads((QWEN25_32B / "config.json").read_text()))  # 40 heads
     eight = Target("cuda", tuple(load_fit_devices(8)))
-    assert device_counts(FitInput(1, shape, "vllm", 2, 2), eight) == [1, 2, 4, 8]
+    facts = load_fit_facts()
+    assert device_counts(FitInput(1, shape, "vllm", 2, 2), eight, facts) == [1, 2, 4, 8]
     odd = shape.__class__(**{**shape.__dict__, "attention_heads": 28})
-    assert device_counts(FitInput(1, odd, "vllm", 2, 2), eight) == [1, 2, 4]
-    assert device_counts(FitInput(1, odd, "transformers", 2, 2), eight) == list(range(1, 9))
+    assert device_counts(FitInput(1, odd, "vllm", 2, 2), eight, facts) == [1, 2, 4]
+    assert device_counts(FitInput(1, odd, "transformers", 2, 2), eight, facts) == list(range(1, 9))
 
 
 def load_fit_devices(n: int):
@@ -184,6 +185,29 @@ def test_4090_on_driver_550_gets_transformers_in_bf16_that_fits():
     assert p.fit.fits and p.fit.need_gib < 24
     cmd = argv(p)
     assert cmd[cmd.index("--dtype") + 1] == "bfloat16" and cmd[cmd.index("--device") + 1] == "auto"
+
+
+def test_a_lowered_context_says_the_whole_need_and_its_kv_part():
+    # Issue 21: "the KV cache for 32768 tokens would need 19.0 GiB" where 19.0 GiB was the whole
+    # need (weights + KV + activations + runtime). Qwen/Qwen2.5-7B-Instruct's config.json shape,
+    # 7.6e9 bf16 weights, 24 GiB RAM.
+    from provision.serve.fit import ModelShape
+
+    shape = ModelShape(28, 28, 4, 128, 3584, 18944, 152064, 32768, torch_dtype="bfloat16")
+    cpu = Target("cpu", (), 24.0)
+    fit = fit_model(FitInput(15231233024, shape, "transformers", 2, 2), cpu, load_fit_facts())
+    assert fit.fits and fit.context_length < 32768
+    whole = fit_model(
+        FitInput(15231233024, shape, "transformers", 2, 2, 32768), Target("cpu", (), 999.0), load_fit_facts()
+    )
+    # 28 layers x 4 KV heads x 128 x 2 x 2 B = 57344 B/token: 1.75 GiB at 32768 tokens.
+    assert whole.kv_cache_gib == pytest.approx(1.75)
+    assert (
+        f"at 32768 tokens it would need {whole.need_gib:.1f} GiB in all (weights 14.2, KV cache 1.8,"
+        in fit.reason
+    )
+    assert "KV cache for 32768 tokens would need" not in fit.reason
+    assert "KV cache: every layer keeps K and V of every token (28 layers x 4 KV heads x 128)" in fit.reason
 
 
 def test_32b_does_not_fit_a_4090():

@@ -209,7 +209,10 @@ def test_local_dir_with_config_and_index_is_enough_for_dry_run(tmp_path):
         "devices",
         "context_length",
         "fits",
+        "tensor_parallel",
+        "kv_rule",
     }
+    assert d["memory"]["kv_rule"].startswith("every layer keeps K and V of every token")
     for key in (
         "engine",
         "reason",

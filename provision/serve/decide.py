@@ -110,6 +110,7 @@ def _fit_one(
                 act,
                 opts.max_model_len,
                 opts.gpu_memory_fraction,
+                choice.engine,
             ),
             target,
             facts,

@@ -2,14 +2,17 @@
 shape and size, the engine and the memory of the devices.
 
 need = weights (in the dtype or quantization they run in)
-     + KV cache for the context (layers x KV heads x head dim x 2 (K and V) x bytes x tokens)
+     + KV cache for the context, as the engine allocates it for the model's attention
+       (serve/attention.py: full layers x KV heads x head dim x 2 x bytes x tokens; MLA's latent;
+       windowed layers' window; linear-attention / SSM layers' fixed state)
      + activations of one prefill chunk + a fixed runtime overhead per device,
 against the devices' memory x the engine's share of it (recipes/serve_fit.toml), or RAM on CPU.
 
 The context starts at the model's own maximum (or --max-model-len) and is lowered only as
 far as memory forces, in whole KV blocks; the reason says so. vLLM and SGLang span GPUs by
 tensor parallelism (a power of two dividing the attention heads); transformers
-(device_map="auto") and llama.cpp (layer split) by placing layers, so any count.
+(device_map="auto") and llama.cpp (layer split) by placing layers, so any count (the recipe's
+`spans` says which).
 """
 
 from __future__ import annotations
@@ -17,8 +20,19 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from typing import Any, Literal
+
+from provision.serve.attention import (
+    KvCache,
+    KvRules,
+    Layout,
+    kv_cache,
+    layout_from_config,
+    layout_from_gguf,
+    load_kv_rules,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +42,6 @@ else:  # pragma: no cover
 GIB = 1024**3
 EngineKind = Literal["vllm", "sglang", "transformers", "llama-cpp"]
 TargetKind = Literal["cuda", "metal", "cpu"]
-TP_ENGINES = ("vllm", "sglang")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -55,9 +68,8 @@ class ModelShape:
     max_context: int | None
     active_experts: int = 1
     torch_dtype: str | None = None
-
-    def kv_bytes_per_token(self, kv_bytes: int) -> int:
-        return self.layers * self.kv_heads * self.head_dim * 2 * kv_bytes
+    layout: Layout | None = None  # None: every layer keeps K and V of every token
+    architectures: tuple[str, ...] = ()
 
 
 def _int(d: dict[str, Any], *keys: str) -> int | None:
@@ -79,6 +91,7 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape | None:
     if not (layers and heads and hidden):
         return None
     dtype = c.get("torch_dtype") or c.get("dtype") or config.get("torch_dtype") or config.get("dtype")
+    arches = config.get("architectures")
     return ModelShape(
         layers=layers,
         attention_heads=heads,
@@ -90,7 +103,18 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape | None:
         max_context=_int(c, "max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"),
         active_experts=_int(c, "num_experts_per_tok", "moe_topk") or 1,
         torch_dtype=str(dtype) if dtype else None,
+        layout=layout_from_config(
+            c, layers, heads, hidden, _default_window_patterns("default_window_pattern")
+        ),
+        architectures=tuple(a for a in arches if isinstance(a, str)) if isinstance(arches, list) else (),
     )
+
+
+@cache
+def _default_window_patterns(table: str) -> dict[str, int]:
+    """recipes/serve_fit.toml's window patterns for configs (by model_type) or GGUFs (by arch)."""
+    data = tomllib.loads(resources.files("provision.recipes").joinpath("serve_fit.toml").read_text("utf-8"))
+    return {k: int(v) for k, v in data[table].items()}
 
 
 def shape_from_gguf(meta: dict[str, Any]) -> ModelShape | None:
@@ -107,6 +131,9 @@ def shape_from_gguf(meta: dict[str, Any]) -> ModelShape | None:
     if not (layers and heads and hidden):
         return None
     tokens = meta.get("tokenizer.ggml.tokens")
+    per_layer_kv = d.get("attention.head_count_kv")  # a list where layers differ (0: recurrent)
+    if isinstance(per_layer_kv, list):
+        d = {**d, "attention.head_count_kv": max((h for h in per_layer_kv if isinstance(h, int)), default=0)}
     return ModelShape(
         layers=layers,
         attention_heads=heads,
@@ -117,6 +144,11 @@ def shape_from_gguf(meta: dict[str, Any]) -> ModelShape | None:
         vocab=_int(d, "vocab_size") or (len(tokens) if isinstance(tokens, list) else 32000),
         max_context=_int(d, "context_length"),
         active_experts=_int(d, "expert_used_count") or 1,
+        layout=layout_from_gguf(
+            {k.removeprefix(f"{arch}."): v for k, v in meta.items() if k.startswith(f"{arch}.")},
+            arch,
+            _default_window_patterns("gguf_window_pattern"),
+        ),
     )
 
 
@@ -136,6 +168,7 @@ class EngineMemory:
     memory_fraction: float
     overhead_gib: float
     prefill_chunk: int  # 0: the whole context in one pass
+    tensor_parallel: bool  # spans GPUs by tensor parallelism (else by placing layers)
 
 
 @dataclass(frozen=True)
@@ -146,6 +179,10 @@ class FitFacts:
     min_context: int
     context_step: int
     bits_per_weight: dict[str, float]
+    kv: dict[str, KvRules]  # by backend name; the llama.cpp bindings differ
+
+    def kv_rules(self, backend: str) -> KvRules:
+        return self.kv[backend]
 
     def bits(self, quantization: str) -> float | None:
         wanted = quantization.lower()
@@ -157,7 +194,12 @@ def load_fit_facts() -> FitFacts:
     host = data["host"]
     return FitFacts(
         engines={
-            name: EngineMemory(float(e["memory_fraction"]), float(e["overhead_gib"]), int(e["prefill_chunk"]))
+            name: EngineMemory(
+                float(e["memory_fraction"]),
+                float(e["overhead_gib"]),
+                int(e["prefill_chunk"]),
+                e["spans"] == "tensor-parallel",
+            )
             for name, e in data["engines"].items()
         },
         cpu_memory_fraction=float(host["cpu_memory_fraction"]),
@@ -165,6 +207,7 @@ def load_fit_facts() -> FitFacts:
         min_context=int(host["min_context"]),
         context_step=int(host["context_step"]),
         bits_per_weight={k: float(v) for k, v in data["bits_per_weight"].items()},
+        kv=load_kv_rules(data["kv"]),
     )
 
 
@@ -196,6 +239,7 @@ class FitInput:
     act_bytes: int  # bytes per activation element
     requested_context: int | None = None  # --max-model-len
     memory_fraction: float | None = None  # --gpu-memory-fraction
+    backend: str | None = None  # the plan backend (xllamacpp, llama-cpp-python, ...); None: engine
 
 
 @dataclass(frozen=True)
@@ -209,6 +253,8 @@ class Fit:
     context_length: int
     fits: bool
     reason: str
+    tensor_parallel: int = 1  # the tensor-parallel size the launch uses (1: not tensor parallel)
+    kv_rule: str = ""  # which KV rule applied (serve/attention.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -219,6 +265,8 @@ class Fit:
             "devices": self.devices,
             "context_length": self.context_length,
             "fits": self.fits,
+            "tensor_parallel": self.tensor_parallel,
+            "kv_rule": self.kv_rule,
         }
 
 
@@ -228,11 +276,30 @@ def _activation_bytes(inp: FitInput, eng: EngineMemory, context: int) -> float:
     return chunk * (4 * s.hidden + 2 * s.intermediate * s.active_experts) * inp.act_bytes
 
 
-def _parts(inp: FitInput, eng: EngineMemory, context: int, n: int) -> tuple[float, float, float]:
-    """(weights, kv, overhead) in bytes over all n devices (n=0: the CPU)."""
-    kv = inp.shape.kv_bytes_per_token(inp.kv_bytes) * context
+def _kv(inp: FitInput, facts: FitFacts, context: int) -> KvCache:
+    s, eng = inp.shape, facts.engines[inp.engine]
+    chunk = context if eng.prefill_chunk == 0 else eng.prefill_chunk
+    rules = facts.kv.get(inp.backend or "") or facts.kv_rules(inp.engine)  # a backend's own, else its kind's
+    return kv_cache(
+        s.layout, s.kv_heads, s.head_dim, s.layers, rules, inp.kv_bytes, context, chunk, s.architectures
+    )
+
+
+def _tensor_parallel(inp: FitInput, facts: FitFacts, target: Target) -> bool:
+    return target.kind == "cuda" and facts.engines[inp.engine].tensor_parallel
+
+
+def _parts(
+    inp: FitInput, facts: FitFacts, target: Target, context: int, n: int
+) -> tuple[float, float, float]:
+    """(weights, kv, overhead) in bytes over all n devices (n=0: the CPU). Under tensor
+    parallelism the KV counts what every rank holds: MLA's latent, and KV heads fewer than the
+    ranks, are replicated rather than split."""
+    eng = facts.engines[inp.engine]
+    cache = _kv(inp, facts, context)
+    kv = cache.per_device(n) * n if _tensor_parallel(inp, facts, target) else float(cache.total)
     overhead = _activation_bytes(inp, eng, context) + eng.overhead_gib * GIB * max(n, 1)
-    return float(inp.weights_bytes), float(kv), overhead
+    return float(inp.weights_bytes), kv, overhead
 
 
 def _usable(target: Target, facts: FitFacts, eng: EngineMemory, fraction: float | None, n: int) -> float:
@@ -245,14 +312,14 @@ def _usable(target: Target, facts: FitFacts, eng: EngineMemory, fraction: float 
     return sum(d.memory_gib for d in target.devices[:n]) * share * GIB
 
 
-def device_counts(inp: FitInput, target: Target) -> list[int]:
+def device_counts(inp: FitInput, target: Target, facts: FitFacts) -> list[int]:
     """How many GPUs the engine may span, fewest first."""
     if target.kind == "cpu":
         return [0]
     if target.kind == "metal":
         return [1]
     total = len(target.devices)
-    if inp.engine in TP_ENGINES:
+    if facts.engines[inp.engine].tensor_parallel:
         counts = [2**k for k in range(total.bit_length()) if 2**k <= total]
         return [n for n in counts if inp.shape.attention_heads % n == 0] or [1]
     return list(range(1, total + 1))
@@ -260,9 +327,9 @@ def device_counts(inp: FitInput, target: Target) -> list[int]:
 
 def _fits_at(inp: FitInput, target: Target, facts: FitFacts, context: int, n: int) -> bool:
     eng = facts.engines[inp.engine]
-    w, kv, ov = _parts(inp, eng, context, n)
+    w, kv, ov = _parts(inp, facts, target, context, n)
     usable = _usable(target, facts, eng, inp.memory_fraction, n)
-    if target.kind == "cuda" and inp.engine in TP_ENGINES:
+    if _tensor_parallel(inp, facts, target):
         # Tensor parallelism splits weights and KV evenly; every GPU carries its own overhead.
         per_gpu = (w + kv + ov - eng.overhead_gib * GIB * n) / n + eng.overhead_gib * GIB
         return per_gpu <= usable / n
@@ -286,9 +353,13 @@ def _result(
     inp: FitInput, target: Target, facts: FitFacts, context: int, n: int, fits: bool, reason: str
 ) -> Fit:
     eng = facts.engines[inp.engine]
-    w, kv, ov = _parts(inp, eng, context, n)
+    w, kv, ov = _parts(inp, facts, target, context, n)
     have = _usable(target, facts, eng, inp.memory_fraction, n)
-    return Fit(w / GIB, kv / GIB, ov / GIB, (w + kv + ov) / GIB, have / GIB, n, context, fits, reason)
+    tp = n if _tensor_parallel(inp, facts, target) and n > 1 else 1
+    rule = _kv(inp, facts, context).rule
+    return Fit(
+        w / GIB, kv / GIB, ov / GIB, (w + kv + ov) / GIB, have / GIB, n, context, fits, reason, tp, rule
+    )
 
 
 def _where(target: Target, n: int) -> str:
@@ -313,9 +384,9 @@ def fit_model(inp: FitInput, target: Target, facts: FitFacts) -> Fit:
     )
     if target.kind == "cuda" and not target.devices:
         raise ValueError("a CUDA target needs devices")
-    counts = device_counts(inp, target)
+    counts = device_counts(inp, target, facts)
     share = inp.memory_fraction if inp.memory_fraction is not None else eng.memory_fraction
-    spread = "tensor parallel" if inp.engine in TP_ENGINES else "layers placed across them"
+    spread = "tensor parallel" if eng.tensor_parallel else "layers placed across them"
     for n in counts:
         if _fits_at(inp, target, facts, wanted, n):
             if target.kind == "cuda":
@@ -327,29 +398,36 @@ def fit_model(inp: FitInput, target: Target, facts: FitFacts) -> Fit:
             return _with_reason(
                 fit,
                 f"fits {place}: needs {fit.need_gib:.1f} GiB of {fit.have_gib:.1f} GiB; "
-                f"context {wanted} ({why_ctx})",
+                f"context {wanted} ({why_ctx}); KV cache: {fit.kv_rule}",
             )
     n = counts[-1]
     lowered = _largest_context(inp, target, facts, n, wanted)
     floor = min(facts.min_context, wanted)
     if lowered >= floor:
         fit = _result(inp, target, facts, lowered, n, True, "")
+        whole = _result(inp, target, facts, wanted, n, False, "")
         return _with_reason(
             fit,
             f"fits on {_where(target, n)} only with the context lowered from {wanted} "
-            f"({why_ctx}) to {lowered}: the KV cache for {wanted} tokens would need "
-            f"{_result(inp, target, facts, wanted, n, False, '').need_gib:.1f} GiB, "
-            f"{fit.have_gib:.1f} GiB usable",
+            f"({why_ctx}) to {lowered}: at {wanted} tokens it would need {_breakdown(whole)}, "
+            f"{fit.have_gib:.1f} GiB usable; KV cache: {fit.kv_rule}",
         )
     fit = _result(inp, target, facts, wanted, n, False, "")
     at_floor = _result(inp, target, facts, floor, n, False, "")
     return _with_reason(
         fit,
-        f"does not fit: needs {fit.need_gib:.1f} GiB (weights {fit.weights_gib:.1f}, "
-        f"KV cache {fit.kv_cache_gib:.1f} for {wanted} tokens) and "
+        f"does not fit: at {wanted} tokens it needs {_breakdown(fit)}, and "
         f"{at_floor.need_gib:.1f} GiB even at {floor} tokens; "
-        f"{_where(target, n)} has {fit.have_gib:.1f} GiB usable. "
+        f"{_where(target, n)} has {fit.have_gib:.1f} GiB usable; KV cache: {fit.kv_rule}. "
         f"{suggestion(inp, target)}",
+    )
+
+
+def _breakdown(fit: Fit) -> str:
+    """The whole need and its parts, so that no part is read as the whole."""
+    return (
+        f"{fit.need_gib:.1f} GiB in all (weights {fit.weights_gib:.1f}, KV cache "
+        f"{fit.kv_cache_gib:.1f}, activations and runtime {fit.overhead_gib:.1f})"
     )
 
 

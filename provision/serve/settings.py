@@ -81,7 +81,8 @@ def launch_settings(
 ) -> LaunchSettings:
     """What serve launches: vLLM/SGLang with their own memory share unless asked, CUDA graphs on,
     tensor parallel across the GPUs the fit spans; llama.cpp with every layer on the GPU and an
-    f16 KV cache; transformers in the model's dtype, spread by device_map when it spans GPUs."""
+    f16 KV cache; transformers in the model's dtype, spread by device_map when it spans GPUs. The
+    tensor-parallel size is the fit's (the recipe says which engines span GPUs that way)."""
     gpu = target.kind in ("cuda", "metal")
     kind = engine_kind(engine)
     return LaunchSettings(
@@ -91,8 +92,9 @@ def launch_settings(
         gpu=gpu,
         dtype="auto" if kind == "llama-cpp" else dtype,
         context_length=fit.context_length,
-        tensor_parallel=fit.devices if kind in ("vllm", "sglang") and fit.devices > 1 else 1,
-        gpu_memory_fraction=memory_fraction if kind in ("vllm", "sglang") else None,
+        tensor_parallel=fit.tensor_parallel,
+        # Only engines with a memory pool (vLLM, SGLang) have a flag for it; other adapters ignore it.
+        gpu_memory_fraction=memory_fraction,
         enforce_eager=False,
         f32_kv_cache=False,
     )
