@@ -130,3 +130,19 @@ def test_every_plan_says_how_old_its_facts_are():
     # The CI cache key does not move with the calendar.
     key = plan("--auto", "--profile", H100, "--cache-key").stdout
     assert "recipes" not in key and len(key.strip().splitlines()) == 1
+
+
+def test_pin_through_a_credentialed_index_without_range_support(tmp_path):
+    """Basic auth from the URL's userinfo (urllib cannot open user:pw@host), the whole wheel read
+    when the index ignores Range, and the password in no output."""
+    from tests.support.auth_index import auth_index
+    from tests.support.cli import TEST_SECRETS, assert_no_secret
+
+    wheels = build_wheels([*CLOSURE, VLLM_033, VLLM_034], tmp_path / "wheels")
+    with auth_index(wheels, "user", TEST_SECRETS[0]) as (base, log):
+        index = base.replace("http://", f"http://user:{TEST_SECRETS[0]}@")
+        done = plan("--backend", "vllm", "--profile", H100, "--pin", "vllm==0.34.0", "--index-url", index)
+    assert done.returncode == 0, done.stderr
+    assert_no_secret(done.stdout + done.stderr, "plan --pin output")
+    assert "vllm 0.34.0 resolved live from http://127.0.0.1:" in " ".join(done.stdout.split())
+    assert not any(entry.endswith(" 401") for entry in log if "/files/" in entry)

@@ -94,7 +94,9 @@ def test_a_newer_release_rewrites_the_facts_it_changed_with_their_source(tmp_pat
     assert tomllib.loads(after)["meta"]["derived_at"]["vllm"] == date.today()
     # Only vllm's changed facts and its date moved; every comment elsewhere is byte-identical.
     changed = [ln for ln in after.splitlines() if ln not in before.splitlines()]
-    assert len(changed) == 5, changed  # version, torch, torch_variant, python_min, derived_at
+    # version, torch, torch_variant, python_min, its derived_at, and the index the facts came from
+    assert len(changed) == 6, changed
+    assert tomllib.loads(after)["meta"]["index"] == index
     assert all(ln in after for ln in before.splitlines() if ln.startswith("#"))
     # The diff names each fact's source: the release's own metadata on this index, and the date.
     assert f'+torch = "2.15.0"  # vllm 0.34.0 Requires-Dist torch==2.15.0 on {index}' in done.stdout
@@ -179,3 +181,70 @@ def _v(s: str):
     from packaging.version import Version
 
     return Version(s)
+
+
+# xinference's click pin and the huggingface-hub chain, and transformers as the newest release
+# that co-installs with it. The sdist-only stand-ins of recipes/resolve.toml are served too.
+STAND_INS = [
+    FakeDist(n, "9.0.0")
+    for n in ("numpy", "yacs", "pyyaml", "tqdm", "termcolor", "pillow", "tabulate", "iopath")
+]
+HUB_CHAIN = [
+    FakeDist("click", "8.1.8"),
+    FakeDist("click", "8.2.1"),
+    FakeDist("click", "8.4.0"),
+    FakeDist("huggingface-hub", "1.0.0"),
+    FakeDist("huggingface-hub", "1.1.0", requires=("click>=8.2.1",)),  # still under xinference's cap
+    FakeDist("huggingface-hub", "1.2.0", requires=("click>=8.4.0",)),  # the first one the cap excludes
+    FakeDist("huggingface-hub", "1.3.0", requires=("click>=8.4.0",)),
+    FakeDist(
+        "transformers",
+        "5.17.0",
+        requires=("huggingface-hub<1.2,>=1.0",),
+        requires_python=">=3.10",
+        extras=("serving",),
+    ),
+    FakeDist(
+        "transformers",
+        "5.18.0",
+        requires=("huggingface-hub>=1.2",),
+        requires_python=">=3.10",
+        extras=("serving",),
+    ),
+]
+XINFERENCE_42 = FakeDist(
+    "xinference",
+    "4.2.0",
+    requires=("click<8.3.0", "huggingface-hub>=0.19.4"),
+    requires_python=">=3.10",
+    extras=("transformers", "mlx", "vllm"),
+)
+
+
+def test_xinference_click_chain_and_the_transformers_it_co_installs_with(tmp_path):
+    folder = _recipes_copy(tmp_path)
+    wheels = build_wheels([*STAND_INS, *HUB_CHAIN, XINFERENCE_42], tmp_path / "wheels")
+    with serve_index(wheels) as (index, _):
+        done = _refresh(folder, index, "--backend", "xinference", "--backend", "transformers")
+    assert done.returncode == 0, done.stdout + done.stderr
+    tables = tomllib.loads((folder / "backends.toml").read_text())
+    x, t = tables["xinference"], tables["transformers"]
+    assert (x["version"], x["click_pin"], x["requires_python"]) == ("4.2.0", "click<8.3.0", "3.10")
+    assert (x["hub_ceiling"], x["hub_click_min"]) == ("1.2.0", "8.4.0")
+    assert t["version"] == "5.17.0"  # 5.18.0 needs hub >= 1.2, which needs click >= 8.4.0
+    assert (
+        "huggingface-hub 1.2.0 Requires-Dist click>=8.4.0 (the first release click<8.3.0 excludes)"
+        in done.stdout
+    )
+
+
+def test_an_xinference_that_drops_an_extra_the_recipes_use_needs_a_human(tmp_path):
+    folder = _recipes_copy(tmp_path)
+    before = (folder / "backends.toml").read_text()
+    no_mlx = FakeDist("xinference", "4.2.0", requires=XINFERENCE_42.requires, extras=("transformers",))
+    wheels = build_wheels([*STAND_INS, *HUB_CHAIN, no_mlx], tmp_path / "wheels")
+    with serve_index(wheels) as (index, _):
+        done = _refresh(folder, index, "--backend", "xinference")
+    assert done.returncode == 1
+    assert "xinference 4.2.0 no longer offers the extra(s) mlx" in done.stdout
+    assert (folder / "backends.toml").read_text() == before

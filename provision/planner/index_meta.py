@@ -10,9 +10,11 @@ and `plan --pin`; provision.planner.derive decides from what it returns.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.message
 import html.parser
+import http.client
 import io
 import json
 import tarfile
@@ -33,6 +35,7 @@ from packaging.utils import (
 from packaging.version import Version
 
 from provision.errors import OperationFailed
+from provision.redact import strip_userinfo
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 _ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.5"
@@ -60,14 +63,24 @@ class _Links(html.parser.HTMLParser):
             self.links.append(dict(attrs))
 
 
+def _request(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> urllib.request.Request:
+    """Credentials in the URL's userinfo go as Basic auth (urllib cannot open user:pw@host),
+    never on to a redirect's target."""
+    bare, creds = strip_userinfo(url)
+    req = urllib.request.Request(bare, headers=headers or {}, method=method)
+    if creds is not None:
+        token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        req.add_unredirected_header("Authorization", f"Basic {token}")
+    return req
+
+
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[bytes, str, int]:
-    req = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=_TIMEOUT) as resp:
+        with urllib.request.urlopen(_request(url, headers), timeout=_TIMEOUT) as resp:
             return resp.read(), resp.headers.get("Content-Type", ""), resp.status
     except urllib.error.HTTPError as e:
         raise OperationFailed(f"{_safe(url)}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise OperationFailed(f"{_safe(url)} cannot be read: {reason}") from None
 
@@ -145,11 +158,10 @@ class _RangeFile(io.RawIOBase):
             self.cache[self.size - len(body)] = body
 
     def _total_from_head(self, got: int) -> int:
-        req = urllib.request.Request(self.url, method="HEAD")
         try:
-            with urllib.request.urlopen(req, timeout=_TIMEOUT) as resp:
+            with urllib.request.urlopen(_request(self.url, method="HEAD"), timeout=_TIMEOUT) as resp:
                 return int(resp.headers.get("Content-Length") or got)
-        except (urllib.error.URLError, OSError, ValueError) as e:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
             raise OperationFailed(f"{_safe(self.url)} cannot be read: {e}") from None
 
     def seekable(self) -> bool:
@@ -215,9 +227,8 @@ def wheel_metadata(f: IndexFile) -> email.message.Message:
 
 def sdist_metadata(f: IndexFile, limit_mb: int = 200) -> email.message.Message:
     """The sdist's top-level PKG-INFO, streamed (the archive is not kept)."""
-    req = urllib.request.Request(f.url)
     try:
-        with urllib.request.urlopen(req, timeout=_TIMEOUT) as resp:
+        with urllib.request.urlopen(_request(f.url), timeout=_TIMEOUT) as resp:
             if f.filename.endswith(".zip"):
                 with zipfile.ZipFile(io.BytesIO(resp.read(limit_mb << 20))) as zf:
                     top = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/PKG-INFO")]
@@ -230,7 +241,13 @@ def sdist_metadata(f: IndexFile, limit_mb: int = 200) -> email.message.Message:
                             got = tf.extractfile(member)
                             if got is not None:
                                 return _parse(got.read())
-    except (urllib.error.URLError, OSError, tarfile.TarError, zipfile.BadZipFile) as e:
+    except (
+        urllib.error.URLError,
+        OSError,
+        tarfile.TarError,
+        zipfile.BadZipFile,
+        http.client.HTTPException,
+    ) as e:
         raise OperationFailed(f"{f.filename} cannot be read: {e}") from None
     raise OperationFailed(f"{f.filename} has no PKG-INFO")
 

@@ -97,8 +97,10 @@ def derive_all(view: IndexView, tables: dict[str, Any], only: Sequence[str] = ()
     return out
 
 
-def edits_for(derivations: list[Derivation], today: date) -> list[Edit]:
+def edits_for(derivations: list[Derivation], today: date, index_label: str) -> list[Edit]:
     edits: list[Edit] = []
+    if any(not d.blockers for d in derivations):
+        edits.append(Edit("meta", "index", index_label, ""))
     for d in derivations:
         if d.blockers:
             continue
@@ -112,7 +114,7 @@ def refresh(folder: Path, index_url: str, only: Sequence[str], today: date, uv: 
     view = IndexView(index_url, uv, recipes)
     derivations = derive_all(view, tables, only)
     before = (folder / RECIPE).read_text(encoding="utf-8")
-    after = apply_edits(before, edits_for(derivations, today))
+    after = apply_edits(before, edits_for(derivations, today, view.label))
     return RefreshResult(derivations, before, after)
 
 
@@ -128,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the report and diff; write nothing")
     args = ap.parse_args(argv)
     from provision.planner.resolve import uv_binary
+    from provision.redact import redact
 
     try:
         if not args.index_url.startswith(("http://", "https://", "file:")):
@@ -135,15 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = Path(args.recipes)
         result = refresh(folder, args.index_url, args.backend, date.today(), uv_binary())
     except UserError as e:
-        print(f"refresh-recipes: {e}", file=sys.stderr)
+        print(f"refresh-recipes: {redact(str(e))}", file=sys.stderr)
         return 2
     except OperationFailed as e:
-        print(f"refresh-recipes: {e}", file=sys.stderr)
+        print(f"refresh-recipes: {redact(str(e))}", file=sys.stderr)
         return 1
-    print(result.report())
+    print(redact(result.report()))
     diff = result.diff()
     print("")
-    print(diff or "(no change to the recipes)")
+    print(redact(diff) if diff else "(no change to the recipes)")
     if diff and not args.dry_run:
         (folder / RECIPE).write_text(result.after, encoding="utf-8")
         print(f"written: {folder / RECIPE}")
