@@ -14,8 +14,8 @@ from packaging.version import Version
 
 from provision.backends import backend_tables, registry
 from provision.planner import load_recipes
-from provision.planner.derive import IndexView, derive_backend
-from provision.planner.index_meta import PYPI_SIMPLE
+from provision.planner.derive import derive_backend
+from provision.planner.index_meta import PYPI_SIMPLE, IndexView
 from provision.planner.resolve import uv_binary
 
 pytestmark = [

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import email.message
 import re
-import subprocess
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -31,9 +28,8 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from provision.planner import index_meta
-from provision.planner.index_meta import IndexFile
+from provision.planner.index_meta import Compiled, IndexFile, IndexView
 from provision.planner.recipes import Recipes
-from provision.planner.resolve import parse_pins
 from provision.planner.versions import vtuple
 
 # Keys that describe how a backend is run, not what its release requires: never derived.
@@ -73,71 +69,6 @@ class Derivation:
         return [f for f in self.facts if f.changed]
 
 
-@dataclass(frozen=True)
-class Compiled:
-    ok: bool
-    pins: dict[str, str]
-    error: str
-
-
-class IndexView:
-    """One index, read once per file: its project listings, metadata, and real resolutions."""
-
-    def __init__(self, index_url: str, uv: str, recipes: Recipes) -> None:
-        self.index_url = index_url.rstrip("/")
-        self.uv = uv
-        self.recipes = recipes
-        self._files: dict[str, list[IndexFile]] = {}
-        self._meta: dict[str, email.message.Message] = {}
-
-    @property
-    def label(self) -> str:
-        return index_meta._safe(self.index_url)
-
-    def files(self, project: str) -> list[IndexFile]:
-        key = canonicalize_name(project)
-        if key not in self._files:
-            self._files[key] = index_meta.project_files(self.index_url, project)
-        return self._files[key]
-
-    def newest(self, project: str) -> Version | None:
-        rel = index_meta.releases(self.files(project))
-        return rel[-1] if rel else None
-
-    def metadata(self, f: IndexFile) -> email.message.Message:
-        if f.url not in self._meta:
-            self._meta[f.url] = index_meta.metadata(f)
-        return self._meta[f.url]
-
-    def compile(self, reqs: list[str], platform: str, python: str) -> Compiled:
-        sdist_only = self.recipes.resolve.sdist_only
-        if any(r.startswith("xinference") for r in reqs):
-            # xinference's sdist-only dependencies are excluded; what they require stands in.
-            reqs = reqs + [r for deps in sdist_only.values() for r in deps]
-        with tempfile.TemporaryDirectory(prefix="xinfer-refresh-") as tmp:
-            req_file, ex_file = Path(tmp) / "requirements.in", Path(tmp) / "excludes.txt"
-            req_file.write_text("\n".join(reqs) + "\n")
-            ex_file.write_text("\n".join(sdist_only) + "\n")
-            argv = [
-                self.uv, "pip", "compile", "--no-config", "--no-build", "--no-python-downloads",
-                "--index-url", self.index_url,
-                "--python-platform", platform, "--python-version", python, "--excludes", str(ex_file),
-                "--no-header", "--no-annotate", "--color", "never", str(req_file),
-            ]  # fmt: skip
-            try:
-                out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                return Compiled(False, {}, f"uv pip compile did not run: {e}")
-        if out.returncode != 0:
-            lines = [
-                ln.strip()
-                for ln in out.stderr.splitlines()
-                if ln.strip() and not ln.lstrip().startswith(("hint:", "warning:"))
-            ]
-            return Compiled(False, {}, re.sub(r"\s+", " ", " ".join(lines))[:700])
-        return Compiled(True, parse_pins(out.stdout), "")
-
-
 # ---------------------------------------------------------------- pure helpers
 
 
@@ -153,6 +84,21 @@ def glibc_of(f: IndexFile) -> dict[str, str]:
         if arch not in out or vtuple(floor) < vtuple(out[arch]):
             out[arch] = floor
     return out
+
+
+def manylinux_floor(files: list[IndexFile]) -> tuple[str, str] | None:
+    """(glibc, tag name) of the lowest manylinux tag among `files`: ('2.17', 'manylinux2014')."""
+    best: tuple[str, str] | None = None
+    for f in files:
+        if not f.wheel:
+            continue
+        for tag in parse_wheel_filename(f.filename)[3]:
+            m = _MANYLINUX.match(tag.platform)
+            if m:
+                floor = f"{m.group(2)}.{m.group(3)}" if m.group(2) else _LEGACY_MANYLINUX[m.group(1)]
+                if best is None or vtuple(floor) < vtuple(best[0]):
+                    best = (floor, m.group(1))
+    return best
 
 
 def python_tags(f: IndexFile) -> tuple[str | None, str | None]:
@@ -487,6 +433,11 @@ def derive_backend(
     meta = view.metadata(meta_file)
     python = _python_facts(c, files, meta, meta_file.filename)
     _extras(c, meta, meta_file.filename)
+    floor = manylinux_floor(files)
+    if floor is not None:  # a backend whose wheels are its whole closure (xllamacpp: no deps)
+        src = f"{dist} {version} wheel tags ({floor[1]})"
+        c.fact("linux_glibc_min", floor[0], src)
+        c.fact("linux_tag", floor[1], src)
     if not any(f.wheel for f in files):
         _sdist_facts(c, meta, meta_file)
     elif _has_linux_facts(table):

@@ -4,8 +4,10 @@ The simple API (PEP 691 JSON or PEP 503 HTML, whichever the index answers) lists
 a wheel's METADATA is read from the wheel itself with HTTP range requests (zipfile reads the
 central directory and one member, a few hundred kB of a 400 MB CUDA wheel), an sdist's
 PKG-INFO by streaming the archive until it appears. An index that ignores Range answers 200
-with the whole file, which is read the same way. This is the I/O edge of scripts/refresh-recipes
-and `plan --pin`; provision.planner.derive decides from what it returns.
+with the whole file, which is read the same way. IndexView adds the one other question asked
+of an index: does a set of requirements resolve there (`uv pip compile --no-build`). This is
+the I/O edge of scripts/refresh-recipes and `plan --pin`; provision.planner.derive decides
+from what it returns.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import html.parser
 import http.client
 import io
 import json
+import re
+import subprocess
 import tarfile
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, cast
 
 from packaging.utils import (
@@ -35,6 +41,8 @@ from packaging.utils import (
 from packaging.version import Version
 
 from provision.errors import OperationFailed
+from provision.planner.recipes import Recipes
+from provision.planner.resolve import parse_pins
 from provision.redact import strip_userinfo
 
 PYPI_SIMPLE = "https://pypi.org/simple"
@@ -254,3 +262,68 @@ def sdist_metadata(f: IndexFile, limit_mb: int = 200) -> email.message.Message:
 
 def metadata(f: IndexFile) -> email.message.Message:
     return wheel_metadata(f) if f.wheel else sdist_metadata(f)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    ok: bool
+    pins: dict[str, str]
+    error: str
+
+
+class IndexView:
+    """One index, read once per file: its project listings, metadata, and real resolutions."""
+
+    def __init__(self, index_url: str, uv: str, recipes: Recipes) -> None:
+        self.index_url = index_url.rstrip("/")
+        self.uv = uv
+        self.recipes = recipes
+        self._files: dict[str, list[IndexFile]] = {}
+        self._meta: dict[str, email.message.Message] = {}
+
+    @property
+    def label(self) -> str:
+        return _safe(self.index_url)
+
+    def files(self, project: str) -> list[IndexFile]:
+        key = canonicalize_name(project)
+        if key not in self._files:
+            self._files[key] = project_files(self.index_url, project)
+        return self._files[key]
+
+    def newest(self, project: str) -> Version | None:
+        rel = releases(self.files(project))
+        return rel[-1] if rel else None
+
+    def metadata(self, f: IndexFile) -> email.message.Message:
+        if f.url not in self._meta:
+            self._meta[f.url] = metadata(f)
+        return self._meta[f.url]
+
+    def compile(self, reqs: list[str], platform: str, python: str) -> Compiled:
+        sdist_only = self.recipes.resolve.sdist_only
+        if any(r.startswith("xinference") for r in reqs):
+            # xinference's sdist-only dependencies are excluded; what they require stands in.
+            reqs = reqs + [r for deps in sdist_only.values() for r in deps]
+        with tempfile.TemporaryDirectory(prefix="xinfer-refresh-") as tmp:
+            req_file, ex_file = Path(tmp) / "requirements.in", Path(tmp) / "excludes.txt"
+            req_file.write_text("\n".join(reqs) + "\n")
+            ex_file.write_text("\n".join(sdist_only) + "\n")
+            argv = [
+                self.uv, "pip", "compile", "--no-config", "--no-build", "--no-python-downloads",
+                "--index-url", self.index_url,
+                "--python-platform", platform, "--python-version", python, "--excludes", str(ex_file),
+                "--no-header", "--no-annotate", "--color", "never", str(req_file),
+            ]  # fmt: skip
+            try:
+                out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return Compiled(False, {}, f"uv pip compile did not run: {e}")
+        if out.returncode != 0:
+            lines = [
+                ln.strip()
+                for ln in out.stderr.splitlines()
+                if ln.strip() and not ln.lstrip().startswith(("hint:", "warning:"))
+            ]
+            return Compiled(False, {}, re.sub(r"\s+", " ", " ".join(lines))[:700])
+        return Compiled(True, parse_pins(out.stdout), "")

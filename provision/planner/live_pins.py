@@ -19,8 +19,8 @@ from packaging.version import InvalidVersion, Version
 
 from provision.errors import UserError
 from provision.plan import PlanWarning
-from provision.planner.derive import Derivation, IndexView, derive_backend
-from provision.planner.index_meta import PYPI_SIMPLE
+from provision.planner.derive import Derivation, derive_backend
+from provision.planner.index_meta import PYPI_SIMPLE, IndexView
 from provision.planner.recipes import Recipes, XllamacppRecipes
 
 

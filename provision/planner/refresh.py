@@ -23,8 +23,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from provision.errors import OperationFailed, UserError
-from provision.planner.derive import Derivation, IndexView, derive_backend
-from provision.planner.index_meta import PYPI_SIMPLE
+from provision.planner.derive import Derivation, derive_backend
+from provision.planner.index_meta import PYPI_SIMPLE, IndexView
 from provision.planner.recipe_write import Edit, apply_edits, unified_diff
 from provision.planner.recipes import Recipes, recipes_from_dicts
 
