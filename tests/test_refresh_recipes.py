@@ -248,3 +248,19 @@ def test_an_xinference_that_drops_an_extra_the_recipes_use_needs_a_human(tmp_pat
     assert done.returncode == 1
     assert "xinference 4.2.0 no longer offers the extra(s) mlx" in done.stdout
     assert (folder / "backends.toml").read_text() == before
+
+
+def test_manylinux_floor_knows_aliases():
+    from provision.planner.derive import manylinux_floor
+
+    def wheel(name: str) -> IndexFile:
+        return IndexFile(name, "", None, False, _v("1"), True)
+
+    files = [
+        wheel("x-1-cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"),
+        wheel("x-1-cp310-abi3-manylinux_2_28_aarch64.whl"),
+        wheel("x-1-cp310-abi3-win_amd64.whl"),
+    ]
+    assert manylinux_floor(files) == ("2.17", ("manylinux_2_17", "manylinux2014"))
+    assert manylinux_floor(files[1:]) == ("2.28", ("manylinux_2_28",))
+    assert manylinux_floor(files[2:]) is None

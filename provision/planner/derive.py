@@ -86,18 +86,22 @@ def glibc_of(f: IndexFile) -> dict[str, str]:
     return out
 
 
-def manylinux_floor(files: list[IndexFile]) -> tuple[str, str] | None:
-    """(glibc, tag name) of the lowest manylinux tag among `files`: ('2.17', 'manylinux2014')."""
-    best: tuple[str, str] | None = None
+def manylinux_floor(files: list[IndexFile]) -> tuple[str, tuple[str, ...]] | None:
+    """(glibc, its tag names) of the lowest manylinux tag among `files`; a wheel tagged
+    manylinux_2_17_x86_64.manylinux2014_x86_64 gives ('2.17', ('manylinux_2_17', 'manylinux2014'))."""
+    best: tuple[str, tuple[str, ...]] | None = None
     for f in files:
         if not f.wheel:
             continue
         for tag in parse_wheel_filename(f.filename)[3]:
             m = _MANYLINUX.match(tag.platform)
-            if m:
-                floor = f"{m.group(2)}.{m.group(3)}" if m.group(2) else _LEGACY_MANYLINUX[m.group(1)]
-                if best is None or vtuple(floor) < vtuple(best[0]):
-                    best = (floor, m.group(1))
+            if not m:
+                continue
+            floor = f"{m.group(2)}.{m.group(3)}" if m.group(2) else _LEGACY_MANYLINUX[m.group(1)]
+            if best is None or vtuple(floor) < vtuple(best[0]):
+                best = (floor, (m.group(1),))
+            elif floor == best[0] and m.group(1) not in best[1]:
+                best = (floor, (*best[1], m.group(1)))
     return best
 
 
@@ -435,9 +439,10 @@ def derive_backend(
     _extras(c, meta, meta_file.filename)
     floor = manylinux_floor(files)
     if floor is not None:  # a backend whose wheels are its whole closure (xllamacpp: no deps)
-        src = f"{dist} {version} wheel tags ({floor[1]})"
+        src = f"{dist} {version} wheel tags ({'.'.join(floor[1])})"
         c.fact("linux_glibc_min", floor[0], src)
-        c.fact("linux_tag", floor[1], src)
+        # Aliases of one floor name the same wheels: the recipes' spelling stays when it is one.
+        c.fact("linux_tag", table["linux_tag"] if table.get("linux_tag") in floor[1] else floor[1][0], src)
     if not any(f.wheel for f in files):
         _sdist_facts(c, meta, meta_file)
     elif _has_linux_facts(table):
