@@ -261,6 +261,6 @@ def test_manylinux_floor_knows_aliases():
         wheel("x-1-cp310-abi3-manylinux_2_28_aarch64.whl"),
         wheel("x-1-cp310-abi3-win_amd64.whl"),
     ]
-    assert manylinux_floor(files) == ("2.17", ("manylinux_2_17", "manylinux2014"))
+    assert manylinux_floor(files) == ("2.17", ("manylinux2014", "manylinux_2_17"))
     assert manylinux_floor(files[1:]) == ("2.28", ("manylinux_2_28",))
     assert manylinux_floor(files[2:]) is None

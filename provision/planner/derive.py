@@ -102,7 +102,7 @@ def manylinux_floor(files: list[IndexFile]) -> tuple[str, tuple[str, ...]] | Non
                 best = (floor, (m.group(1),))
             elif floor == best[0] and m.group(1) not in best[1]:
                 best = (floor, (*best[1], m.group(1)))
-    return best
+    return (best[0], tuple(sorted(best[1]))) if best else None  # tag sets are unordered
 
 
 def python_tags(f: IndexFile) -> tuple[str | None, str | None]:
