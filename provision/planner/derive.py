@@ -305,6 +305,7 @@ def _torch_and_glibc(c: _Ctx, files: list[IndexFile], meta: email.message.Messag
         reqs.append(f"torch=={torch}")
     floors: dict[str, str] = {}
     closure: dict[str, str] = {}
+    failed: dict[str, list[str]] = {}  # uv's explanation -> the arches it was given for
     for arch in _arches(c.t):
         wheel = _pick(files, arch)
         if wheel is None:
@@ -312,13 +313,15 @@ def _torch_and_glibc(c: _Ctx, files: list[IndexFile], meta: email.message.Messag
             continue
         floor, done = _glibc_floor(c, reqs, arch, glibc_of(wheel).get(arch, "2.17"), python)
         if floor is None:
-            c.block(f"{' + '.join(reqs)} does not resolve for Linux {arch}, Python {python}: {done.error}")
+            failed.setdefault(done.error, []).append(arch)
             continue
         floors[arch] = floor
         closure = closure or done.pins
         platform = f"{arch}-manylinux_{floor.replace('.', '_')}"
         src = f"uv pip compile --no-build {' '.join(reqs)} --python-platform {platform}"
         c.fact(f"glibc_{arch}", floor, f"{src} (the lowest tag that resolves)")
+    for error, arches in failed.items():
+        c.block(f"{' + '.join(reqs)} does not resolve for Linux {'/'.join(arches)}, Python {python}: {error}")
     if "glibc" in c.t and len(floors) == 2:
         top = max(floors.values(), key=vtuple)
         c.fact(

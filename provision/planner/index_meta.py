@@ -325,5 +325,8 @@ class IndexView:
                 for ln in out.stderr.splitlines()
                 if ln.strip() and not ln.lstrip().startswith(("hint:", "warning:"))
             ]
-            return Compiled(False, {}, re.sub(r"\s+", " ", " ".join(lines))[:700])
+            text = re.sub(r"\s+", " ", " ".join(lines))
+            # uv's explanation starts after its fixed preamble; the preamble says nothing.
+            text = re.sub(r"^error: No solution found when resolving dependencies:?( cause:)? ?", "", text)
+            return Compiled(False, {}, text[:700])
         return Compiled(True, parse_pins(out.stdout), "")
