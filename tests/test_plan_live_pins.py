@@ -146,3 +146,31 @@ def test_pin_through_a_credentialed_index_without_range_support(tmp_path):
     assert_no_secret(done.stdout + done.stderr, "plan --pin output")
     assert "vllm 0.34.0 resolved live from http://127.0.0.1:" in " ".join(done.stdout.split())
     assert not any(entry.endswith(" 401") for entry in log if "/files/" in entry)
+
+
+def test_install_dry_run_plans_the_pinned_release_from_its_index_url(tmp_path):
+    """install's planning path takes --pin too, and reads releases from install's own --index-url."""
+    wheels = build_wheels([*CLOSURE, VLLM_033, VLLM_034], tmp_path / "wheels")
+    with serve_index(wheels) as (index, _):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "provision",
+                "install",
+                "--backend",
+                "vllm",
+                "--profile",
+                H100,
+                "--dry-run",
+            ]
+            + ["--json", "--pin", "vllm==0.34.0", "--index-url", index, "--venv", str(tmp_path / "envs")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    vllm = next(b for b in report["backends"] if b["name"] == "vllm")
+    assert vllm["packages"] == ["vllm==0.34.0"]
+    assert not (tmp_path / "envs").exists()  # a dry run changes nothing
