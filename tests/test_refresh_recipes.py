@@ -264,3 +264,15 @@ def test_manylinux_floor_knows_aliases():
     assert manylinux_floor(files) == ("2.17", ("manylinux2014", "manylinux_2_17"))
     assert manylinux_floor(files[1:]) == ("2.28", ("manylinux_2_28",))
     assert manylinux_floor(files[2:]) is None
+
+
+def test_an_index_behind_the_recipes_is_not_a_downgrade(tmp_path):
+    folder = _recipes_copy(tmp_path)
+    before = (folder / "backends.toml").read_text()
+    older = FakeDist("vllm", "0.32.0", VLLM_TAGS, VLLM_033.requires, VLLM_033.requires_python)
+    wheels = build_wheels([*CLOSURE, older], tmp_path / "wheels")
+    with serve_index(wheels) as (index, _):
+        done = _refresh(folder, index, "--backend", "vllm")
+    assert done.returncode == 1
+    assert "is 0.32.0, older than the recipes' 0.33.0" in done.stdout
+    assert (folder / "backends.toml").read_text() == before

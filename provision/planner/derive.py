@@ -420,22 +420,34 @@ def derive_backend(
     """Every derivable fact of `table` for `version` (default: the newest release on the index;
     transformers: the newest that co-installs with `xinference`, default the recipe's)."""
     dist = str(table["dist"])
+    how = "the release asked for"
     if version is None and name == "transformers":
+        x = xinference or str(view.recipes.version("xinference"))
         probe = _Ctx(view, name, table, Version(str(table["version"])))
-        version = _coinstall_version(probe, xinference or str(view.recipes.version("xinference")))
+        version = _coinstall_version(probe, x)
         if version is None:
             return probe.d
-    version = version or view.newest(dist)
-    if version is None:
-        d = Derivation(name, str(table["version"]))
-        d.blockers.append(f"{dist} has no release on {view.label}")
-        return d
+        how = f"the newest release that co-installs with xinference {x} (uv pip compile)"
+    elif version is None:
+        version = view.newest(dist)
+        how = "the newest release listed"
+        if version is None:
+            d = Derivation(name, str(table["version"]))
+            d.blockers.append(f"{dist} has no release on {view.label}")
+            return d
+        if version < Version(str(table["version"])):
+            d = Derivation(name, str(version))
+            d.blockers.append(
+                f"{how} on {view.label} is {version}, older than the recipes' {table['version']} "
+                "(a mirror behind PyPI, or a release withdrawn)"
+            )
+            return d
     c = _Ctx(view, name, table, version)
     files = index_meta.files_of(view.files(dist), version)
     if not files:
         c.block(f"{dist} {version} is not on {view.label}")
         return c.d
-    c.fact("version", str(version), f"{dist} {version}: the newest release listed")
+    c.fact("version", str(version), f"{dist} {version}: {how}")
     meta_file = _pick(files, "x86_64") or next((f for f in files if f.wheel), None) or files[0]
     meta = view.metadata(meta_file)
     python = _python_facts(c, files, meta, meta_file.filename)
