@@ -183,8 +183,10 @@ def plan(
 
         click.echo(redact(render_plan(the_plan)))
         if fresh is not None:
+            import textwrap
+
             click.echo("")
-            click.echo(redact(fresh.line()))
+            click.echo(redact(textwrap.fill(fresh.line(), 100, subsequent_indent="    ")))
         if report is not None:
             click.echo("")
             click.echo(report.render())
