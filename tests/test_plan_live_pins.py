@@ -175,3 +175,18 @@ def test_install_dry_run_plans_the_pinned_release_from_its_index_url(tmp_path):
     vllm = next(b for b in report["backends"] if b["name"] == "vllm")
     assert vllm["packages"] == ["vllm==0.34.0"]
     assert not (tmp_path / "envs").exists()  # a dry run changes nothing
+
+
+def test_a_plan_made_past_the_threshold_carries_the_stale_warning():
+    """The wiring plan uses, on a day past stale_after_days (the clock is the caller's)."""
+    from provision.commands.plan import _with_freshness
+    from provision.plan import PlanRequest
+    from provision.planner import load_recipes, make_plan
+    from provision.profile import load_profile
+
+    the_plan = make_plan(load_profile(H100), PlanRequest(), load_recipes())
+    later, fresh = _with_freshness(the_plan, today=date(2030, 1, 1))
+    assert fresh is not None and fresh.stale
+    assert later.warnings[-1].code == "recipes-stale" and "days old" in later.warnings[-1].message
+    now, _ = _with_freshness(the_plan, today=fresh.oldest)
+    assert all(w.code != "recipes-stale" for w in now.warnings)
