@@ -26,6 +26,9 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         (("--from-receipt", "r.json", "--auto"), "takes no --auto"),
         (("--from-receipt", "/nonexistent/receipt.json"), "no receipt at /nonexistent/receipt.json"),
         (("--auto", "--installer", "conda"), "Invalid value for '--installer'"),
+        (("--from-receipt", "r.json", "--pin", "vllm==0.34.0"), "takes no --pin or --latest"),
+        (("--from-bundle", "b", "--latest"), "it takes no --latest"),
+        (("--backend", "vllm", "--pin", "vllm"), "write it as NAME==VERSION"),
     ],
 )
 def test_install_bad_input(args, message, tmp_path):

@@ -100,6 +100,8 @@ REFUSING_WARNINGS = ("rosetta",)
 @click.option(
     "--from-bundle", metavar="DIR", help="Install a bundle's plan from it alone, with no network (bundle -o)."
 )
+@options.pin()
+@options.latest()
 @stops_cleanly_on_sigterm
 def install(
     auto,
@@ -117,7 +119,11 @@ def install(
     model_types=None,
     no_wait=False,
     from_bundle=None,
+    pins=(),
+    latest=False,
 ):
+    if from_receipt and (pins or latest):
+        raise UserError("--from-receipt replays a receipt's versions: it takes no --pin or --latest")
     if from_bundle:
         _install_from_bundle(from_bundle, venv_root, installer, as_json, locals())
         return
@@ -140,7 +146,9 @@ def install(
         }
         replay_hashes = {b.name: dict(b.hashes) for b in replayed.backends if b.hashes}
     else:
-        plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable, model_types)
+        plan = plan_from_flags(
+            auto, backends, profile_path, torch_index_url, portable, model_types, pins, latest, index_url
+        )
     if dry_run:
         report = _dry_run_report(plan, root)
         if as_json:
@@ -236,6 +244,8 @@ def _install_from_bundle(bundle_dir: str, venv_root, installer, as_json: bool, f
         "--index-url": flags.get("index_url"),
         "--find-links": flags.get("find_links"),
         "--portable": flags.get("portable"),
+        "--pin": flags.get("pins"),
+        "--latest": flags.get("latest"),
     }
     clash = [name for name, value in given.items() if value]
     if clash:

@@ -74,3 +74,22 @@ def portable() -> Callable[[F], F]:
     return click.option(
         "--portable", is_flag=True, help="Build llama.cpp for any CPU of the arch, not -march=native."
     )
+
+
+def pin() -> Callable[[F], F]:
+    return click.option(
+        "--pin",
+        "pins",
+        multiple=True,
+        metavar="NAME==VERSION",
+        help="Plan this release instead of the recipes' one, its facts resolved live from the index "
+        "(repeatable).",
+    )
+
+
+def latest() -> Callable[[F], F]:
+    return click.option(
+        "--latest",
+        is_flag=True,
+        help="Plan the newest release of every backend planned, its facts resolved live from the index.",
+    )

@@ -53,10 +53,17 @@ def plan_from_flags(
     torch_index_url: str | None,
     portable: bool,
     model_types: str | None = None,
+    pins: tuple[str, ...] = (),
+    latest: bool = False,
+    index_url: str | None = None,
 ):
-    """The plan the command-line flags ask for (plan and install share it): checked, profiled, made."""
+    """The plan the command-line flags ask for (plan and install share it): checked, profiled, made.
+
+    --pin/--latest: the asked releases' facts are derived live from the index
+    (provision.planner.live_pins) and the plan says which were re-derived and which assumed."""
     check_request(auto, backends)
     request = request_from_flags(auto, backends, torch_index_url, portable, model_types=model_types)
+    pinned = _check_pins(auto, backends, pins, index_url) if pins or latest else {}
     if profile_path:
         from provision.profile import load_profile
 
@@ -67,7 +74,50 @@ def plan_from_flags(
         profile = probe_host()
     from provision.planner import load_recipes, make_plan
 
-    return make_plan(profile, request, load_recipes())
+    recipes = load_recipes()
+    if not (pins or latest):
+        return make_plan(profile, request, recipes)
+    import dataclasses
+
+    from provision.backends import names
+    from provision.planner.live_pins import live_recipes
+    from provision.planner.resolve import uv_binary
+
+    planned = names() if auto else tuple(backends)
+    latest_for = [n for n in planned if n not in pinned] if latest else []
+    live = live_recipes(recipes, pinned, latest_for, index_url, uv_binary())
+    the_plan = make_plan(profile, request, live.recipes)
+    return dataclasses.replace(the_plan, warnings=the_plan.warnings + live.warnings)
+
+
+def _check_pins(
+    auto: bool, backends: tuple[str, ...], pins: tuple[str, ...], index_url: str | None
+) -> dict[str, str]:
+    from provision.backends import names
+    from provision.planner.live_pins import parse_pins
+
+    pinned = parse_pins(pins, names())
+    outside = [n for n in pinned if not auto and n not in backends]
+    if outside:
+        raise UserError(f"--pin {outside[0]}: not planned here (add --backend {outside[0]})")
+    if index_url is not None and not index_url.startswith(("http://", "https://", "file:")):
+        raise UserError(f"--index-url {index_url!r} is not an http(s):// or file: URL")
+    return pinned
+
+
+def _with_freshness(the_plan, today=None):
+    """(plan with a recipes-stale warning when the recipes are old, their Freshness or None)."""
+    import dataclasses
+    from datetime import date
+
+    from provision.backends import backend_tables
+    from provision.planner.freshness import freshness
+
+    fresh = freshness(backend_tables().get("meta"), today or date.today())
+    warning = fresh.warning() if fresh else None
+    if warning is not None:
+        the_plan = dataclasses.replace(the_plan, warnings=(*the_plan.warnings, warning))
+    return the_plan, fresh
 
 
 @options.command("plan", "CMAKE_ARGS in the environment reach llama-cpp-python's build.")
@@ -85,17 +135,37 @@ def plan_from_flags(
 @options.portable()
 @click.option("--model-types", metavar="TYPES", help=MODEL_TYPES_HELP)
 @click.option("--cache-key", "cache_key", is_flag=True, help="Print one stable line for CI caches.")
+@options.pin()
+@options.latest()
+@click.option(
+    "--index-url", metavar="URL", help="Index --pin and --latest read releases from (default: PyPI)."
+)
 def plan(
-    auto, backends, profile_path, as_json, resolve, torch_index_url, portable, cache_key, model_types=None
+    auto,
+    backends,
+    profile_path,
+    as_json,
+    resolve,
+    torch_index_url,
+    portable,
+    cache_key,
+    model_types=None,
+    pins=(),
+    latest=False,
+    index_url=None,
 ):
     if cache_key and (as_json or resolve):
         raise UserError("--cache-key prints one line: it takes no --json or --resolve")
-    the_plan = plan_from_flags(auto, backends, profile_path, torch_index_url, portable, model_types)
+    the_plan = plan_from_flags(
+        auto, backends, profile_path, torch_index_url, portable, model_types, pins, latest, index_url
+    )
     if cache_key:
         from provision.bundle.cache_key import cache_key as key_of
 
         click.echo(key_of(the_plan))
         return
+    # After the cache key: the key must not change with the calendar.
+    the_plan, fresh = _with_freshness(the_plan)
     report = None
     if resolve:
         from provision.planner.resolve import resolve_plan
@@ -105,11 +175,18 @@ def plan(
         d = the_plan.to_dict()
         if report is not None:
             d["resolution"] = report.to_dict()
+        if fresh is not None:
+            d["recipes"] = fresh.to_dict()
         click.echo(json.dumps(redact_obj(d), indent=2))
     else:
         from provision.planner.render import render_plan
 
         click.echo(redact(render_plan(the_plan)))
+        if fresh is not None:
+            import textwrap
+
+            click.echo("")
+            click.echo(redact(textwrap.fill(fresh.line(), 100, subsequent_indent="    ")))
         if report is not None:
             click.echo("")
             click.echo(report.render())

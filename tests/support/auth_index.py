@@ -49,6 +49,8 @@ def auth_index(
             self.send_response(status)
             if status == 401:
                 self.send_header("WWW-Authenticate", 'Basic realm="test"')
+            if status == 200 and self.path.startswith("/simple"):
+                self.send_header("Content-Type", "text/html")  # uv refuses a page without one
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":
