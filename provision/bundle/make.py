@@ -215,6 +215,8 @@ class _Bundler:
         self.plan = plan
         self.out = out_dir
         self.this_machine = this_machine
+        self.built_on: dict | None = None
+        self._builder: tuple | None = None  # (this host's profile,) or () once asked
         self.dry_run = dry_run
         self.index = index
         self.reporter = reporter
@@ -420,6 +422,19 @@ class _Bundler:
             dest = place(wheels[0], self.wheels / wheels[0].name)
             self.kept[f"wheels/{dest.name}"] = "tool"
 
+    def target_builder(self):
+        """This host's profile when the bundle is for another machine whose wheels it can build
+        (the same OS, arch and Python minor, a glibc at least the target's: install/target.py)."""
+        if self.this_machine:
+            return None
+        from provision.install.target import target_mismatches
+        from provision.probe.host import probe_host
+
+        if self._builder is None:
+            host = probe_host()
+            self._builder = (host,) if not target_mismatches(self.plan.profile, host) else ()
+        return self._builder[0] if self._builder else None
+
     def built_wheels(self) -> None:
         """The llama-cpp-python wheel built here, when the target can run it."""
         from provision.install.run import wheel_build_request
@@ -432,13 +447,17 @@ class _Bundler:
                 continue
             portable_cpu = b.build.portable and set(b.build.expected_backends) <= {"cpu"}
             same_python = self.target.python == f"{sys.version_info[0]}.{sys.version_info[1]}"
-            if not (self.this_machine or (portable_cpu and self.target.arch == host_arch)) or not same_python:
+            builder = self.target_builder()
+            fits = (
+                self.this_machine or builder is not None or (portable_cpu and self.target.arch == host_arch)
+            )
+            if not fits or not same_python:
                 self.notes.append(
                     f"{b.name}: no wheel built here fits the target ({self.target.platform}, Python "
                     f"{self.target.python}); the target builds it from the bundled sdist"
                 )
                 continue
-            req = wheel_build_request(self.plan, b)
+            req = wheel_build_request(self.plan, b, builder)
             wheel = wheelhouse.built_wheel(req.key)
             if wheel is None and self.build_missing and not self.dry_run:
                 wheel = wheelhouse.build(
@@ -459,6 +478,8 @@ class _Bundler:
                 self.notes.append(f"{b.name}: the wheel built here ({wheel.name}) does not fit this Python")
                 continue
             self.built[b.name] = req.key
+            if builder is not None:
+                self.built_on = builder.to_dict()
             if not self.dry_run:
                 for f in (wheel, wheel.parent / "build.json"):
                     if f.is_file():
@@ -510,6 +531,7 @@ class _Bundler:
             files=files,
             environments=envs,
             built=dict(self.built),
+            built_on=self.built_on,
             notes=list(self.notes),
             timings=timings,
         )

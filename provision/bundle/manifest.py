@@ -66,6 +66,9 @@ class Manifest:
     files: list[FileEntry]
     environments: dict[str, dict[str, Any]] = field(default_factory=dict)  # env -> python, pins, lock
     built: dict[str, str] = field(default_factory=dict)  # backend -> wheelhouse key, when included
+    # The profile of the host that built those wheels for another machine (`bundle --profile`): the
+    # target's install uses it as the builder, so its wheelhouse keys are the ones built here.
+    built_on: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     format: int = FORMAT
@@ -142,6 +145,7 @@ def manifest_from_dict(d: dict[str, Any], where: Path) -> Manifest:
             files=[FileEntry(f["path"], f["sha256"], int(f["size"]), f["role"]) for f in d["files"]],
             environments=dict(d.get("environments") or {}),
             built=dict(d.get("built") or {}),
+            built_on=d.get("built_on"),
             notes=list(d.get("notes") or []),
             timings=dict(d.get("timings") or {}),
             format=fmt,

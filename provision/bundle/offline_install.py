@@ -30,6 +30,7 @@ from provision.install.executor import InstallerKind
 from provision.install.pipconfig import IndexConfig
 from provision.install.progress import Reporter
 from provision.plan import plan_from_dict
+from provision.profile import profile_from_dict
 
 # Variables through which a user points uv or pip at an index: unset while installing offline.
 _INDEX_VARS = (
@@ -171,7 +172,14 @@ def install_from_bundle(
         wheels = checked / "wheels"
         seed_cache(checked, manifest, cache)
         index = IndexConfig(no_index=True, find_links=(str(wheels),))
-        options = InstallOptions(index=index, replay_pins=pins_by_env(manifest), offline=True, wait=wait)
+        options = InstallOptions(
+            index=index,
+            replay_pins=pins_by_env(manifest),
+            offline=True,
+            wait=wait,
+            # Wheels built on another host for this one: keyed by that host's libc and compiler.
+            builder=profile_from_dict(manifest.built_on) if manifest.built_on else None,
+        )
         with offline_environment(wheels):
             receipt = install_plan(plan, venv_root, installer, options=options, reporter=reporter)
     receipt.notes.append(

@@ -135,6 +135,7 @@ def install(
     root = Path(venv_root).expanduser() if venv_root else None
     replay_pins: dict[str, list[str]] = {}
     replay_hashes: dict[str, dict[str, str]] = {}
+    replayed_built_on: dict | None = None
     if from_receipt:
         from provision.install.receipt import read_receipt
 
@@ -145,6 +146,7 @@ def install(
             e.name: [p for p in e.packages if p.split("==")[0] not in built] for e in replayed.environments
         }
         replay_hashes = {b.name: dict(b.hashes) for b in replayed.backends if b.hashes}
+        replayed_built_on = replayed.built_on
     else:
         plan = plan_from_flags(
             auto, backends, profile_path, torch_index_url, portable, model_types, pins, latest, index_url
@@ -164,6 +166,11 @@ def install(
     if refused is not None:  # a host the plan refuses as a whole (Rosetta): nothing is touched
         raise UserError(refused)
     builder = _target_builder(plan) if profile_path else None
+    if from_receipt and replayed_built_on is not None:
+        # The receipt's build was made on another host: its wheelhouse key is that host's.
+        from provision.profile import profile_from_dict
+
+        builder = profile_from_dict(replayed_built_on)
     from provision.install.last_root import remember
 
     remember(root)  # a later command without --venv names it when it finds nothing here
