@@ -74,6 +74,8 @@ class BundleReport:
     notes: list[str]
     manifest: Manifest | None = None
     seconds: float = 0.0
+    built: dict[str, str] = field(default_factory=dict)  # backend -> wheelhouse key of a wheel built here
+    built_on: dict[str, Any] | None = None  # this host's profile, when it built for another machine
 
     @property
     def total_bytes(self) -> int:
@@ -94,6 +96,8 @@ class BundleReport:
             "notes": self.notes,
             "seconds": self.seconds,
             "manifest": None if self.dry_run else str(self.out_dir / MANIFEST),
+            "built": dict(self.built),
+            "built_on": self.built_on,
         }
 
     def render(self) -> str:
@@ -602,7 +606,9 @@ def _make(b: _Bundler, started: float) -> BundleReport:
     if b.include_tool:
         b.tool()
     b.built_wheels()
-    report = BundleReport(out, b.target, dry_run, b.summaries, b.notes)
+    report = BundleReport(
+        out, b.target, dry_run, b.summaries, b.notes, built=dict(b.built), built_on=b.built_on
+    )
     report.seconds = round(time.monotonic() - started, 1)
     if not dry_run:
         b.prune()

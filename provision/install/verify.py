@@ -19,11 +19,14 @@ from provision.requirements import local_tag
 
 # Backend -> the statements that prove it loads (the registry's import_check).
 IMPORT_CHECKS = {b.name: b.import_check for b in registry()}
+# Backend -> packages whose compiled extension modules are loaded one by one (recipes: native_packages).
+NATIVE_PACKAGES = {b.name: list(b.rules.get("native_packages", ())) for b in registry()}
 
 # Runs inside the environment being checked; stdlib + whatever is installed there.
 _FACTS_SCRIPT = r"""
 import json, os, sys, importlib.util, traceback
 checks = json.loads(sys.argv[1])
+natives = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
 facts = {"imports": {}, "torch": None, "torchvision": None, "llama_cpp_libs": None}
 try:  # the NVIDIA driver's user-space library: without it nothing can reach a GPU here
     import ctypes
@@ -106,6 +109,27 @@ if "xllamacpp" in checks and importlib.util.find_spec("xllamacpp") is not None:
         facts["xllamacpp_libs"] = sorted(os.path.basename(p) for p in _mapped() - before)
     except BaseException as e:
         facts["xllamacpp_libs"] = {"error": (type(e).__name__ + ": " + str(e))[:400]}
+facts["native"] = {}
+for backend, packages in natives.items():
+    found, errors = [], {}
+    for pkg in packages:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            errors[pkg] = "not installed"
+            continue
+        folder = list(spec.submodule_search_locations)[0]
+        for f in sorted(os.listdir(folder)):
+            if f.endswith(".so"):
+                mod = pkg + "." + f.split(".")[0]
+                found.append(mod)
+                try:
+                    importlib.import_module(mod)
+                except BaseException as e:
+                    lines = (type(e).__name__ + ": " + str(e)).strip().splitlines()
+                    # sgl_kernel chains its loaders' errors: the driver's is the cause when present
+                    why = next((l for l in lines if "libcuda.so" in l), lines[-1])
+                    errors[mod] = why.strip(" -")[:300]
+    facts["native"][backend] = {"modules": found, "errors": errors}
 print("\n@@FACTS@@" + json.dumps(facts))
 """
 
@@ -114,7 +138,7 @@ def checks_fingerprint() -> str:
     """Identifies the checks themselves, so results recorded by older checks are not reused."""
     import hashlib
 
-    text = repr(sorted(IMPORT_CHECKS.items())) + _FACTS_SCRIPT
+    text = repr(sorted(IMPORT_CHECKS.items())) + repr(sorted(NATIVE_PACKAGES.items())) + _FACTS_SCRIPT
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -161,9 +185,10 @@ def gpu_archs(profile: HostProfile, torch_variant: str | None) -> tuple[str, ...
 
 def collect_facts(python: Path, backends: tuple[str, ...], timeout_s: int = 600) -> dict:
     checks = {b: IMPORT_CHECKS[b] for b in backends if b in IMPORT_CHECKS}
+    natives = {b: NATIVE_PACKAGES[b] for b in backends if NATIVE_PACKAGES.get(b)}
     try:
         out = subprocess.run(
-            [str(python), "-c", _FACTS_SCRIPT, json.dumps(checks)],
+            [str(python), "-c", _FACTS_SCRIPT, json.dumps(checks), json.dumps(natives)],
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -229,6 +254,9 @@ def _evaluate(expect: EnvExpectation, facts: dict) -> list[Check]:
     for b in expect.backends:
         err = facts["imports"].get(b, "not checked")
         checks.append(Check(b, "import", err is None, "imports" if err is None else err))
+        native = (facts.get("native") or {}).get(b)
+        if native is not None:
+            checks.append(_native_check(b, native))
     torch = facts.get("torch")
     if expect.torch_variant is not None:
         if not torch or "error" in torch:
@@ -289,6 +317,22 @@ def _evaluate(expect: EnvExpectation, facts: dict) -> list[Check]:
                 )
             )
     return checks
+
+
+def _native_check(backend: str, native: dict) -> Check:
+    """Every compiled extension of the backend's packages loads (one failure names its module)."""
+    errors: dict = native.get("errors") or {}
+    modules = native.get("modules") or []
+    if not errors:
+        return Check(backend, "native extensions load", bool(modules), f"{len(modules)} loaded")
+    # A failure the driver cannot explain is named first: only then is the check deferrable.
+    first = next((m for m, e in errors.items() if "libcuda.so" not in e), next(iter(errors)))
+    return Check(
+        backend,
+        "native extensions load",
+        False,
+        f"{len(errors)} of {len(modules)} do not load; {first}: {errors[first]}",
+    )
 
 
 # ggml registry names -> our backend names ("ROCm" is ggml's name for its HIP backend).
