@@ -23,6 +23,11 @@
 # plan), xllamacpp's CUDA wheel (from its own index), vLLM/SGLang (GBs of CUDA wheels), serving
 # over HTTP (the openai client is not in the image), more GPUs than the one lent, and other
 # drivers or architectures than the lent machine's (those stay with tests/profiles).
+#
+# The CUDA wheel `install --profile` builds on a CPU host (tests/test_gpu_target.py) is 190 MB
+# (libggml-cuda.so 47 MB, stored under three link names): over the carry limit as it is. Its
+# distinct libraries come to about 56 MB unpacked, so carrying them needs deduplication and
+# compression first; not done, since no GPU machine has been lent to run it on yet.
 set -euo pipefail
 
 die() { echo "gpu_check: FAIL: $*" >&2; exit 1; }
