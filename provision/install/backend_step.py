@@ -80,7 +80,7 @@ def install_backend(
                 env.name,
             )
             if out.returncode != 0:
-                raise OperationFailed(fail_text(out))
+                raise OperationFailed(_unreachable_index(backend, ctx.opts.offline) + fail_text(out))
             _remove_excluded(ctx, env, loc, backend)
             rec.source = rec.source or "package index"
         else:
@@ -117,3 +117,14 @@ def _remove_excluded(ctx: RunContext, env: Environment, loc: EnvLocation, backen
     )
     if out.returncode != 0:
         raise OperationFailed(fail_text(out))
+
+
+def _unreachable_index(backend: BackendDecision, offline: bool) -> str:
+    """Name a backend's own index when it does not answer (xllamacpp's GPU wheels on GitHub Pages,
+    from a host that reaches PyPI only): that, not the resolver's last line, is what to fix."""
+    if offline:
+        return ""
+    from provision.install.index_pages import index_reachable
+
+    down = [u for u in backend.extra_index_urls if not index_reachable(u)]
+    return f"its index {', '.join(down)} cannot be reached: " if down else ""
