@@ -1,5 +1,6 @@
 """The environment step: an environment the plan installs into exists (created when missing) and
-uv can read it (package records half-written by a cut-short install dropped); returns its listing.
+uv can read it (package records half-written by a cut-short install, or whose native files are gone,
+dropped); returns its listing.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ def prepare_env(ctx: RunContext, env: Environment, loc: EnvLocation) -> state_mo
     current = ctx.state(loc)
     if not current.broken:
         return current
-    # Half-written package records stop uv from reading the environment at all: drop them, so
-    # their packages count as missing and the steps that follow install them again.
+    # Half-written package records stop uv from reading the environment at all, and a record whose
+    # native libraries were deleted claims what is not there: drop them, so their packages count as
+    # missing and the steps that follow install them again.
     for path in current.broken:
         shutil.rmtree(path, ignore_errors=True)
     names = ", ".join(Path(p).name for p in current.broken)
-    ctx.reporter.say(f"[{env.name}] removed half-written package records (an install cut short): {names}")
+    ctx.reporter.say(
+        f"[{env.name}] removed package records that are half-written or miss their native files: {names}"
+    )
     ctx.forget(loc.name)
     return ctx.state(loc)
