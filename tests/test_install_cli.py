@@ -22,7 +22,7 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         ((), "say what to install"),
         (("--auto", "--backend", "vllm"), "contradict"),
         (("--backend", "tensorrt"), "unknown backend 'tensorrt'"),
-        (("--auto", "--profile", "p.json"), "only with --dry-run"),
+        (("--auto", "--profile", "p.json"), "no such file: p.json"),
         (("--from-receipt", "r.json", "--auto"), "takes no --auto"),
         (("--from-receipt", "/nonexistent/receipt.json"), "no receipt at /nonexistent/receipt.json"),
         (("--auto", "--installer", "conda"), "Invalid value for '--installer'"),

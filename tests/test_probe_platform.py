@@ -63,7 +63,7 @@ def test_wsl_listing_without_nvidia_has_no_libcuda():
 def test_proc_gpu_information_sample_names_the_gpu():
     info = nvidia_parse.parse_gpu_information(raw("proc-driver-nvidia-gpus-information__tesla-k80-colab.txt"))
     assert (info["Model"], info["Bus Location"], info["Device Minor"]) == ("Tesla K80", "0000:00:04.0", "0")
-    assert nvidia_parse.is_nvml_unknown_error(raw("nvidia-smi__nvml-unknown-error-in-container.txt"))
+    assert nvidia_parse.is_nvml_unknown_error(raw("nvidia-smi-error__nvml-unknown-error-in-container.txt"))
 
 
 # ---------------------------------------------------------------- detectors
@@ -140,7 +140,7 @@ def _container_with_broken_nvml(root: Path) -> None:
 
 def test_nvml_unknown_error_is_reported_as_such_and_the_proc_files_answer(tmp_path):
     _container_with_broken_nvml(tmp_path)
-    smi_says = raw("nvidia-smi__nvml-unknown-error-in-container.txt")
+    smi_says = raw("nvidia-smi-error__nvml-unknown-error-in-container.txt")
     runner = RecordedRunner({("nvidia-smi",): failed(smi_says, 255)})
     nvml = FakeNvml("0", 0, [], init_error=pynvml.NVML_ERROR_UNKNOWN)
     system = make_system(

@@ -30,6 +30,7 @@ from packaging.version import InvalidVersion, Version
 from provision.errors import OperationFailed
 from provision.install import index_pages
 from provision.install.pipconfig import IndexConfig
+from provision.install.torch_source import PypiDefault, pypi_default_build, pypi_defaults
 from provision.plan import Plan
 from provision.redact import strip_userinfo
 
@@ -53,8 +54,11 @@ def _exact(req: str) -> tuple[str, str] | None:
     return canonicalize_name(name.split("[")[0].strip()), version.strip()
 
 
-def plan_pins(plan: Plan, sources: tuple[str, ...]) -> tuple[Pin, ...]:
-    """Every exact pin the plan installs, each with the indexes it may come from. Pure."""
+def plan_pins(plan: Plan, sources: tuple[str, ...], pypi: tuple[PypiDefault, ...] = ()) -> tuple[Pin, ...]:
+    """Every exact pin the plan installs, each with the indexes it may come from. Pure.
+
+    `pypi`: which builds PyPI's own torch wheels are (torch_source's order, step 0): a torch pin
+    PyPI serves as the planned variant is looked for there, not on the PyTorch index."""
     pins: dict[tuple[str, str], Pin] = {}
     for b in plan.installs:
         for req in b.packages:
@@ -69,7 +73,9 @@ def plan_pins(plan: Plan, sources: tuple[str, ...]) -> tuple[Pin, ...]:
     for env in plan.environments:
         t = env.torch
         if t is not None and t.version_spec and t.version_spec.startswith("=="):
-            own = (t.index_url,) if t.index_url else sources
+            os_ = plan.profile.os
+            on_pypi = pypi_default_build(pypi, t.variant, t.version_spec, f"{os_.system}-{os_.arch}")
+            own = (t.index_url,) if t.index_url and on_pypi is None else sources
             pins.setdefault(("torch", t.version_spec[2:]), Pin("torch", t.version_spec[2:], own))
         for req in env.requirements:
             exact = _exact(req)
@@ -158,7 +164,8 @@ def check_pins(plan: Plan, index: IndexConfig, say: Callable[[str], None], timeo
     changed yet. Built backends (llama-cpp-python) are left out: a wheelhouse wheel needs no sdist."""
     sources = default_sources(index.index_url, index.extra_index_urls, index.find_links, index.no_index)
     built = {canonicalize_name(b.name) for b in plan.installs if b.build is not None}
-    pins = tuple(p for p in plan_pins(plan, sources) if p.project not in built)
+    pypi = pypi_defaults() if not plan.request.torch_index_base else ()
+    pins = tuple(p for p in plan_pins(plan, sources, pypi) if p.project not in built)
     missing, silent = missing_pins(pins, timeout)
     if silent:
         say(f"pre-flight: {', '.join(silent)} did not answer; pins only they could serve were not checked")

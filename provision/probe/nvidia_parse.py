@@ -216,5 +216,5 @@ def parse_gpu_information(text: str) -> dict[str, str]:
 
 def is_nvml_unknown_error(text: str) -> bool:
     """nvidia-smi in a container whose device cgroup lost the GPUs
-    (nvidia-smi__nvml-unknown-error-in-container.txt): `Failed to initialize NVML: Unknown Error`."""
+    (nvidia-smi-error__nvml-unknown-error-in-container.txt): `Failed to initialize NVML: Unknown Error`."""
     return "Failed to initialize NVML: Unknown Error" in text
