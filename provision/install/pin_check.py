@@ -29,12 +29,10 @@ from packaging.version import InvalidVersion, Version
 
 from provision.errors import OperationFailed
 from provision.install import index_pages
-from provision.install.pipconfig import IndexConfig
+from provision.install.pipconfig import PYPI_SIMPLE, IndexConfig
 from provision.install.torch_source import PypiDefault, pypi_default_build, pypi_defaults
 from provision.plan import Plan
 from provision.redact import strip_userinfo
-
-PYPI_SIMPLE = "https://pypi.org/simple"
 
 Listing = Literal["listed", "absent", "unknown"]
 

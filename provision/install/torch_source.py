@@ -119,16 +119,9 @@ class PypiDefault:
 
 
 def pypi_defaults() -> tuple[PypiDefault, ...]:
-    import sys
+    from provision.planner.recipes import read_recipe
 
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-
-    from provision.backends import read_recipe_text
-
-    data = tomllib.loads(read_recipe_text("torch.toml"))
+    data = read_recipe("torch.toml")
     return tuple(PypiDefault(**e) for e in data.get("pypi_default", ()))
 
 

@@ -13,19 +13,13 @@ recipes/host_classes.toml in, decisions and warnings out; make_plan applies them
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-from provision.backends import read_recipe_text
 from provision.errors import OperationFailed
 from provision.plan import BackendDecision, PlanWarning, TorchChoice
+from provision.planner.recipes import read_recipe
 from provision.planner.versions import vtuple
 from provision.profile import HostProfile, Tegra
 
@@ -87,8 +81,8 @@ def host_class_recipes_from_dict(d: dict[str, Any]) -> HostClassRecipes:
 @cache
 def load_host_classes() -> HostClassRecipes:
     try:
-        return host_class_recipes_from_dict(tomllib.loads(read_recipe_text("host_classes.toml")))
-    except tomllib.TOMLDecodeError as e:
+        return host_class_recipes_from_dict(read_recipe("host_classes.toml"))
+    except (KeyError, TypeError) as e:
         raise OperationFailed(f"recipes/host_classes.toml cannot be read: {e}") from None
 
 

@@ -165,6 +165,11 @@ class Recipes:
         return str(self.engines[name]["version"])
 
 
+def read_recipe(name: str) -> dict[str, Any]:
+    """One recipes/*.toml file, parsed; OperationFailed naming the file when it cannot be."""
+    return _read(name)
+
+
 def _read(name: str) -> dict[str, Any]:
     try:
         table: dict[str, Any] = tomllib.loads(read_recipe_text(name))

@@ -12,17 +12,11 @@ Pure: reads the profile and the recipe only.
 from __future__ import annotations
 
 import functools
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-from provision.backends import read_recipe_text
 from provision.errors import OperationFailed
+from provision.planner.recipes import read_recipe
 from provision.planner.versions import at_least, vtuple
 from provision.profile import HostProfile
 
@@ -61,9 +55,9 @@ class ToolkitRecipe:
 @functools.lru_cache(maxsize=1)
 def toolkit_recipes() -> tuple[ToolkitRecipe, ...]:
     try:
-        data = tomllib.loads(read_recipe_text("cuda_toolkit.toml"))
+        data = read_recipe("cuda_toolkit.toml")
         return tuple(ToolkitRecipe.from_table(t) for t in data["toolkit"])
-    except (tomllib.TOMLDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise OperationFailed(f"recipes/cuda_toolkit.toml cannot be read: {e}") from None
 
 
