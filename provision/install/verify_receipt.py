@@ -13,7 +13,7 @@ from provision.install.cuda_toolkit import cuobjdump_for
 from provision.install.gpu_libs import add_static_gpu_facts
 from provision.install.receipt import Receipt, backend_dist
 from provision.install.verify import EnvExpectation, collect_facts, evaluate, gpu_archs, xllamacpp_build_of
-from provision.install.verify_gpu import planned_cuda_archs
+from provision.install.verify_gpu import planned_cuda_archs, wants_cuda
 from provision.install.wheelhouse import cache_root
 from provision.profile import profile_from_dict
 
@@ -94,7 +94,7 @@ def verify_receipt(receipt: Receipt) -> list[dict]:
                             "detail": "unmet: " + ", ".join(missing),
                         }
                     )
-        facts = collect_facts(python, expect.backends)
+        facts = collect_facts(python, expect.backends, natives=wants_cuda(expect))
         add_static_gpu_facts(expect, facts, cuobjdump_for(_toolkit(receipt), cache_root()))
         findings += [c.as_dict() for c in evaluate(expect, facts)]
         findings += _known_gaps(receipt, env.notes, expect.backends, current)

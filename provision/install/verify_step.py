@@ -21,7 +21,7 @@ from provision.install.verify import (
     gpu_archs,
     xllamacpp_build_of,
 )
-from provision.install.verify_gpu import planned_cuda_archs
+from provision.install.verify_gpu import planned_cuda_archs, wants_cuda
 from provision.install.wheelhouse import cache_root
 from provision.plan import Environment, Plan
 from provision.profile import HostProfile
@@ -62,7 +62,7 @@ def verify_environment(
     cache: Path | None = None,
 ) -> list[Check]:
     expect = expectation(plan, env, backends, builder)
-    facts = collect_facts(python, backends)
+    facts = collect_facts(python, backends, natives=wants_cuda(expect))
     llama = plan.backend("llama-cpp-python")
     toolkit = llama.build.cuda_toolkit if llama and llama.build else None
     add_static_gpu_facts(expect, facts, cuobjdump_for(toolkit, cache or cache_root()))
