@@ -258,8 +258,9 @@ def test_bundle_for_h100_resolves_that_target(tmp_path):
             "notes"
         ]
     assert any("xllamacpp" in n and "unreachable" in n for n in envs["main"]["notes"])
-    # The llama-cpp-python wheel built here (CPU, -march=native) is not for a CUDA target.
-    assert any("llama-cpp-python: no wheel built here fits" in n for n in report["notes"])
+    # This host can build for that target (same arch and Python minor, a newer glibc), but the
+    # wheelhouse holds no CUDA build for its key: the target builds it from the bundled sdist.
+    assert any("llama-cpp-python: not built here yet" in n for n in report["notes"]), report["notes"]
     print("\nH100 dry run (MB):", {k: round(v["bytes"] / 1e6) for k, v in envs.items()})
 
 
