@@ -41,7 +41,23 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["XDG_STATE_HOME"] = str(base.with_name(base.name + "-state"))
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items) -> None:
+    # The GPU target's CUDA build, when its module is selected: started now so it overlaps the
+    # modules before it (tests/support/gpu_target.py says why); a no-op once the wheel is cached.
+    if any(Path(str(item.fspath)).name == "test_gpu_target.py" for item in items):
+        from tests.support.gpu_target import start_prebuild
+
+        log = Path(config.option.basetemp).with_name(Path(config.option.basetemp).name + "-gpu-prebuild.log")
+        config.stash[_PREBUILD] = start_prebuild(log)
+
+
+_PREBUILD = pytest.StashKey[object]()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from tests.support.gpu_target import stop_prebuild
+
+    stop_prebuild(config.stash.get(_PREBUILD, None))  # type: ignore[arg-type]
     # In CI nobody reads the environments afterwards, and a full run leaves ~30 GB (three fleet
     # hosts, provisioned roots, bundles): a second CI run from another clone folder would start on
     # a nearly full disk. Locally they stay, for a look after a failure.

@@ -27,22 +27,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import cli
+from tests.support.gpu_target import REDUCED_CMAKE_ARGS, target_from
 
-PROFILES = Path(__file__).parent / "profiles"
-REDUCED = {"CMAKE_ARGS": "-DGGML_CUDA_FA=OFF"}
+REDUCED = {"CMAKE_ARGS": REDUCED_CMAKE_ARGS}
 GPU_BACKENDS = ("xinference", "transformers", "vllm", "sglang", "llama-cpp-python")
-
-
-def _target(this_host: dict) -> dict:
-    """This host's real profile with a recorded H100 and a recorded R580 driver, and no nvcc."""
-    h100 = json.loads((PROFILES / "linux-h100-driver590.json").read_text())
-    r580 = json.loads((PROFILES / "linux-l40s-driver580.json").read_text())
-    target = json.loads(json.dumps(this_host))
-    target["gpus"] = h100["gpus"]
-    target["nvidia"] = r580["nvidia"]
-    target["toolchain"] = {**target["toolchain"], "nvcc": None, "cuda_cublas": None}
-    target["notes"] = []
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +38,7 @@ def target_file(tmp_path_factory) -> Path:
     probe = cli("probe", "--json")
     assert probe.returncode == 0, probe.stderr
     path = tmp_path_factory.mktemp("target") / "h100-driver580.json"
-    path.write_text(json.dumps(_target(json.loads(probe.stdout))))
+    path.write_text(json.dumps(target_from(json.loads(probe.stdout))))
     return path
 
 
