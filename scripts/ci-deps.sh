@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the test suite needs from the system, declared once (CI runs this before scripts/test.sh):
+# What the test suite needs from the system, declared once (scripts/test.sh runs this first):
 #   openssh-server  sshd for the fleet harness's hosts (tests/support/fleet_harness.py)
 #   systemd         systemd-analyze, to verify the fleet's unit files (tests/test_fleet_units.py)
 # Debian/Ubuntu only; a package already installed is left alone. Its package scripts must not
