@@ -11,6 +11,7 @@ A sample of what is parsed (sysctl-hw-machdep__macos15-apple-m3-max.txt):
 
 from __future__ import annotations
 
+from provision.probe.text import colon_pairs
 from provision.profile import GPU
 
 # sysctl's hw.optional keys -> the flag names Linux /proc/cpuinfo (and so py-cpuinfo) uses
@@ -31,12 +32,7 @@ ARM_SYSCTL_FLAGS = {
 
 def parse_sysctl(text: str) -> dict[str, str]:
     """`key: value` lines -> dict. Values keep their inner spaces."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip():
-            out[key.strip()] = value.strip()
-    return out
+    return colon_pairs(text)
 
 
 def is_apple_silicon(machine: str, sysctl: dict[str, str]) -> bool:

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from provision.probe.text import colon_pairs
+
 BOM = "\ufeff"
 
 
@@ -206,12 +208,7 @@ def parse_gpu_information(text: str) -> dict[str, str]:
         Bus Location: \t 0000:00:04.0
         Device Minor: \t 0
     """
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip():
-            out[key.strip()] = value.strip()
-    return out
+    return colon_pairs(text)
 
 
 def is_nvml_unknown_error(text: str) -> bool:
