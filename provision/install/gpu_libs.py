@@ -16,6 +16,10 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from provision.install.verify import EnvExpectation
 
 # Libraries the NVIDIA driver installs on the host, never shipped in an environment.
 DRIVER_LIBS = ("libcuda.so.1", "libnvidia-ml.so.1")
@@ -152,7 +156,7 @@ def llama_static_facts(lib_dir: Path, cuobjdump: Path | None) -> dict:
     return out
 
 
-def add_static_gpu_facts(expect, facts: dict, cuobjdump: Path | None) -> None:
+def add_static_gpu_facts(expect: EnvExpectation, facts: dict, cuobjdump: Path | None) -> None:
     """Where a CUDA llama.cpp build is expected, what its files prove, into facts (for evaluate)."""
     if "cuda" in expect.llama_backends and facts.get("llama_cpp_dir"):
         facts["llama_gpu_static"] = llama_static_facts(Path(facts["llama_cpp_dir"]), cuobjdump)

@@ -28,11 +28,15 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provision import paths
 from provision.errors import OperationFailed
 from provision.install.progress import Reporter, build_progress, run_logged
 from provision.planner.cmake import effective_args, option
+
+if TYPE_CHECKING:
+    from provision.install.cuda_toolkit import Toolkit
 
 PROJECT = "llama-cpp-python"
 SDIST_STEM = "llama_cpp_python"
@@ -357,7 +361,7 @@ def cuda_build_env(
 
 def _pypi_toolkit(
     req: BuildRequest, root: Path, index_flags: list[str], reporter: Reporter, installer_env: dict[str, str]
-):
+) -> Toolkit | None:
     """The PyPI CUDA toolkit the plan chose for this build, installed (cached); None otherwise."""
     if not (req.cuda and req.cuda_toolkit):
         return None
@@ -379,13 +383,13 @@ def _pypi_toolkit(
     return cuda_toolkit.ensure_toolkit(recipe, root, uv, flags, reporter, installer_env)
 
 
-def _toolkit_record(toolkit) -> dict | None:
+def _toolkit_record(toolkit: Toolkit | None) -> dict | None:
     if toolkit is None:
         return None
     return {"nvcc": toolkit.recipe.nvcc, "source": "pypi", "packages": list(toolkit.recipe.packages)}
 
 
-def _fix_runpaths(wheel: Path, toolkit) -> list[str]:
+def _fix_runpaths(wheel: Path, toolkit: Toolkit) -> list[str]:
     from provision.install.wheel_rpath import fix_wheel_runpaths
 
     patchelf = toolkit.tool("patchelf")
