@@ -219,3 +219,17 @@ def test_planned_archs_read_from_cmake():
         "sm_90",
     )
     assert planned_cuda_archs(("-DGGML_CUDA=on",)) == ()
+
+
+def test_one_torch_build_in_two_environments_counts_once_where_uv_hard_links(tmp_path):
+    from provision.install.disk import TORCH_GPU_DISK_MB, estimate_disk_mb, same_file_system
+
+    profile = load_profile(PROFILES / "linux-h100-driver590.json")
+    plan = make_plan(profile, PlanRequest(), load_recipes())
+    todo = [b.name for b in plan.installs]
+    # main (PyPI's newest cu130 torch: 2.14.1) and sglang (==2.14.1) share one build; vllm has 2.14.0.
+    assert [e.torch.version_spec for e in plan.environments if e.torch] == [None, "==2.14.0", "==2.14.1"]
+    copied = estimate_disk_mb(plan, todo)
+    linked = estimate_disk_mb(plan, todo, shared_builds=True)
+    assert copied - linked == TORCH_GPU_DISK_MB
+    assert same_file_system(tmp_path, tmp_path / "not" / "yet")

@@ -129,3 +129,11 @@ class Installer:
             return [uv_bin() or "uv", "venv", "--python", base_python or sys.executable, str(prefix)]
         # pip installs into an environment with its own pip, so it needs the seeded venv.
         return [base_python or sys.executable, "-m", "venv", str(prefix)]
+
+
+def uv_cache_dir(environ: dict[str, str] | None = None) -> Path:
+    """Where uv keeps its cache: UV_CACHE_DIR, else $XDG_CACHE_HOME/uv, else ~/.cache/uv (uv's docs)."""
+    env = os.environ if environ is None else environ
+    if env.get("UV_CACHE_DIR"):
+        return Path(env["UV_CACHE_DIR"])
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uv"

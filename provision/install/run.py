@@ -22,9 +22,9 @@ from provision.errors import OperationFailed
 from provision.install.backend_step import env_extras, install_backend
 from provision.install.build_step import SourceBuilds, wheel_build_request
 from provision.install.context import InstallOptions, RunContext
-from provision.install.disk import check_free_disk, estimate_disk_mb
+from provision.install.disk import check_free_disk, estimate_disk_mb, same_file_system
 from provision.install.env_step import prepare_env
-from provision.install.executor import InstallerKind
+from provision.install.executor import InstallerKind, uv_cache_dir
 from provision.install.fingerprint import installed_fingerprint
 from provision.install.noop import UNCHANGED_NOTE, unchanged_receipt
 from provision.install.pin_check import check_pins
@@ -86,8 +86,11 @@ def _install_locked(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Rec
             if b.environment is not None and not ctx.state(ctx.locations[b.environment]).get(dist_name(b))
         ]
         if todo:
+            # uv hard-links from its cache (its default on Linux) where the cache shares the roots'
+            # file system: a torch build two environments use is stored once.
+            shared = opts.installer == "uv" and same_file_system(uv_cache_dir(), ctx.primary.prefix)
             check_free_disk(
-                estimate_disk_mb(plan, todo),
+                estimate_disk_mb(plan, todo, shared_builds=shared),
                 [ctx.locations[e.name].prefix for e in plan.environments] + [ctx.cache],
             )
     builds = SourceBuilds(ctx)
