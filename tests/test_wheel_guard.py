@@ -19,9 +19,14 @@ from provision.install.wheelhouse import BuildFailed, BuildRequest, checked_whee
 
 
 def _real_cpu_wheel() -> Path:
-    found = sorted(wheelhouse.cache_root().glob("wheelhouse/*/llama_cpp_python-*.whl"))
+    # The wheelhouse also holds CUDA builds (tests/test_gpu_target.py): take a CPU-only one.
+    found = [
+        w
+        for w in sorted(wheelhouse.cache_root().glob("wheelhouse/*/llama_cpp_python-*.whl"))
+        if wheelhouse.wheel_backends(w) == {"cpu"}
+    ]
     if not found:
-        pytest.fail("the session's wheelhouse has no llama-cpp-python wheel after provisioned_root")
+        pytest.fail("the session's wheelhouse has no CPU llama-cpp-python wheel after provisioned_root")
     return found[0]
 
 
