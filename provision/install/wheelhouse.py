@@ -328,7 +328,7 @@ def cuda_build_env(
 ) -> dict[str, str]:
     """For a CUDA build: CUDACXX and PATH for the planned nvcc, so CMake finds that compiler (the
     classic "No CMAKE_CUDA_COMPILER could be found" when nvcc is off PATH). {} for other builds."""
-    if cmake_option(req.effective_args, "GGML_CUDA") not in ("ON", "1", "TRUE", "YES"):
+    if not req.cuda:
         return {}
     from provision.probe.system import System
     from provision.probe.toolchain import find_nvcc, parse_nvcc_version
